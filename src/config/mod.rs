@@ -1,0 +1,676 @@
+//! The technician's interface: the TOML file that describes the gateway, its
+//! buses, machines and signals, and how to report upstream.
+//!
+//! This module owns the config types, loading them (file plus
+//! `LINEGATE_<SECTION>__<KEY>` environment overrides, through the `config`
+//! crate) and checking them as a whole (`validate`). Every error names the
+//! file and the key path (`machine[2].signal[0].type`) and says what is
+//! allowed. It never opens a device, a socket or the store.
+//!
+//! Every struct rejects unknown keys: a typo must never be silently ignored.
+//! Keys carry their unit in the name (`poll_ms`, `timeout_ms`, `outbox_max_mb`).
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use validate::{validate, ConfigIssue};
+
+/// Where the config file is looked for when neither `-c` nor `$LINEGATE_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/linegate/linegate.toml";
+
+/// Prefix of environment overrides: `LINEGATE_GATEWAY__ID=gw2` sets `gateway.id`.
+pub const ENV_PREFIX: &str = "LINEGATE";
+
+/// Why a config could not be used. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the config file: {reason}")]
+    Read { file: PathBuf, reason: String },
+    #[error("{file}: `{key}`: {reason}")]
+    Shape {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
+    #[error("{file}: {} problem(s):\n{}", issues.len(), list(issues))]
+    Invalid {
+        file: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+fn list(issues: &[ConfigIssue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub bus: Vec<BusConfig>,
+    #[serde(default)]
+    pub machine: Vec<MachineConfig>,
+    #[serde(default)]
+    pub accounting: AccountingConfig,
+    /// The shift calendar; without it all time is planned production time.
+    #[serde(default)]
+    pub shifts: Option<ShiftCalendarConfig>,
+    /// The central broker; without it nothing is sent, everything is still stored locally.
+    #[serde(default)]
+    pub uplink: Option<UplinkConfig>,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// Identity of this gateway and where it keeps its data.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Gateway id, part of every topic: `[A-Za-z0-9_.-]{1,64}`.
+    pub id: String,
+    /// Site id, part of every topic: `[A-Za-z0-9_.-]{1,64}`.
+    pub site: String,
+    /// Folder of the SQLite store.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// IANA time zone of the site, used by the shift calendar (e.g. `Europe/Berlin`).
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/linegate")
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+/// How a bus reaches its devices.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Modbus TCP, one connection per address shared by the unit ids behind it.
+    Tcp,
+    /// Modbus RTU on a serial line (RS-485/RS-232).
+    Rtu,
+    /// A local MQTT broker where machines publish their own values.
+    Mqtt,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+/// One physical connection: a TCP address, a serial line or an MQTT broker.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    pub id: String,
+    pub transport: Transport,
+    /// tcp: `host:port`; mqtt: `mqtt://host:port`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// rtu: the serial device, e.g. `/dev/ttyUSB0`.
+    #[serde(default)]
+    pub device: Option<String>,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    #[serde(default = "default_parity")]
+    pub parity: Parity,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// How long one request may take before the device counts as not answering.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Pause between two requests on this bus (some RS-485 devices need it).
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Most registers in one read request (protocol limit 125).
+    #[serde(default = "default_max_registers")]
+    pub max_registers_per_request: u16,
+    /// Most bits in one coil/discrete read (protocol limit 2000).
+    #[serde(default = "default_max_bits")]
+    pub max_bits_per_request: u16,
+    /// Unused registers (or bits) a request may read to join two signals into one request.
+    #[serde(default = "default_max_gap")]
+    pub max_gap: u16,
+    /// First retry delay after a device stops answering; doubles up to `backoff_max_ms`.
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+    /// mqtt: client id on the local broker (default `linegate-<gateway>-<bus>`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// mqtt: a machine that publishes nothing for this long is offline.
+    #[serde(default = "default_stale_ms")]
+    pub stale_ms: u64,
+}
+
+fn default_baud() -> u32 {
+    19200
+}
+fn default_parity() -> Parity {
+    Parity::Even
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_timeout_ms() -> u64 {
+    500
+}
+fn default_max_registers() -> u16 {
+    125
+}
+fn default_max_bits() -> u16 {
+    2000
+}
+fn default_max_gap() -> u16 {
+    10
+}
+fn default_backoff_min_ms() -> u64 {
+    1000
+}
+fn default_backoff_max_ms() -> u64 {
+    60_000
+}
+fn default_stale_ms() -> u64 {
+    10_000
+}
+
+/// One machine: where it is, how often to read it, what its signals mean.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    pub id: String,
+    pub bus: String,
+    /// Modbus unit (slave) id; ignored on mqtt buses.
+    #[serde(default = "default_unit")]
+    pub unit: u8,
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    #[serde(default)]
+    pub signal: Vec<SignalConfig>,
+    #[serde(default)]
+    pub state: Option<StateRulesConfig>,
+    #[serde(default)]
+    pub counters: Option<CountersConfig>,
+    #[serde(default)]
+    pub orders: Option<OrderRegistersConfig>,
+}
+
+fn default_unit() -> u8 {
+    1
+}
+fn default_poll_ms() -> u64 {
+    1000
+}
+
+/// The four Modbus data areas.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Area {
+    Coil,
+    Discrete,
+    Holding,
+    Input,
+}
+
+impl Area {
+    /// Coils and discrete inputs are bits; holding and input registers are 16-bit words.
+    pub fn is_bits(self) -> bool {
+        matches!(self, Area::Coil | Area::Discrete)
+    }
+}
+
+impl fmt::Display for Area {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Area::Coil => "coil",
+            Area::Discrete => "discrete",
+            Area::Holding => "holding",
+            Area::Input => "input",
+        })
+    }
+}
+
+/// How the raw registers of a signal are read as a value.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    String,
+}
+
+impl DataType {
+    /// Registers a value of this type takes; strings take their `length`.
+    pub fn registers(self, length: Option<u16>) -> u16 {
+        match self {
+            DataType::Bool | DataType::U16 | DataType::I16 => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+            DataType::String => length.unwrap_or(1),
+        }
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// Order of bytes or words: `big` is the Modbus standard (most significant first).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Endian {
+    #[default]
+    Big,
+    Little,
+}
+
+/// One value read from a machine.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SignalConfig {
+    /// Name used in state rules, counters and messages: `[A-Za-z_][A-Za-z0-9_]*`.
+    pub name: String,
+    /// Modbus area (Modbus buses).
+    #[serde(default)]
+    pub area: Option<Area>,
+    /// 0-based protocol address (Modbus buses). Manuals often print 1-based
+    /// "40001"-style numbers: 40001 is holding address 0.
+    #[serde(default)]
+    pub address: Option<u16>,
+    #[serde(default = "default_type", rename = "type")]
+    pub data_type: DataType,
+    /// Order of the 16-bit words of a 32/64-bit value.
+    #[serde(default)]
+    pub word_order: Endian,
+    /// Order of the two bytes inside each word.
+    #[serde(default)]
+    pub byte_order: Endian,
+    /// value = raw * scale + offset (numbers only).
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    /// A bool taken from one bit (0 = least significant) of a register.
+    #[serde(default)]
+    pub bit: Option<u8>,
+    /// Registers of a string (two characters each).
+    #[serde(default)]
+    pub length: Option<u16>,
+    /// mqtt buses: the topic the value arrives on.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// mqtt buses: JSON pointer into the payload (`/status/rpm`); absent = the payload itself.
+    #[serde(default)]
+    pub pointer: Option<String>,
+    /// Telemetry deadband: a change smaller than this is not sent until the heartbeat.
+    #[serde(default)]
+    pub deadband: f64,
+}
+
+fn default_type() -> DataType {
+    DataType::U16
+}
+fn default_scale() -> f64 {
+    1.0
+}
+
+/// When a machine is down, in setup or running: boolean expressions over its signals.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateRulesConfig {
+    #[serde(default)]
+    pub running: Option<String>,
+    #[serde(default)]
+    pub down: Option<String>,
+    #[serde(default)]
+    pub setup: Option<String>,
+    /// A signal whose value explains a `down` or `setup` state (e.g. an alarm code).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Text for reason codes: `reasons = { "17" = "door open" }`.
+    #[serde(default)]
+    pub reasons: BTreeMap<String, String>,
+    /// Reason codes that are faults (count as failures); empty = every nonzero down reason.
+    #[serde(default)]
+    pub fault_codes: Vec<i64>,
+    /// A state shorter than this is not a state (debounce).
+    #[serde(default)]
+    pub min_dwell_ms: u64,
+}
+
+/// Which signals count parts.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CountersConfig {
+    pub produced: String,
+    #[serde(default)]
+    pub good: Option<String>,
+    #[serde(default)]
+    pub scrap: Option<String>,
+    /// Seconds one part ideally takes; an order's own value wins.
+    #[serde(default)]
+    pub ideal_cycle_s: Option<f64>,
+}
+
+/// One register an order may write.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRegister {
+    pub area: Area,
+    pub address: u16,
+    #[serde(default = "default_type", rename = "type")]
+    pub data_type: DataType,
+    #[serde(default)]
+    pub word_order: Endian,
+    #[serde(default)]
+    pub byte_order: Endian,
+    /// Allowed range of the written value.
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+    /// product_code: product id → the number the machine knows it by.
+    #[serde(default)]
+    pub map: BTreeMap<String, i64>,
+}
+
+/// The registers through which orders reach a machine. Nothing else is ever written.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRegistersConfig {
+    pub order_number: OrderRegister,
+    pub product_code: OrderRegister,
+    pub quantity: OrderRegister,
+    pub start: OrderRegister,
+    /// Largest quantity an order may ask for.
+    pub max_quantity: u32,
+    /// Order parameters (`params` in an order) the machine accepts, each to its own register.
+    #[serde(default)]
+    pub params: BTreeMap<String, OrderRegister>,
+}
+
+/// How time is cut into periods.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccountingConfig {
+    /// Length of the fixed reporting interval, aligned to the wall clock (1..=1440).
+    #[serde(default = "default_period_minutes")]
+    pub period_minutes: u32,
+    /// A `down` spell shorter than this is a micro-stop.
+    #[serde(default = "default_micro_stop_s")]
+    pub micro_stop_s: u64,
+}
+
+impl Default for AccountingConfig {
+    fn default() -> Self {
+        Self {
+            period_minutes: default_period_minutes(),
+            micro_stop_s: default_micro_stop_s(),
+        }
+    }
+}
+
+fn default_period_minutes() -> u32 {
+    15
+}
+fn default_micro_stop_s() -> u64 {
+    120
+}
+
+/// Shifts and breaks per weekday, and holidays, in the gateway's time zone.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShiftCalendarConfig {
+    #[serde(default)]
+    pub shift: Vec<ShiftConfig>,
+    /// Whole days without production, `YYYY-MM-DD`.
+    #[serde(default)]
+    pub holidays: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShiftConfig {
+    pub name: String,
+    /// `mon`..`sun`.
+    pub days: Vec<String>,
+    /// `HH:MM` local time; an end before the start runs past midnight.
+    pub start: String,
+    pub end: String,
+    #[serde(default, rename = "break")]
+    pub breaks: Vec<BreakConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BreakConfig {
+    pub start: String,
+    pub end: String,
+}
+
+/// MQTT protocol version spoken to the central broker.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+pub enum MqttVersion {
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    #[serde(rename = "5")]
+    V5,
+}
+
+/// The central broker and how to reach it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// `mqtt://host:1883` or `mqtts://host:8883`.
+    pub url: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default = "default_keepalive_s")]
+    pub keepalive_s: u64,
+    #[serde(default)]
+    pub protocol: MqttVersion,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Read the password from this file (e.g. a systemd credential).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Read the password from this environment variable.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// PEM CA bundle for `mqtts://`; default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Topic prefix; default `linegate/v1/{site}/{gateway}`.
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
+    /// Periodic full telemetry, even without changes.
+    #[serde(default = "default_heartbeat_s")]
+    pub heartbeat_s: u64,
+    /// Most historical (stored while offline) messages sent per second.
+    #[serde(default = "default_historical_per_s")]
+    pub historical_per_s: u32,
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_keepalive_s() -> u64 {
+    30
+}
+fn default_heartbeat_s() -> u64 {
+    60
+}
+fn default_historical_per_s() -> u32 {
+    2000
+}
+
+/// Bounds of the local store.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Outbox size cap; when full the oldest telemetry is dropped first.
+    #[serde(default = "default_outbox_max_mb")]
+    pub outbox_max_mb: u64,
+    /// Closed periods and state changes older than this are deleted.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            outbox_max_mb: default_outbox_max_mb(),
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+fn default_outbox_max_mb() -> u64 {
+    256
+}
+fn default_retention_days() -> u32 {
+    90
+}
+
+impl Config {
+    /// The config file to use: `-c`, else `$LINEGATE_CONFIG`, else the default path.
+    pub fn locate(explicit: Option<&Path>) -> PathBuf {
+        if let Some(p) = explicit {
+            return p.to_path_buf();
+        }
+        match std::env::var_os("LINEGATE_CONFIG") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+        }
+    }
+
+    /// Load a file with environment overrides, and validate it as a whole.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let env = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true);
+        Self::load_with(path, Some(env))
+    }
+
+    /// Load a file without environment overrides (tests, `check-config --no-env`).
+    pub fn load_file_only(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, None)
+    }
+
+    fn load_with(
+        path: &Path,
+        env: Option<config::Environment>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Self::from_toml_str(&text, path, env)
+    }
+
+    /// Parse TOML text as if it came from `file` (tests and embedded demo config).
+    pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        Self::from_toml_str(text, file, None)
+    }
+
+    fn from_toml_str(
+        text: &str,
+        file: &Path,
+        env: Option<config::Environment>,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml));
+        if let Some(env) = env {
+            builder = builder.add_source(env.ignore_empty(true));
+        }
+        let merged = builder.build().map_err(|e| ConfigError::Shape {
+            file: file.to_path_buf(),
+            key: "(file)".into(),
+            reason: e.to_string(),
+        })?;
+        // Through serde_json so that serde_path_to_error can name the exact key.
+        let tree: serde_json::Value =
+            merged.try_deserialize().map_err(|e| ConfigError::Shape {
+                file: file.to_path_buf(),
+                key: "(file)".into(),
+                reason: e.to_string(),
+            })?;
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Shape {
+                file: file.to_path_buf(),
+                key: if key == "." { "(top level)".into() } else { key },
+                reason: e.into_inner().to_string(),
+            }
+        })?;
+        let issues = validate(&config);
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                issues,
+            })
+        }
+    }
+
+    pub fn machine(&self, id: &str) -> Option<&MachineConfig> {
+        self.machine.iter().find(|m| m.id == id)
+    }
+
+    pub fn bus(&self, id: &str) -> Option<&BusConfig> {
+        self.bus.iter().find(|b| b.id == id)
+    }
+
+    /// `linegate/v1/{site}/{gateway}` unless the uplink overrides it.
+    pub fn topic_prefix(&self) -> String {
+        self.uplink
+            .as_ref()
+            .and_then(|u| u.topic_prefix.clone())
+            .unwrap_or_else(|| format!("linegate/v1/{}/{}", self.gateway.site, self.gateway.id))
+    }
+}

@@ -1,0 +1,29 @@
+//! linegate: a factory line gateway.
+//!
+//! Data flows one way, through typed channels:
+//!
+//! ```text
+//!  source (Modbus TCP/RTU, MQTT)  --Sample-->  machine::engine  --MachineEvent-->  store
+//!                                                                                    |
+//!  orders  <--order commands--  uplink (central MQTT broker)  <--outbox rows--------+
+//!    |
+//!    +--> order registers of a machine (the only writes the agent makes)
+//! ```
+//!
+//! - [`config`]: the TOML file, loading and validation.
+//! - [`source`]: southbound reads: Modbus buses and MQTT machine sources.
+//! - [`machine`]: state derivation, counters, shift calendar, accounting.
+//! - [`store`]: the SQLite file: state changes, periods, outbox, orders.
+//! - [`uplink`]: the central broker: birth/will, outbox drain, order intake.
+//! - [`orders`]: levelled work orders: intake, sequencing, safe dispatch.
+//! - [`sim`]: simulated machines served over real Modbus TCP (demo, tests).
+//! - [`cli`]: the `linegate` command line.
+
+pub mod cli;
+pub mod config;
+pub mod machine;
+pub mod orders;
+pub mod sim;
+pub mod source;
+pub mod store;
+pub mod uplink;

@@ -1,0 +1,102 @@
+//! Config loading: every mistake a technician can make gives an error that
+//! names the key and says what is allowed.
+
+use std::path::Path;
+
+use linegate::config::{Config, ConfigError};
+
+const GOOD: &str = r#"
+[gateway]
+id = "gw-line2"
+site = "plant1"
+data_dir = "/tmp/x"
+
+[[bus]]
+id = "cell-a"
+transport = "tcp"
+address = "127.0.0.1:502"
+
+[[machine]]
+id = "press07"
+bus = "cell-a"
+unit = 1
+
+[[machine.signal]]
+name = "part_count"
+area = "holding"
+address = 100
+type = "u32"
+
+[[machine.signal]]
+name = "running"
+area = "coil"
+address = 0
+type = "bool"
+"#;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("test.toml"))
+}
+
+fn error_of(text: &str) -> String {
+    match load(text) {
+        Ok(_) => panic!("config should have been refused:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_good_config_loads() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(c.machine[0].signal.len(), 2);
+    assert_eq!(c.machine[0].signal[0].data_type, linegate::config::DataType::U32);
+}
+
+#[test]
+fn a_typo_key_is_named_with_its_path() {
+    let e = error_of(&GOOD.replace("type = \"u32\"", "typ = \"u32\""));
+    assert!(e.contains("machine[0].signal[0]"), "{e}");
+    assert!(e.contains("unknown field `typ`"), "{e}");
+}
+
+#[test]
+fn a_bad_type_names_the_allowed_types() {
+    let e = error_of(&GOOD.replace("type = \"u32\"", "type = \"uint32\""));
+    assert!(e.contains("machine[0].signal[0].type"), "{e}");
+    assert!(e.contains("u32"), "{e}");
+}
+
+#[test]
+fn an_unknown_bus_is_named() {
+    let e = error_of(&GOOD.replace("bus = \"cell-a\"", "bus = \"cell-b\""));
+    assert!(e.contains("machine[0].bus"), "{e}");
+    assert!(e.contains("\"cell-b\""), "{e}");
+    assert!(e.contains("cell-a"), "{e}");
+}
+
+#[test]
+fn overlapping_signals_are_refused() {
+    let text = format!(
+        "{GOOD}\n[[machine.signal]]\nname = \"speed\"\narea = \"holding\"\naddress = 101\ntype = \"u16\"\n"
+    );
+    let e = error_of(&text);
+    assert!(e.contains("machine[0].signal[2].address"), "{e}");
+    assert!(e.contains("overlaps signal \"part_count\""), "{e}");
+}
+
+#[test]
+fn a_type_that_does_not_fit_its_area_is_refused() {
+    let e = error_of(&GOOD.replace("type = \"bool\"", "type = \"u16\""));
+    assert!(e.contains("machine[0].signal[1].type"), "{e}");
+    assert!(e.contains("does not fit area coil"), "{e}");
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = GOOD
+        .replace("id = \"gw-line2\"", "id = \"gw line2\"")
+        .replace("bus = \"cell-a\"", "bus = \"nope\"");
+    let e = error_of(&text);
+    assert!(e.contains("gateway.id"), "{e}");
+    assert!(e.contains("machine[0].bus"), "{e}");
+}
