@@ -49,7 +49,10 @@ fn error_of(text: &str) -> String {
 fn a_good_config_loads() {
     let c = load(GOOD).unwrap();
     assert_eq!(c.machine[0].signal.len(), 2);
-    assert_eq!(c.machine[0].signal[0].data_type, linegate::config::DataType::U32);
+    assert_eq!(
+        c.machine[0].signal[0].data_type,
+        linegate::config::DataType::U32
+    );
 }
 
 #[test]

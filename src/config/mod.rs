@@ -601,10 +601,7 @@ impl Config {
         Self::load_with(path, None)
     }
 
-    fn load_with(
-        path: &Path,
-        env: Option<config::Environment>,
-    ) -> Result<Config, ConfigError> {
+    fn load_with(path: &Path, env: Option<config::Environment>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             file: path.to_path_buf(),
             reason: e.to_string(),
@@ -633,17 +630,20 @@ impl Config {
             reason: e.to_string(),
         })?;
         // Through serde_json so that serde_path_to_error can name the exact key.
-        let tree: serde_json::Value =
-            merged.try_deserialize().map_err(|e| ConfigError::Shape {
-                file: file.to_path_buf(),
-                key: "(file)".into(),
-                reason: e.to_string(),
-            })?;
+        let tree: serde_json::Value = merged.try_deserialize().map_err(|e| ConfigError::Shape {
+            file: file.to_path_buf(),
+            key: "(file)".into(),
+            reason: e.to_string(),
+        })?;
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Shape {
                 file: file.to_path_buf(),
-                key: if key == "." { "(top level)".into() } else { key },
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
                 reason: e.into_inner().to_string(),
             }
         })?;

@@ -186,7 +186,11 @@ fn check_bus(issues: &mut Issues, i: usize, bus: &BusConfig) {
                     bus.id
                 ),
             ),
-            Some(a) if a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() => {
+            Some(a)
+                if a.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none() =>
+            {
                 issues.push(
                     k("address"),
                     format!("{a:?} is not host:port, e.g. \"192.168.1.50:502\""),
@@ -316,7 +320,10 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
                 issues.push(sk("bit"), "bit needs type = \"bool\"");
             }
             if bit > 15 {
-                issues.push(sk("bit"), format!("{bit} is not a bit of a 16-bit register (0..=15)"));
+                issues.push(
+                    sk("bit"),
+                    format!("{bit} is not a bit of a 16-bit register (0..=15)"),
+                );
             }
         }
         if transport == Some(Transport::Mqtt) {
@@ -327,7 +334,9 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
                 if !p.is_empty() && !p.starts_with('/') {
                     issues.push(
                         sk("pointer"),
-                        format!("{p:?} is not a JSON pointer; it starts with /, e.g. \"/spindle/rpm\""),
+                        format!(
+                            "{p:?} is not a JSON pointer; it starts with /, e.g. \"/spindle/rpm\""
+                        ),
                     );
                 }
             }
@@ -359,7 +368,11 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
                 "a bool from a register needs bit = 0..=15 (or use a coil or discrete area)",
             );
         }
-        let width = if area.is_bits() { 1 } else { u32::from(s.data_type.registers(s.length)) };
+        let width = if area.is_bits() {
+            1
+        } else {
+            u32::from(s.data_type.registers(s.length))
+        };
         let end = u32::from(address) + width;
         if end > 65536 {
             issues.push(
@@ -422,7 +435,10 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
 
     if let Some(rules) = &m.state {
         for problem in crate::machine::rules::check(rules, &m.signal) {
-            issues.push(format!("machine[{i}].state.{}", problem.rule), problem.message);
+            issues.push(
+                format!("machine[{i}].state.{}", problem.rule),
+                problem.message,
+            );
         }
     }
 
@@ -445,7 +461,8 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
                     format!("{other} is read-only; order registers are coil or holding"),
                 ),
             }
-            if r.area == Area::Coil && r.data_type != DataType::Bool && r.data_type != DataType::U16 {
+            if r.area == Area::Coil && r.data_type != DataType::Bool && r.data_type != DataType::U16
+            {
                 issues.push(format!("{ok}.type"), "a coil holds a single bit");
             }
             if matches!(r.data_type, DataType::String) {
@@ -462,7 +479,10 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
             );
         }
         if o.max_quantity == 0 {
-            issues.push(format!("machine[{i}].orders.max_quantity"), "must be above 0");
+            issues.push(
+                format!("machine[{i}].orders.max_quantity"),
+                "must be above 0",
+            );
         }
         if m.counters.is_none() {
             issues.push(

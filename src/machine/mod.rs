@@ -5,6 +5,7 @@
 //! `engine` is a task, and it only moves data: samples in, [`MachineEvent`]s
 //! out. Nothing here reads a device, writes SQLite or talks MQTT.
 
+pub mod history;
 pub mod rules;
 pub mod shift;
 
@@ -131,6 +132,6 @@ pub struct Telemetry {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MachineEvent {
     State(StateChange),
-    Period(ClosedPeriod),
+    Period(Box<ClosedPeriod>),
     Telemetry(Telemetry),
 }

@@ -1,1 +1,3 @@
-//! TODO
+//! Levelled work orders.
+
+pub mod book;

@@ -1,1 +1,3 @@
-//! TODO
+//! The uplink to the central MQTT broker.
+
+pub mod outbox;
