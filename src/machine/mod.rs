@@ -135,3 +135,19 @@ pub enum MachineEvent {
     Period(Box<ClosedPeriod>),
     Telemetry(Telemetry),
 }
+
+/// The live view of one machine that other parts of the agent watch (order
+/// interlock, status): published by the engine on a `tokio::sync::watch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineView {
+    pub machine: String,
+    pub state: MachineState,
+    pub since: DateTime<Utc>,
+    pub reason: Option<String>,
+    /// Parts counted since the agent started tracking this machine, across
+    /// counter wraps and resets (never goes backwards). Orders take their
+    /// progress as differences of these.
+    pub produced_total: u64,
+    pub good_total: u64,
+    pub scrap_total: u64,
+}

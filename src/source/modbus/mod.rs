@@ -1,2 +1,52 @@
 //! Modbus acquisition (TCP and RTU): read planning, decoding and one polling
 //! task per bus.
+
+use tokio::sync::oneshot;
+
+use crate::config::Area;
+
+/// One write the order dispatcher asks a bus to make. Only order registers
+/// listed in a machine's config are ever written (checked by `orders`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegisterWrite {
+    pub area: Area,
+    pub address: u16,
+    pub data: WriteData,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteData {
+    Coil(bool),
+    Registers(Vec<u16>),
+}
+
+/// A batch of writes to one machine, made in order, each read back and
+/// compared. The bus answers on `reply` once all are done or one failed.
+#[derive(Debug)]
+pub struct WriteRequest {
+    pub machine: String,
+    pub writes: Vec<RegisterWrite>,
+    pub reply: oneshot::Sender<Result<(), WriteError>>,
+}
+
+/// Why a write batch failed; names the register.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WriteError {
+    #[error("machine {machine}: writing {area} {address}: {reason}")]
+    Failed {
+        machine: String,
+        area: Area,
+        address: u16,
+        reason: String,
+    },
+    #[error("machine {machine}: {area} {address} read back {got:?}, wrote {wanted:?}")]
+    Mismatch {
+        machine: String,
+        area: Area,
+        address: u16,
+        wanted: Vec<u16>,
+        got: Vec<u16>,
+    },
+    #[error("machine {0} is not on this bus")]
+    UnknownMachine(String),
+}
