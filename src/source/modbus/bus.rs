@@ -264,20 +264,30 @@ async fn poll_once(
     })
 }
 
-fn log_exception_changes(m: &mut Scheduled, seen: &[Option<u8>]) {
-    for ((req, last), now) in m.plan.iter().zip(m.exceptions.iter_mut()).zip(seen) {
-        if last == now {
-            continue;
+/// The requests whose exception changed since the last poll, with the new
+/// one (`None`: the exception cleared). Remembers `now` in `last`.
+fn exception_changes(last: &mut [Option<u8>], now: &[Option<u8>]) -> Vec<(usize, Option<u8>)> {
+    let mut changes = Vec::new();
+    for (i, (was, is)) in last.iter_mut().zip(now).enumerate() {
+        if was != is {
+            changes.push((i, *is));
+            *was = *is;
         }
-        match now {
+    }
+    changes
+}
+
+fn log_exception_changes(m: &mut Scheduled, seen: &[Option<u8>]) {
+    for (i, code) in exception_changes(&mut m.exceptions, seen) {
+        let Some(req) = m.plan.get(i) else { continue };
+        match code {
             Some(code) => warn!(
                 machine = %m.config.id,
                 "{req}: modbus exception {code:#04x} ({})",
-                super::decode::exception_name(*code)
+                super::decode::exception_name(code)
             ),
             None => info!(machine = %m.config.id, "{req}: answers again without exception"),
         }
-        *last = *now;
     }
 }
 
@@ -346,6 +356,24 @@ mod tests {
         );
         let late = t0 + Duration::from_millis(350);
         assert_eq!(next_due(t0, poll, late), late);
+    }
+
+    #[test]
+    fn an_exception_is_reported_once_per_change_not_every_poll() {
+        let mut last = vec![None, None];
+        assert_eq!(
+            exception_changes(&mut last, &[Some(2), None]),
+            vec![(0, Some(2))]
+        );
+        assert!(exception_changes(&mut last, &[Some(2), None]).is_empty());
+        assert_eq!(
+            exception_changes(&mut last, &[Some(4), Some(2)]),
+            vec![(0, Some(4)), (1, Some(2))]
+        );
+        assert_eq!(
+            exception_changes(&mut last, &[None, Some(2)]),
+            vec![(0, None)]
+        );
     }
 
     #[test]
