@@ -1,5 +1,25 @@
 //! Modbus acquisition (TCP and RTU): read planning, decoding and one polling
 //! task per bus.
+//!
+//! - [`plan`]: which requests read a machine's signals (pure).
+//! - [`decode`]: registers and bits to values and back, exception names (pure).
+//! - `link`: one bus connection, every request under a timeout, one machine's poll.
+//! - [`bus`]: the polling task of a bus: schedule, backoff, writes, counters.
+//! - [`once`]: `linegate read --once`, built on the same poll as the bus task.
+//!
+//! This module reads and writes devices and sends [`crate::source::Sample`]s;
+//! it never derives machine states and never touches the store.
+
+pub mod bus;
+pub mod decode;
+mod link;
+pub mod once;
+pub mod plan;
+
+pub use bus::{run_bus, BusStats, BusStatsSnapshot, MachineHealth};
+pub use decode::{decode_bit, decode_registers, encode_registers, exception_name, EncodeError};
+pub use once::{read_once, readouts_to_json, MachineReadout, ReadOnceError};
+pub use plan::{describe_plan, plan_reads, ReadRequest};
 
 use tokio::sync::oneshot;
 

@@ -1,0 +1,395 @@
+//! The polling task of one Modbus bus.
+//!
+//! Owns the schedule of the machines on one bus: each machine is polled on
+//! its own `poll_ms`, strictly one request at a time (RS-485 has one master,
+//! and a TCP-to-RS485 gateway serialises anyway). A machine that does not
+//! answer is sent as [`SampleContent::Unreachable`] and retried with
+//! exponential backoff and jitter; since a failed request ends its poll at
+//! once, a dead device costs its bus neighbours at most one timeout per
+//! retry. Work-order writes are served between polls. Exception replies are
+//! logged once per change, not every poll. It owns the bus's counters
+//! ([`BusStats`]), the one place logs and `linegate status` read them from.
+//!
+//! It never decides a machine's state and never touches the store: it only
+//! sends [`Sample`]s.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::link::{poll_machine, write_verified, Link, LinkError};
+use super::plan::{plan_reads, ReadRequest};
+use super::{WriteError, WriteRequest};
+use crate::config::{BusConfig, MachineConfig, Transport};
+use crate::source::{Sample, SampleContent};
+
+/// Counters of one bus, shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    pub bus: String,
+    /// Requests sent (reads and writes).
+    pub requests: AtomicU64,
+    /// Requests or connects that failed, replies that did not fit.
+    pub errors: AtomicU64,
+    /// Of the errors, those that were timeouts.
+    pub timeouts: AtomicU64,
+    /// Connections opened again after one was dropped.
+    pub reconnects: AtomicU64,
+    machines: Mutex<BTreeMap<String, MachineHealth>>,
+}
+
+/// How the last polls of one machine went.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MachineHealth {
+    pub last_ok: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Failed polls in a row; 0 while the machine answers.
+    pub failures: u32,
+}
+
+/// A copy of a bus's counters at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BusStatsSnapshot {
+    pub bus: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub reconnects: u64,
+    pub machines: BTreeMap<String, MachineHealth>,
+}
+
+impl BusStats {
+    pub fn new(bus: &str) -> Self {
+        Self {
+            bus: bus.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    pub fn snapshot(&self) -> BusStatsSnapshot {
+        BusStatsSnapshot {
+            bus: self.bus.clone(),
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            machines: self.health().clone(),
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, MachineHealth>> {
+        // A panic elsewhere cannot leave these plain values half-written.
+        self.machines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record_ok(&self, machine: &str) {
+        let mut all = self.health();
+        let h = all.entry(machine.to_owned()).or_default();
+        h.last_ok = Some(Utc::now());
+        h.failures = 0;
+    }
+
+    fn record_error(&self, machine: &str, reason: &str) {
+        let mut all = self.health();
+        let h = all.entry(machine.to_owned()).or_default();
+        h.last_error = Some(reason.to_owned());
+        h.last_error_at = Some(Utc::now());
+        h.failures = h.failures.saturating_add(1);
+    }
+}
+
+/// How long to wait before retry number `failures` (1 = after the first
+/// failed poll): `backoff_min_ms` doubling per failure up to `backoff_max_ms`,
+/// plus up to half again as jitter (`jitter` in 0..=1), never above the max.
+pub fn backoff_delay(failures: u32, min_ms: u64, max_ms: u64, jitter: f64) -> Duration {
+    let doublings = failures.saturating_sub(1).min(32);
+    let base = min_ms.saturating_mul(1u64 << doublings).min(max_ms);
+    let extra = (base as f64 * 0.5 * jitter.clamp(0.0, 1.0)) as u64;
+    Duration::from_millis(base.saturating_add(extra).min(max_ms.max(min_ms)))
+}
+
+/// When a machine polled on `poll` and due at `due` is next due, given that
+/// its poll ended at `now`. A machine that fell behind starts afresh from
+/// `now` instead of catching up with a burst.
+pub fn next_due(due: Instant, poll: Duration, now: Instant) -> Instant {
+    let next = due + poll;
+    if next < now {
+        now
+    } else {
+        next
+    }
+}
+
+/// One machine on the bus and where its schedule stands.
+struct Scheduled {
+    config: MachineConfig,
+    plan: Vec<ReadRequest>,
+    poll: Duration,
+    /// When its next poll (or retry) is due.
+    due: Instant,
+    /// Failed polls in a row.
+    failures: u32,
+    /// Per request: the exception code last seen, so a change is logged once.
+    exceptions: Vec<Option<u8>>,
+}
+
+/// Poll the machines of one bus until `shutdown`; serve `writes` between
+/// polls. Machines of other buses in `machines` are ignored. On shutdown the
+/// request in flight is finished, then the task returns.
+#[tracing::instrument(name = "bus", skip_all, fields(bus = %bus.id))]
+pub async fn run_bus(
+    bus: BusConfig,
+    machines: Vec<MachineConfig>,
+    samples: mpsc::Sender<Sample>,
+    mut writes: mpsc::Receiver<WriteRequest>,
+    stats: Arc<BusStats>,
+    shutdown: CancellationToken,
+) {
+    if bus.transport == Transport::Mqtt {
+        warn!(
+            "bus {} is an mqtt bus; the Modbus poller leaves it alone",
+            bus.id
+        );
+        return;
+    }
+    let start = Instant::now();
+    let mut schedule: Vec<Scheduled> = machines
+        .into_iter()
+        .filter(|m| m.bus == bus.id)
+        .map(|m| {
+            let plan = plan_reads(&m, &bus);
+            Scheduled {
+                poll: Duration::from_millis(m.poll_ms.max(1)),
+                due: start,
+                failures: 0,
+                exceptions: vec![None; plan.len()],
+                plan,
+                config: m,
+            }
+        })
+        .collect();
+    for m in &schedule {
+        stats.health().entry(m.config.id.clone()).or_default();
+    }
+    let mut link = Link::new(bus, stats.clone());
+    let mut writes_open = true;
+
+    loop {
+        let next = schedule
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, m)| m.due)
+            .map(|(i, m)| (i, m.due));
+        let wait = async {
+            match next {
+                Some((_, at)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            request = writes.recv(), if writes_open => match request {
+                Some(request) => serve_writes(&mut link, &schedule, request).await,
+                None => writes_open = false,
+            },
+            () = wait => {
+                let Some((i, _)) = next else { continue };
+                let Some(sample) = poll_once(&mut link, &mut schedule[i], &stats, &shutdown).await else {
+                    continue;
+                };
+                if samples.send(sample).await.is_err() {
+                    debug!("sample receiver gone; bus task ends");
+                    break;
+                }
+            }
+        }
+    }
+    debug!("bus task stopped");
+}
+
+/// Poll one machine and move its schedule on; `None` if shutdown cut the poll short.
+async fn poll_once(
+    link: &mut Link,
+    m: &mut Scheduled,
+    stats: &BusStats,
+    shutdown: &CancellationToken,
+) -> Option<Sample> {
+    let id = m.config.id.clone();
+    let result = poll_machine(link, &m.config, &m.plan, Some(shutdown)).await;
+    let now = Instant::now();
+    let content = match result {
+        Err(LinkError::Cancelled) => return None,
+        Ok(poll) => {
+            if m.failures > 0 {
+                info!(machine = %id, "answering again after {} failed poll(s)", m.failures);
+            }
+            m.failures = 0;
+            m.due = next_due(m.due, m.poll, now);
+            log_exception_changes(m, &poll.exceptions);
+            stats.record_ok(&id);
+            SampleContent::Signals(poll.readings)
+        }
+        Err(e) => {
+            m.failures = m.failures.saturating_add(1);
+            let bus = link.bus();
+            let jitter: f64 = rand::rng().random_range(0.0..=1.0);
+            let delay = backoff_delay(m.failures, bus.backoff_min_ms, bus.backoff_max_ms, jitter);
+            m.due = now + delay.max(m.poll);
+            let reason = e.to_string();
+            if m.failures == 1 {
+                warn!(machine = %id, "not answering: {reason}; retrying with backoff");
+            } else {
+                debug!(machine = %id, failures = m.failures, "still not answering: {reason}; next try in {delay:?}");
+            }
+            stats.record_error(&id, &reason);
+            SampleContent::Unreachable { reason }
+        }
+    };
+    Some(Sample {
+        machine: id,
+        at: Utc::now(),
+        mono: now,
+        content,
+    })
+}
+
+/// The requests whose exception changed since the last poll, with the new
+/// one (`None`: the exception cleared). Remembers `now` in `last`.
+fn exception_changes(last: &mut [Option<u8>], now: &[Option<u8>]) -> Vec<(usize, Option<u8>)> {
+    let mut changes = Vec::new();
+    for (i, (was, is)) in last.iter_mut().zip(now).enumerate() {
+        if was != is {
+            changes.push((i, *is));
+            *was = *is;
+        }
+    }
+    changes
+}
+
+fn log_exception_changes(m: &mut Scheduled, seen: &[Option<u8>]) {
+    for (i, code) in exception_changes(&mut m.exceptions, seen) {
+        let Some(req) = m.plan.get(i) else { continue };
+        match code {
+            Some(code) => warn!(
+                machine = %m.config.id,
+                "{req}: modbus exception {code:#04x} ({})",
+                super::decode::exception_name(code)
+            ),
+            None => info!(machine = %m.config.id, "{req}: answers again without exception"),
+        }
+    }
+}
+
+/// Make a batch of writes to one machine, each read back, and answer it.
+async fn serve_writes(link: &mut Link, schedule: &[Scheduled], request: WriteRequest) {
+    let WriteRequest {
+        machine,
+        writes,
+        reply,
+    } = request;
+    let result = match schedule.iter().find(|m| m.config.id == machine) {
+        None => Err(WriteError::UnknownMachine(machine.clone())),
+        Some(m) => write_all(link, &m.config, &writes).await,
+    };
+    match &result {
+        Ok(()) => info!(machine = %machine, "wrote and read back {} value(s)", writes.len()),
+        Err(e) => warn!(machine = %machine, "write failed: {e}"),
+    }
+    // The asker may have given up waiting; the write was still made.
+    let _ = reply.send(result);
+}
+
+async fn write_all(
+    link: &mut Link,
+    machine: &MachineConfig,
+    writes: &[super::RegisterWrite],
+) -> Result<(), WriteError> {
+    for write in writes {
+        write_verified(link, machine, write).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_minimum_up_to_the_maximum() {
+        let ms = |f| backoff_delay(f, 1000, 60_000, 0.0).as_millis();
+        assert_eq!(
+            (1..=8).map(ms).collect::<Vec<_>>(),
+            vec![1000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000]
+        );
+        assert_eq!(ms(u32::MAX), 60_000);
+    }
+
+    #[test]
+    fn jitter_adds_at_most_half_and_never_passes_the_maximum() {
+        assert_eq!(backoff_delay(1, 1000, 60_000, 1.0).as_millis(), 1500);
+        assert_eq!(backoff_delay(3, 1000, 60_000, 0.5).as_millis(), 5000);
+        assert_eq!(backoff_delay(7, 1000, 60_000, 1.0).as_millis(), 60_000);
+        for j in [0.0, 0.3, 0.99, 1.0] {
+            let d = backoff_delay(2, 1000, 60_000, j).as_millis();
+            assert!((2000..=3000).contains(&d), "{d}");
+        }
+    }
+
+    #[test]
+    fn a_machine_on_time_keeps_its_rhythm_and_one_behind_starts_afresh() {
+        let t0 = Instant::now();
+        let poll = Duration::from_millis(100);
+        assert_eq!(
+            next_due(t0, poll, t0 + Duration::from_millis(20)),
+            t0 + poll
+        );
+        let late = t0 + Duration::from_millis(350);
+        assert_eq!(next_due(t0, poll, late), late);
+    }
+
+    #[test]
+    fn an_exception_is_reported_once_per_change_not_every_poll() {
+        let mut last = vec![None, None];
+        assert_eq!(
+            exception_changes(&mut last, &[Some(2), None]),
+            vec![(0, Some(2))]
+        );
+        assert!(exception_changes(&mut last, &[Some(2), None]).is_empty());
+        assert_eq!(
+            exception_changes(&mut last, &[Some(4), Some(2)]),
+            vec![(0, Some(4)), (1, Some(2))]
+        );
+        assert_eq!(
+            exception_changes(&mut last, &[None, Some(2)]),
+            vec![(0, None)]
+        );
+    }
+
+    #[test]
+    fn stats_snapshot_shows_counters_and_machine_health() {
+        let stats = BusStats::new("cell-a");
+        stats.requests.fetch_add(3, Ordering::Relaxed);
+        stats.record_error("press07", "no reply");
+        stats.record_error("press07", "no reply");
+        stats.record_ok("mill02");
+        let s = stats.snapshot();
+        assert_eq!(s.requests, 3);
+        assert_eq!(s.machines["press07"].failures, 2);
+        assert_eq!(
+            s.machines["press07"].last_error.as_deref(),
+            Some("no reply")
+        );
+        assert!(s.machines["mill02"].last_ok.is_some());
+    }
+}

@@ -1,0 +1,421 @@
+//! One bus connection and the requests made over it.
+//!
+//! Owns the tokio-modbus context of a bus (a TCP connection shared by the
+//! unit ids behind it, or an open serial line), the rule that every request
+//! runs under the bus's `timeout_ms` (tokio-modbus has no timeout of its own),
+//! the rule that after a timeout, an I/O or protocol error or a malformed
+//! reply the connection is dropped and rebuilt on the next request (a reused
+//! context can hand back a stale reply), the `delay_ms` pause between
+//! requests, and the reply length checks. It also holds the one poll of a
+//! machine ([`poll_machine`]) and the write-with-read-back ([`write_verified`])
+//! that both the bus task and `read --once` use. It never schedules, never
+//! retries and never sends samples.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::slave::{Slave, SlaveContext};
+use tokio_modbus::{Request, Response};
+use tokio_util::sync::CancellationToken;
+
+use super::bus::BusStats;
+use super::decode::{decode_bit, decode_registers, exception_name};
+use super::plan::ReadRequest;
+use super::{RegisterWrite, WriteData, WriteError};
+use crate::config::{Area, BusConfig, MachineConfig, Parity, Transport};
+use crate::source::{Reading, SignalError};
+
+/// Why a request got no usable reply; the machine counts as not answering.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum LinkError {
+    #[error("no reply from {target} within {timeout_ms} ms")]
+    Timeout { target: String, timeout_ms: u64 },
+    #[error("cannot connect to {target}: {reason}")]
+    Connect { target: String, reason: String },
+    #[error("connection to {target} failed: {reason}")]
+    Io { target: String, reason: String },
+    #[error("the poll was stopped by shutdown")]
+    Cancelled,
+}
+
+/// What a device answered to one request.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Response(Response),
+    /// A Modbus exception reply: the device is there and said no.
+    Exception(u8),
+}
+
+/// A bus connection, opened on first use and rebuilt after any failure.
+pub(crate) struct Link {
+    bus: BusConfig,
+    /// `None` until the first request and after any failure.
+    ctx: Option<Context>,
+    stats: Arc<BusStats>,
+    /// `delay_ms` after the previous request ended: the earliest next request.
+    next_request_at: Option<Instant>,
+    /// Whether a connection was ever opened, so later ones count as reconnects.
+    connected_before: bool,
+}
+
+impl Link {
+    pub(crate) fn new(bus: BusConfig, stats: Arc<BusStats>) -> Self {
+        Self {
+            bus,
+            ctx: None,
+            stats,
+            next_request_at: None,
+            connected_before: false,
+        }
+    }
+
+    pub(crate) fn bus(&self) -> &BusConfig {
+        &self.bus
+    }
+
+    /// Where this bus goes: the TCP address or the serial device.
+    pub(crate) fn target(&self) -> String {
+        match self.bus.transport {
+            Transport::Rtu => self.bus.device.clone().unwrap_or_default(),
+            _ => self.bus.address.clone().unwrap_or_default(),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.bus.timeout_ms)
+    }
+
+    /// Forget the connection; the next request opens a new one.
+    pub(crate) fn drop_connection(&mut self) {
+        self.ctx = None;
+    }
+
+    async fn connect(&mut self) -> Result<(), LinkError> {
+        let target = self.target();
+        let opened = tokio::time::timeout(self.timeout(), open(&self.bus)).await;
+        let ctx = match opened {
+            Err(_) => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(LinkError::Timeout {
+                    target,
+                    timeout_ms: self.bus.timeout_ms,
+                });
+            }
+            Ok(Err(reason)) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(LinkError::Connect { target, reason });
+            }
+            Ok(Ok(ctx)) => ctx,
+        };
+        if self.connected_before {
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        self.connected_before = true;
+        self.ctx = Some(ctx);
+        Ok(())
+    }
+
+    /// Make one request to `unit`: connect if needed, wait out `delay_ms`,
+    /// then the request under the bus timeout. Any failure drops the connection.
+    pub(crate) async fn call(
+        &mut self,
+        unit: u8,
+        request: Request<'_>,
+    ) -> Result<Reply, LinkError> {
+        if let Some(at) = self.next_request_at {
+            tokio::time::sleep_until(at).await;
+        }
+        let result = self.call_now(unit, request).await;
+        self.next_request_at = Some(Instant::now() + Duration::from_millis(self.bus.delay_ms));
+        if result.is_err() {
+            self.drop_connection();
+        }
+        result
+    }
+
+    async fn call_now(&mut self, unit: u8, request: Request<'_>) -> Result<Reply, LinkError> {
+        if self.ctx.is_none() {
+            self.connect().await?;
+        }
+        let timeout = self.timeout();
+        let target = self.target();
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Err(LinkError::Io {
+                target,
+                reason: "not connected".into(),
+            });
+        };
+        ctx.set_slave(Slave(unit));
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(timeout, ctx.call(request)).await {
+            Err(_) => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(LinkError::Timeout {
+                    target,
+                    timeout_ms: self.bus.timeout_ms,
+                })
+            }
+            Ok(Err(e)) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(LinkError::Io {
+                    target,
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Ok(Err(exception))) => Ok(Reply::Exception(u8::from(exception))),
+            Ok(Ok(Ok(response))) => Ok(Reply::Response(response)),
+        }
+    }
+
+    /// A reply that does not fit its request: count it and start afresh.
+    fn bad_reply(&mut self) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        self.drop_connection();
+    }
+}
+
+/// Open the transport of a bus. Errors are the reason, for a [`LinkError`].
+async fn open(bus: &BusConfig) -> Result<Context, String> {
+    match bus.transport {
+        Transport::Tcp => {
+            let address = bus.address.as_deref().ok_or("the bus has no address")?;
+            let stream = tokio::net::TcpStream::connect(address)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Requests are small and strictly one at a time: send them at once.
+            let _ = stream.set_nodelay(true);
+            Ok(tokio_modbus::client::tcp::attach(stream))
+        }
+        Transport::Rtu => {
+            let device = bus.device.as_deref().ok_or("the bus has no device")?;
+            let builder = tokio_serial::new(device, bus.baud)
+                .parity(match bus.parity {
+                    Parity::None => tokio_serial::Parity::None,
+                    Parity::Even => tokio_serial::Parity::Even,
+                    Parity::Odd => tokio_serial::Parity::Odd,
+                })
+                .data_bits(match bus.data_bits {
+                    5 => tokio_serial::DataBits::Five,
+                    6 => tokio_serial::DataBits::Six,
+                    7 => tokio_serial::DataBits::Seven,
+                    _ => tokio_serial::DataBits::Eight,
+                })
+                .stop_bits(match bus.stop_bits {
+                    2 => tokio_serial::StopBits::Two,
+                    _ => tokio_serial::StopBits::One,
+                });
+            let serial = tokio_serial::SerialStream::open(&builder).map_err(|e| e.to_string())?;
+            Ok(tokio_modbus::client::rtu::attach(serial))
+        }
+        Transport::Mqtt => Err("an mqtt bus is not a Modbus bus".into()),
+    }
+}
+
+/// What one read request gave.
+enum ReadReply {
+    Words(Vec<u16>),
+    Bits(Vec<bool>),
+    Exception(u8),
+    /// The reply does not fit the request (wrong length or function).
+    Malformed(String),
+}
+
+async fn read(link: &mut Link, unit: u8, req: &ReadRequest) -> Result<ReadReply, LinkError> {
+    let (a, n) = (req.address, req.count);
+    let request = match req.area {
+        Area::Coil => Request::ReadCoils(a, n),
+        Area::Discrete => Request::ReadDiscreteInputs(a, n),
+        Area::Holding => Request::ReadHoldingRegisters(a, n),
+        Area::Input => Request::ReadInputRegisters(a, n),
+    };
+    let response = match link.call(unit, request).await? {
+        Reply::Exception(code) => return Ok(ReadReply::Exception(code)),
+        Reply::Response(r) => r,
+    };
+    let count = usize::from(n);
+    let reply = match (req.area, response) {
+        (Area::Coil, Response::ReadCoils(bits))
+        | (Area::Discrete, Response::ReadDiscreteInputs(bits)) => {
+            // Bits come in whole bytes: up to 7 padding bits are fine.
+            if bits.len() < count || bits.len() >= count + 8 {
+                ReadReply::Malformed(format!(
+                    "reply to {req} held {} bits, expected {count}",
+                    bits.len()
+                ))
+            } else {
+                ReadReply::Bits(bits)
+            }
+        }
+        (Area::Holding, Response::ReadHoldingRegisters(words))
+        | (Area::Input, Response::ReadInputRegisters(words)) => {
+            if words.len() != count {
+                ReadReply::Malformed(format!(
+                    "reply to {req} held {} registers, expected {count}",
+                    words.len()
+                ))
+            } else {
+                ReadReply::Words(words)
+            }
+        }
+        (_, other) => ReadReply::Malformed(format!(
+            "reply to {req} was {:?}, not a read of that area",
+            other.function_code()
+        )),
+    };
+    if matches!(reply, ReadReply::Malformed(_)) {
+        link.bad_reply();
+    }
+    Ok(reply)
+}
+
+/// The result of polling one machine once.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Poll {
+    /// Every Modbus signal of the machine by name: a value or why not.
+    pub(crate) readings: BTreeMap<String, Reading>,
+    /// Per request of the plan: the exception code it got, if any.
+    pub(crate) exceptions: Vec<Option<u8>>,
+}
+
+/// Poll `machine` once by `plan`. A request that gets no reply (timeout,
+/// I/O or protocol error) ends the poll at once, so a dead device costs its
+/// bus at most one timeout per poll. Exception and malformed replies only
+/// affect the signals of their request. Between requests the poll stops if
+/// `shutdown` is cancelled.
+pub(crate) async fn poll_machine(
+    link: &mut Link,
+    machine: &MachineConfig,
+    plan: &[ReadRequest],
+    shutdown: Option<&CancellationToken>,
+) -> Result<Poll, LinkError> {
+    let mut readings = BTreeMap::new();
+    let mut exceptions = Vec::with_capacity(plan.len());
+    for (i, req) in plan.iter().enumerate() {
+        if i > 0 && shutdown.is_some_and(CancellationToken::is_cancelled) {
+            return Err(LinkError::Cancelled);
+        }
+        let reply = read(link, machine.unit, req).await?;
+        exceptions.push(match reply {
+            ReadReply::Exception(code) => Some(code),
+            _ => None,
+        });
+        for &index in &req.signals {
+            let Some(signal) = machine.signal.get(index) else {
+                continue;
+            };
+            let start = usize::from(signal.address.unwrap_or(req.address))
+                .saturating_sub(usize::from(req.address));
+            let reading = match &reply {
+                ReadReply::Words(words) => {
+                    decode_registers(signal, words.get(start..).unwrap_or(&[]))
+                }
+                ReadReply::Bits(bits) => decode_bit(signal, bits.get(start..).unwrap_or(&[])),
+                ReadReply::Exception(code) => Err(SignalError::Exception {
+                    code: *code,
+                    name: exception_name(*code).to_owned(),
+                    area: req.area.to_string(),
+                    address: signal.address.unwrap_or(req.address),
+                }),
+                ReadReply::Malformed(why) => Err(SignalError::BadValue(why.clone())),
+            };
+            readings.insert(signal.name.clone(), reading);
+        }
+    }
+    Ok(Poll {
+        readings,
+        exceptions,
+    })
+}
+
+/// Make one write to `machine` and read it back; the read-back must equal
+/// what was written.
+pub(crate) async fn write_verified(
+    link: &mut Link,
+    machine: &MachineConfig,
+    write: &RegisterWrite,
+) -> Result<(), WriteError> {
+    let failed = |reason: String| WriteError::Failed {
+        machine: machine.id.clone(),
+        area: write.area,
+        address: write.address,
+        reason,
+    };
+    let a = write.address;
+    let (request, wanted, read_back) = match (&write.data, write.area) {
+        (WriteData::Coil(on), Area::Coil) => (
+            Request::WriteSingleCoil(a, *on),
+            vec![u16::from(*on)],
+            ReadRequest {
+                area: Area::Coil,
+                address: a,
+                count: 1,
+                signals: Vec::new(),
+            },
+        ),
+        (WriteData::Registers(words), Area::Holding) if !words.is_empty() => {
+            let count = u16::try_from(words.len())
+                .ok()
+                .filter(|&n| n <= 123)
+                .ok_or_else(|| {
+                    failed(format!(
+                        "{} registers is more than one write may hold (123)",
+                        words.len()
+                    ))
+                })?;
+            (
+                Request::WriteMultipleRegisters(a, words.clone().into()),
+                words.clone(),
+                ReadRequest {
+                    area: Area::Holding,
+                    address: a,
+                    count,
+                    signals: Vec::new(),
+                },
+            )
+        }
+        (data, area) => {
+            return Err(failed(format!("cannot write {data:?} to area {area}")));
+        }
+    };
+    match link.call(machine.unit, request).await {
+        Err(e) => return Err(failed(e.to_string())),
+        Ok(Reply::Exception(code)) => {
+            return Err(failed(format!(
+                "modbus exception {code:#04x} ({})",
+                exception_name(code)
+            )))
+        }
+        Ok(Reply::Response(_)) => {}
+    }
+    let got: Vec<u16> = match read(link, machine.unit, &read_back).await {
+        Err(e) => return Err(failed(format!("reading back: {e}"))),
+        Ok(ReadReply::Exception(code)) => {
+            return Err(failed(format!(
+                "reading back: modbus exception {code:#04x} ({})",
+                exception_name(code)
+            )))
+        }
+        Ok(ReadReply::Malformed(why)) => return Err(failed(format!("reading back: {why}"))),
+        Ok(ReadReply::Words(words)) => words,
+        Ok(ReadReply::Bits(bits)) => bits
+            .first()
+            .map(|&b| vec![u16::from(b)])
+            .unwrap_or_default(),
+    };
+    if got != wanted {
+        return Err(WriteError::Mismatch {
+            machine: machine.id.clone(),
+            area: write.area,
+            address: write.address,
+            wanted,
+            got,
+        });
+    }
+    Ok(())
+}
