@@ -301,3 +301,40 @@ async fn planner(port: u16) -> AsyncClient {
     });
     client
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_state_change_overtakes_a_rate_limited_historical_backlog() {
+    let broker = common::Mosquitto::start();
+    let gate = Gate::start(broker.port).await;
+    gate.close();
+    let sub = Subscriber::start(broker.port, "checker").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = uplink_config(&gate.url());
+    cfg.historical_per_s = 50;
+    let agent = Agent::start(cfg, open_store(dir.path()));
+    let mut backlog = BTreeSet::new();
+    for i in 0..200 {
+        backlog.insert(agent.enqueue(MessageClass::Telemetry, i).await);
+    }
+    gate.open();
+    wait_for("connected", LONG, || agent.stats.snapshot().connected).await;
+    let live = agent.enqueue(MessageClass::Durable, 999).await;
+    wait_for("live message", LONG, || sub.data_by_seq().contains_key(&live)).await;
+    let got = sub.data_by_seq();
+    let historical_before = got.keys().filter(|s| backlog.contains(s)).count();
+    assert!(
+        historical_before < backlog.len(),
+        "the live message waited for the whole backlog"
+    );
+    assert!(got[&live].json.get("historical").is_none());
+    assert!(got.values().filter(|m| backlog.contains(&m.seq().unwrap())).all(|m| m.json["historical"] == true));
+    // The historical stream keeps seq order.
+    let order: Vec<u64> = sub
+        .seen()
+        .iter()
+        .filter_map(|m| m.seq())
+        .filter(|s| backlog.contains(s))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "historical out of order");
+    agent.stop().await.unwrap();
+}
