@@ -29,7 +29,11 @@ async fn broker_restarts_while_messages_are_enqueued_lose_nothing() {
     for round in 0..4u64 {
         // Link up: live messages.
         for i in 0..60 {
-            let class = if i % 3 == 0 { MessageClass::Durable } else { MessageClass::Telemetry };
+            let class = if i % 3 == 0 {
+                MessageClass::Durable
+            } else {
+                MessageClass::Telemetry
+            };
             enqueued.push(agent.enqueue(class, round * 1000 + i).await);
             if i % 20 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -40,7 +44,9 @@ async fn broker_restarts_while_messages_are_enqueued_lose_nothing() {
         broker.stop();
         wait_for("link down", LONG, || !agent.stats.snapshot().connected).await;
         for i in 0..40 {
-            let seq = agent.enqueue(MessageClass::Durable, round * 1000 + 500 + i).await;
+            let seq = agent
+                .enqueue(MessageClass::Durable, round * 1000 + 500 + i)
+                .await;
             enqueued.push(seq);
             offline.insert(seq);
         }
@@ -65,7 +71,10 @@ async fn broker_restarts_while_messages_are_enqueued_lose_nothing() {
     let data: BTreeSet<u64> = got.keys().copied().collect();
     assert_eq!(data, want, "exactly the enqueued seqs, no gap, no stranger");
     for seq in &offline {
-        assert_eq!(got[seq].json["historical"], true, "seq {seq} was stored offline");
+        assert_eq!(
+            got[seq].json["historical"], true,
+            "seq {seq} was stored offline"
+        );
     }
     let live_flagged = want
         .difference(&offline)
@@ -79,7 +88,12 @@ async fn broker_restarts_while_messages_are_enqueued_lose_nothing() {
         assert!(ts.ends_with('Z') && ts.len() == 24, "ts {ts}");
     }
     // Status seqs never collide with data seqs.
-    let status: Vec<u64> = sub.seen().iter().filter(|m| m.is_status()).filter_map(|m| m.seq()).collect();
+    let status: Vec<u64> = sub
+        .seen()
+        .iter()
+        .filter(|m| m.is_status())
+        .filter_map(|m| m.seq())
+        .collect();
     assert!(status.iter().all(|s| !data.contains(s)));
     assert!(agent.stats.snapshot().reconnects >= 4);
     agent.stop().await.unwrap();
@@ -101,11 +115,16 @@ async fn birth_comes_first_on_every_connect_and_is_retained() {
         let mark = sub.len();
         gate.open();
         wait_for("backlog and birth arrive", LONG, || {
-            sub.seen()[mark..].iter().filter(|m| !m.is_status()).count() >= if round == 0 { 20 } else { 1 }
+            sub.seen()[mark..].iter().filter(|m| !m.is_status()).count()
+                >= if round == 0 { 20 } else { 1 }
         })
         .await;
         let after = &sub.seen()[mark..];
-        assert!(after[0].is_status(), "first message after connect: {:?}", after[0]);
+        assert!(
+            after[0].is_status(),
+            "first message after connect: {:?}",
+            after[0]
+        );
         assert_eq!(after[0].online(), Some(true));
         assert_eq!(after[0].json["machines"][0], "press07");
         gate.cut();
@@ -116,7 +135,10 @@ async fn birth_comes_first_on_every_connect_and_is_retained() {
     wait_for("connected", LONG, || agent.stats.snapshot().connected).await;
     // A newcomer gets the retained birth.
     let late = Subscriber::start(broker.port, "late").await;
-    wait_for("retained status", LONG, || late.seen().iter().any(|m| m.is_status())).await;
+    wait_for("retained status", LONG, || {
+        late.seen().iter().any(|m| m.is_status())
+    })
+    .await;
     let status = late.seen().into_iter().find(|m| m.is_status()).unwrap();
     assert!(status.retain);
     assert_eq!(status.online(), Some(true));
@@ -130,26 +152,56 @@ async fn abrupt_loss_publishes_the_will_and_clean_shutdown_says_offline() {
     let sub = Subscriber::start(broker.port, "checker").await;
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(uplink_config(&gate.url()), open_store(dir.path()));
-    wait_for("birth", LONG, || sub.seen().iter().any(|m| m.online() == Some(true))).await;
-    let birth_seq = sub.seen().iter().find(|m| m.online() == Some(true)).unwrap().seq().unwrap();
+    wait_for("birth", LONG, || {
+        sub.seen().iter().any(|m| m.online() == Some(true))
+    })
+    .await;
+    let birth_seq = sub
+        .seen()
+        .iter()
+        .find(|m| m.online() == Some(true))
+        .unwrap()
+        .seq()
+        .unwrap();
 
     gate.cut();
-    wait_for("will", LONG, || sub.seen().iter().any(|m| m.online() == Some(false))).await;
-    let will = sub.seen().into_iter().find(|m| m.online() == Some(false)).unwrap();
+    wait_for("will", LONG, || {
+        sub.seen().iter().any(|m| m.online() == Some(false))
+    })
+    .await;
+    let will = sub
+        .seen()
+        .into_iter()
+        .find(|m| m.online() == Some(false))
+        .unwrap();
     assert!(will.topic.ends_with("/status"));
-    assert_eq!(will.seq(), Some(birth_seq + 1), "the will takes the seq after its birth");
+    assert_eq!(
+        will.seq(),
+        Some(birth_seq + 1),
+        "the will takes the seq after its birth"
+    );
 
     gate.open();
     wait_for("second birth", LONG, || {
-        sub.seen().iter().filter(|m| m.online() == Some(true)).count() >= 2
+        sub.seen()
+            .iter()
+            .filter(|m| m.online() == Some(true))
+            .count()
+            >= 2
     })
     .await;
     let mark = sub.len();
     agent.stop().await.unwrap();
-    wait_for("goodbye", LONG, || sub.seen()[mark..].iter().any(|m| m.online() == Some(false))).await;
+    wait_for("goodbye", LONG, || {
+        sub.seen()[mark..].iter().any(|m| m.online() == Some(false))
+    })
+    .await;
     // The goodbye is retained: a newcomer sees the gateway offline.
     let late = Subscriber::start(broker.port, "late").await;
-    wait_for("retained goodbye", LONG, || late.seen().iter().any(|m| m.is_status())).await;
+    wait_for("retained goodbye", LONG, || {
+        late.seen().iter().any(|m| m.is_status())
+    })
+    .await;
     let status = late.seen().into_iter().find(|m| m.is_status()).unwrap();
     assert_eq!((status.online(), status.retain), (Some(false), true));
 }
@@ -188,11 +240,26 @@ async fn full_outbox_drops_oldest_telemetry_keeps_durable_and_reports_drops() {
     for seq in &durable {
         assert!(got.contains_key(seq), "durable seq {seq} was dropped");
     }
-    let kept: Vec<u64> = telemetry.iter().copied().filter(|s| got.contains_key(s)).collect();
-    let lost: Vec<u64> = telemetry.iter().copied().filter(|s| !got.contains_key(s)).collect();
+    let kept: Vec<u64> = telemetry
+        .iter()
+        .copied()
+        .filter(|s| got.contains_key(s))
+        .collect();
+    let lost: Vec<u64> = telemetry
+        .iter()
+        .copied()
+        .filter(|s| !got.contains_key(s))
+        .collect();
     assert_eq!(lost.len() as u64, counts.dropped);
-    assert!(lost.iter().max() < kept.iter().min(), "the oldest telemetry goes first");
-    let birth = sub.seen().into_iter().find(|m| m.online() == Some(true)).unwrap();
+    assert!(
+        lost.iter().max() < kept.iter().min(),
+        "the oldest telemetry goes first"
+    );
+    let birth = sub
+        .seen()
+        .into_iter()
+        .find(|m| m.online() == Some(true))
+        .unwrap();
     assert_eq!(birth.json["dropped_telemetry"], counts.dropped);
     assert_eq!(agent.stats.snapshot().drops, counts.dropped);
     agent.stop().await.unwrap();
@@ -209,23 +276,37 @@ async fn an_order_is_acknowledged_only_after_its_commit() {
 
     let planner = planner(broker.port).await;
     planner
-        .publish(format!("{PREFIX}/orders/cmd"), QoS::AtLeastOnce, false, br#"{"type":"hold","order_id":"WO-1"}"#.to_vec())
+        .publish(
+            format!("{PREFIX}/orders/cmd"),
+            QoS::AtLeastOnce,
+            false,
+            br#"{"type":"hold","order_id":"WO-1"}"#.to_vec(),
+        )
         .await
         .unwrap();
-    let first = tokio::time::timeout(LONG, agent.orders.recv()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(LONG, agent.orders.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.payload, br#"{"type":"hold","order_id":"WO-1"}"#);
     // Not committed: the broker keeps it and sends it again after a reconnect.
     gate.cut();
     gate.open();
-    let again = tokio::time::timeout(LONG, agent.orders.recv()).await.unwrap().unwrap();
+    let again = tokio::time::timeout(LONG, agent.orders.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.payload, first.payload);
     drop(first);
     again.committed.send(()).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await; // the PUBACK goes out
-    // Committed and acknowledged: a reconnect brings nothing back.
+                                                          // Committed and acknowledged: a reconnect brings nothing back.
     gate.cut();
     gate.open();
-    wait_for("reconnected", LONG, || agent.stats.snapshot().reconnects >= 2).await;
+    wait_for("reconnected", LONG, || {
+        agent.stats.snapshot().reconnects >= 2
+    })
+    .await;
     let none = tokio::time::timeout(Duration::from_secs(1), agent.orders.recv()).await;
     assert!(none.is_err(), "an acknowledged order came again: {none:?}");
     agent.stop().await.unwrap();
@@ -255,10 +336,18 @@ async fn mqtt5_delivers_and_deletes_rows_on_success_pubacks() {
     // Orders work on MQTT 5 as well.
     let planner = planner(broker.port).await;
     planner
-        .publish(format!("{PREFIX}/orders/cmd"), QoS::AtLeastOnce, false, b"{}".to_vec())
+        .publish(
+            format!("{PREFIX}/orders/cmd"),
+            QoS::AtLeastOnce,
+            false,
+            b"{}".to_vec(),
+        )
         .await
         .unwrap();
-    let order = tokio::time::timeout(LONG, agent.orders.recv()).await.unwrap().unwrap();
+    let order = tokio::time::timeout(LONG, agent.orders.recv())
+        .await
+        .unwrap()
+        .unwrap();
     order.committed.send(()).unwrap();
     agent.stop().await.unwrap();
 }
@@ -277,7 +366,9 @@ async fn seq_continues_without_reuse_after_the_store_is_reopened() {
     let status = store.call_blocking(|c| outbox::take_seqs(c, 2)).unwrap();
     // Sent and acknowledged: the rows are gone, their seqs stay used.
     let acked = first.clone();
-    store.call_blocking(move |c| outbox::delete_acked(c, &acked)).unwrap();
+    store
+        .call_blocking(move |c| outbox::delete_acked(c, &acked))
+        .unwrap();
     drop(store);
     tokio::time::sleep(Duration::from_millis(100)).await; // store thread ends
 
@@ -296,9 +387,7 @@ async fn seq_continues_without_reuse_after_the_store_is_reopened() {
 
 async fn planner(port: u16) -> AsyncClient {
     let (client, mut events) = AsyncClient::new(MqttOptions::new("planner", "127.0.0.1", port), 10);
-    tokio::spawn(async move {
-        while events.poll().await.is_ok() {}
-    });
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
     client
 }
 
@@ -319,7 +408,10 @@ async fn a_live_state_change_overtakes_a_rate_limited_historical_backlog() {
     gate.open();
     wait_for("connected", LONG, || agent.stats.snapshot().connected).await;
     let live = agent.enqueue(MessageClass::Durable, 999).await;
-    wait_for("live message", LONG, || sub.data_by_seq().contains_key(&live)).await;
+    wait_for("live message", LONG, || {
+        sub.data_by_seq().contains_key(&live)
+    })
+    .await;
     let got = sub.data_by_seq();
     let historical_before = got.keys().filter(|s| backlog.contains(s)).count();
     assert!(
@@ -327,7 +419,10 @@ async fn a_live_state_change_overtakes_a_rate_limited_historical_backlog() {
         "the live message waited for the whole backlog"
     );
     assert!(got[&live].json.get("historical").is_none());
-    assert!(got.values().filter(|m| backlog.contains(&m.seq().unwrap())).all(|m| m.json["historical"] == true));
+    assert!(got
+        .values()
+        .filter(|m| backlog.contains(&m.seq().unwrap()))
+        .all(|m| m.json["historical"] == true));
     // The historical stream keeps seq order.
     let order: Vec<u64> = sub
         .seen()
@@ -335,6 +430,9 @@ async fn a_live_state_change_overtakes_a_rate_limited_historical_backlog() {
         .filter_map(|m| m.seq())
         .filter(|s| backlog.contains(s))
         .collect();
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "historical out of order");
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "historical out of order"
+    );
     agent.stop().await.unwrap();
 }

@@ -32,9 +32,10 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn make_ca(dir: &Path, name: &str) -> (PathBuf, CertificateParams, KeyPair) {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("linegate test CA {name}"));
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("linegate test CA {name}"),
+    );
     let key = KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
     (write(dir, &format!("{name}.pem"), &cert.pem()), params, key)
@@ -89,7 +90,10 @@ async fn messages_flow_over_tls_with_a_client_certificate() {
     cfg.client_key_file = Some(p.client_key.clone());
     let agent = Agent::start(cfg, open_store(dir.path()));
     let seq = agent.enqueue(MessageClass::Durable, 1).await;
-    wait_for("message over TLS", LONG, || sub.data_by_seq().contains_key(&seq)).await;
+    wait_for("message over TLS", LONG, || {
+        sub.data_by_seq().contains_key(&seq)
+    })
+    .await;
     assert!(agent.stats.snapshot().connected);
     assert!(sub.seen().iter().any(|m| m.online() == Some(true)));
     agent.stop().await.unwrap();
@@ -110,8 +114,14 @@ async fn a_broker_signed_by_another_ca_is_refused_with_a_clear_error() {
     wait_for("a TLS error", LONG, || agent.stats.last_error().is_some()).await;
     let e = agent.stats.last_error().unwrap();
     assert!(e.contains("TLS"), "{e}");
-    assert!(e.contains("UnknownIssuer") || e.contains("invalid peer certificate"), "{e}");
-    assert!(e.contains(&other_ca.display().to_string()), "names the CA file: {e}");
+    assert!(
+        e.contains("UnknownIssuer") || e.contains("invalid peer certificate"),
+        "{e}"
+    );
+    assert!(
+        e.contains(&other_ca.display().to_string()),
+        "names the CA file: {e}"
+    );
     assert!(!agent.stats.snapshot().connected);
     agent.stop().await.unwrap();
 }
@@ -128,44 +138,71 @@ async fn missing_or_bad_certificate_files_are_named_in_the_error() {
         c
     };
     let cases = [
-        ({
-            let mut c = base();
-            c.ca_file = Some(missing.clone());
-            c
-        }, "uplink.ca_file", missing.clone()),
-        ({
-            let mut c = base();
-            c.ca_file = Some(garbage.clone());
-            c
-        }, "uplink.ca_file", garbage.clone()),
-        ({
-            let mut c = base();
-            c.client_cert_file = Some(garbage.clone());
-            c.client_key_file = Some(p.client_key.clone());
-            c
-        }, "uplink.client_cert_file", garbage.clone()),
-        ({
-            let mut c = base();
-            c.client_cert_file = Some(p.client_cert.clone());
-            c.client_key_file = Some(p.ca.clone());
-            c
-        }, "uplink.client_key_file", p.ca.clone()),
-        ({
-            let mut c = base();
-            c.client_cert_file = Some(p.client_cert.clone());
-            c.client_key_file = Some(p.server_key.clone());
-            c
-        }, "uplink.client_cert_file", p.client_cert.clone()),
+        (
+            {
+                let mut c = base();
+                c.ca_file = Some(missing.clone());
+                c
+            },
+            "uplink.ca_file",
+            missing.clone(),
+        ),
+        (
+            {
+                let mut c = base();
+                c.ca_file = Some(garbage.clone());
+                c
+            },
+            "uplink.ca_file",
+            garbage.clone(),
+        ),
+        (
+            {
+                let mut c = base();
+                c.client_cert_file = Some(garbage.clone());
+                c.client_key_file = Some(p.client_key.clone());
+                c
+            },
+            "uplink.client_cert_file",
+            garbage.clone(),
+        ),
+        (
+            {
+                let mut c = base();
+                c.client_cert_file = Some(p.client_cert.clone());
+                c.client_key_file = Some(p.ca.clone());
+                c
+            },
+            "uplink.client_key_file",
+            p.ca.clone(),
+        ),
+        (
+            {
+                let mut c = base();
+                c.client_cert_file = Some(p.client_cert.clone());
+                c.client_key_file = Some(p.server_key.clone());
+                c
+            },
+            "uplink.client_cert_file",
+            p.client_cert.clone(),
+        ),
     ];
     for (cfg, key, file) in cases {
         let e = linegate::uplink::check(&cfg).unwrap_err().to_string();
-        assert!(e.contains(key) && e.contains(&file.display().to_string()), "{key}: {e}");
+        assert!(
+            e.contains(key) && e.contains(&file.display().to_string()),
+            "{key}: {e}"
+        );
     }
     // run_uplink refuses to start with such a file, before any connection.
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = base();
     cfg.ca_file = Some(missing.clone());
     let agent = Agent::start(cfg, open_store(dir.path()));
-    let e = tokio::time::timeout(LONG, agent.task).await.unwrap().unwrap().unwrap_err();
+    let e = tokio::time::timeout(LONG, agent.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert!(e.to_string().contains("nope.pem"), "{e}");
 }

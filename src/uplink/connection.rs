@@ -116,7 +116,7 @@ enum LinkEvent {
     Publish {
         topic: String,
         payload: Vec<u8>,
-        packet: Incoming,
+        packet: Box<Incoming>,
     },
     DisconnectSent,
     Other,
@@ -174,7 +174,7 @@ fn v4_event(ev: rumqttc::Event) -> LinkEvent {
         Event::Incoming(Packet::Publish(p)) => LinkEvent::Publish {
             topic: p.topic.clone(),
             payload: p.payload.to_vec(),
-            packet: Incoming::V4(p),
+            packet: Box::new(Incoming::V4(p)),
         },
         Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Sent { pkid },
         Event::Outgoing(Outgoing::Disconnect) => LinkEvent::DisconnectSent,
@@ -199,7 +199,7 @@ fn v5_event(ev: v5::Event) -> LinkEvent {
         Event::Incoming(Packet::Publish(p)) => LinkEvent::Publish {
             topic: String::from_utf8_lossy(&p.topic).into_owned(),
             payload: p.payload.to_vec(),
-            packet: Incoming::V5(p),
+            packet: Box::new(Incoming::V5(p)),
         },
         Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => LinkEvent::Sent { pkid },
         Event::Outgoing(rumqttc::Outgoing::Disconnect) => LinkEvent::DisconnectSent,
@@ -308,7 +308,7 @@ fn is_tls_v5(e: &v5::ConnectionError) -> bool {
 
 /// An order command waiting for its commit before its PUBACK goes back.
 struct PendingAck {
-    packet: Incoming,
+    packet: Box<Incoming>,
     committed: oneshot::Receiver<()>,
 }
 

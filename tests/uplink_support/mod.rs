@@ -64,7 +64,9 @@ impl Subscriber {
             loop {
                 match events.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = client.subscribe(format!("{PREFIX}/#"), QoS::AtLeastOnce).await;
+                        let _ = client
+                            .subscribe(format!("{PREFIX}/#"), QoS::AtLeastOnce)
+                            .await;
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         n.fetch_add(1, Ordering::SeqCst);
@@ -273,24 +275,22 @@ impl Agent {
 
     /// Enqueue one message in its own transaction and wake the uplink.
     pub async fn enqueue(&self, class: MessageClass, n: u64) -> u64 {
-        let seq = self.store.call(move |c| {
-            let tx = c.transaction()?;
-            let seq = outbox::enqueue(&tx, &message(class, n))?;
-            tx.commit()?;
-            Ok(seq)
-        })
-        .await
-        .unwrap();
+        let seq = self
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let seq = outbox::enqueue(&tx, &message(class, n))?;
+                tx.commit()?;
+                Ok(seq)
+            })
+            .await
+            .unwrap();
         self.wake.notify_one();
         seq
     }
 
     pub async fn depth(&self) -> u64 {
-        self.store
-            .call(|c| outbox::counts(c))
-            .await
-            .unwrap()
-            .depth
+        self.store.call(|c| outbox::counts(c)).await.unwrap().depth
     }
 
     pub async fn stop(self) -> Result<(), UplinkError> {
