@@ -1,3 +1,314 @@
-//! The uplink to the central MQTT broker.
+//! The uplink to the central MQTT broker: store-and-forward, nothing lost.
+//! Owns the outbox table, the contract payloads, telemetry by exception and
+//! the connection. It never reads machines and never decides about orders:
+//! producers commit messages with [`outbox::enqueue`] and wake the uplink;
+//! order commands are handed to the orders task and acknowledged to the
+//! broker only after the orders task says they are committed.
+//!
+//! - [`outbox`]: the SQLite table every upward message goes through.
+//! - [`message`]: contract payloads and the envelope.
+//! - [`telemetry`]: the deadband/heartbeat filter (pure).
+//! - [`pacing`]: reconnect backoff and the historical rate limit (pure).
+//! - [`tls`]: URL, rustls configuration, password.
+//! - `connection`: one connection's life (birth, drain, orders, goodbye).
+//!
+//! [`run_uplink`] is a loop over connections: connect, serve until lost,
+//! wait a jittered, growing backoff, connect again with a fresh client; each
+//! connection starts draining from the oldest row again.
 
+mod connection;
+pub mod message;
 pub mod outbox;
+pub mod pacing;
+pub mod telemetry;
+pub mod tls;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{MqttVersion, UplinkConfig};
+use crate::orders::OrderMessage;
+use crate::store::{Store, StoreError};
+
+pub use connection::{MAX_PACKET_BYTES, WINDOW};
+pub use message::GatewayInfo;
+pub use outbox::{enqueue, MessageClass, OutboxPolicy, Outgoing};
+
+/// Errors of the uplink: all but `Store` come from the config and are
+/// reported before any connection is tried.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("uplink.url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("uplink.ca_file {}: {reason}", path.display())]
+    CaFile { path: PathBuf, reason: String },
+    #[error("uplink.client_cert_file {}: {reason}", path.display())]
+    ClientCert { path: PathBuf, reason: String },
+    #[error("uplink.client_key_file {}: {reason}", path.display())]
+    ClientKey { path: PathBuf, reason: String },
+    #[error("uplink TLS: {0}")]
+    Tls(String),
+    #[error("uplink.password_file {}: cannot read: {reason}", path.display())]
+    PasswordFile { path: PathBuf, reason: String },
+    #[error("uplink.password_env: environment variable {name} is not set")]
+    PasswordEnv { name: String },
+    #[error("uplink: a password is set but uplink.username is missing")]
+    PasswordWithoutUser,
+    #[error("uplink: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Live figures of the uplink, for `status`, logs and metrics. The outbox
+/// figures (`depth`, `drops`) are copies of the outbox's own counters,
+/// refreshed after every batch of deletions and every connection attempt.
+#[derive(Debug, Default)]
+pub struct UplinkStats {
+    pub connected: AtomicBool,
+    /// Messages handed to the MQTT client (resends included).
+    pub sent: AtomicU64,
+    /// Messages PUBACKed by the broker.
+    pub acked: AtomicU64,
+    /// MQTT 5 PUBACKs with a failure reason (the row is kept and resent).
+    pub rejected: AtomicU64,
+    /// Successful connects.
+    pub connects: AtomicU64,
+    /// Successful connects after the first.
+    pub reconnects: AtomicU64,
+    /// Telemetry dropped by the outbox cap since the store was created.
+    pub drops: AtomicU64,
+    /// Messages waiting in the outbox.
+    pub depth: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A copy of [`UplinkStats`] at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UplinkSnapshot {
+    pub connected: bool,
+    pub sent: u64,
+    pub acked: u64,
+    pub rejected: u64,
+    pub reconnects: u64,
+    pub drops: u64,
+    pub depth: u64,
+    pub last_error: Option<String>,
+}
+
+impl UplinkStats {
+    pub fn snapshot(&self) -> UplinkSnapshot {
+        UplinkSnapshot {
+            connected: self.connected.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            drops: self.drops.load(Ordering::Relaxed),
+            depth: self.depth.load(Ordering::Relaxed),
+            last_error: self.last_error(),
+        }
+    }
+
+    /// Why the last connection attempt failed or was lost, if it was.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+
+    fn set_last_error(&self, e: Option<String>) {
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = e;
+        }
+    }
+
+    fn set_counts(&self, c: outbox::OutboxCounts) {
+        self.depth.store(c.depth, Ordering::Relaxed);
+        self.drops.store(c.dropped, Ordering::Relaxed);
+    }
+}
+
+/// Turns a connection error into a message a user can act on.
+type DescribeError = Arc<dyn Fn(&str, bool) -> String + Send + Sync>;
+
+/// Everything needed to open a connection, checked once at start.
+#[derive(Clone)]
+pub(crate) struct ConnectSettings {
+    addr: tls::BrokerAddr,
+    client_id: String,
+    keepalive_s: u64,
+    protocol: MqttVersion,
+    credentials: Option<(String, String)>,
+    /// `None` for plain TCP.
+    transport: Option<rumqttc::Transport>,
+    historical_per_s: u32,
+    describe_error: DescribeError,
+}
+
+impl ConnectSettings {
+    fn new(cfg: &UplinkConfig, gateway_id: &str) -> Result<ConnectSettings, UplinkError> {
+        let addr = tls::parse_url(&cfg.url)?;
+        let transport = if addr.tls {
+            let config = tls::client_config(cfg)?;
+            Some(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+            ))
+        } else {
+            None
+        };
+        let password = tls::password(cfg)?;
+        let credentials = match (&cfg.username, password) {
+            (Some(u), p) => Some((u.clone(), p.unwrap_or_default())),
+            (None, Some(_)) => return Err(UplinkError::PasswordWithoutUser),
+            (None, None) => None,
+        };
+        let where_ = format!("{}:{}", addr.host, addr.port);
+        let ca = tls::ca_description(cfg);
+        let describe_error: DescribeError = Arc::new(move |e: &str, is_tls: bool| {
+            if is_tls {
+                format!("TLS with broker {where_} failed: {e} (trusted CA: {ca}; check the broker's certificate, its host name and uplink.client_cert_file)")
+            } else {
+                format!("broker {where_}: {e}")
+            }
+        });
+        Ok(ConnectSettings {
+            addr,
+            client_id: cfg
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("linegate-{gateway_id}")),
+            keepalive_s: cfg.keepalive_s.max(5),
+            protocol: cfg.protocol,
+            credentials,
+            transport,
+            historical_per_s: cfg.historical_per_s,
+            describe_error,
+        })
+    }
+}
+
+/// Check an uplink config without connecting (for `check-config` and start-up).
+pub fn check(cfg: &UplinkConfig) -> Result<(), UplinkError> {
+    ConnectSettings::new(cfg, "check").map(|_| ())
+}
+
+/// Run the uplink until `shutdown`: connect with backoff, publish the birth,
+/// drain the outbox, take order commands, say goodbye.
+///
+/// Wiring: call [`outbox::configure`] once at start (the cap, link down)
+/// before producers enqueue; producers call `wake.notify_one()` after each
+/// commit that enqueued rows. Returns an error at once for a bad config (URL,
+/// certificate, key or password file) and when the store has stopped;
+/// connection failures are logged, kept in `stats`, and retried.
+pub async fn run_uplink(
+    cfg: UplinkConfig,
+    gateway: GatewayInfo,
+    store: Store,
+    wake: Arc<Notify>,
+    orders: mpsc::Sender<OrderMessage>,
+    stats: Arc<UplinkStats>,
+    shutdown: CancellationToken,
+) -> Result<(), UplinkError> {
+    let settings = ConnectSettings::new(&cfg, &gateway.id)?;
+    store.call(|c| outbox::set_link_up(c, false)).await?;
+
+    let (acked_tx, acked_rx) = mpsc::unbounded_channel();
+    let deleter = tokio::spawn(delete_acked(store.clone(), acked_rx, stats.clone()));
+    let shared = connection::Shared {
+        settings,
+        gateway,
+        store: store.clone(),
+        wake,
+        orders,
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+        acked: acked_tx,
+    };
+    let result = serve(&shared, &cfg).await;
+
+    stats.connected.store(false, Ordering::Relaxed);
+    drop(shared);
+    let _ = deleter.await;
+    let _ = store.call(|c| outbox::set_link_up(c, false)).await;
+    result
+}
+
+async fn serve(shared: &connection::Shared, cfg: &UplinkConfig) -> Result<(), UplinkError> {
+    let mut backoff = pacing::Backoff::new(cfg.backoff_min_ms, cfg.backoff_max_ms);
+    // Birth and will/goodbye seqs, reserved until a connection gets its CONNACK.
+    let mut status_seq: Option<u64> = None;
+    loop {
+        if shared.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let seq = match status_seq {
+            Some(s) => s,
+            None => {
+                let s = shared.store.call(|c| outbox::take_seqs(c, 2)).await?;
+                status_seq = Some(s);
+                s
+            }
+        };
+        if let Ok(k) = shared.store.call(|c| outbox::counts(c)).await {
+            shared.stats.set_counts(k);
+        }
+        match connection::run(shared, seq).await {
+            Ok(connection::Ended::Shutdown) => return Ok(()),
+            Ok(connection::Ended::Lost {
+                connected,
+                healthy,
+                error,
+            }) => {
+                if connected {
+                    status_seq = None;
+                    tracing::warn!(error = %error, "uplink connection lost");
+                } else {
+                    tracing::warn!(error = %error, "uplink cannot connect");
+                }
+                shared.stats.set_last_error(Some(error));
+                if healthy {
+                    backoff.reset();
+                }
+            }
+            Err(StoreError::Closed) => return Err(StoreError::Closed.into()),
+            Err(e) => {
+                tracing::error!(error = %e, "uplink: store error, reconnecting");
+                shared.stats.set_last_error(Some(e.to_string()));
+            }
+        }
+        shared.stats.connected.store(false, Ordering::Relaxed);
+        shared.store.call(|c| outbox::set_link_up(c, false)).await?;
+        let delay = backoff.next_delay(rand::random::<f64>());
+        tracing::debug!(
+            delay_ms = delay.as_millis() as u64,
+            "uplink reconnect backoff"
+        );
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Delete PUBACKed rows in batches: one transaction (one fsync) per batch.
+async fn delete_acked(store: Store, mut rx: mpsc::UnboundedReceiver<u64>, stats: Arc<UplinkStats>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        let seqs = std::mem::take(&mut batch);
+        match store.call(move |c| outbox::delete_acked(c, &seqs)).await {
+            Ok(k) => stats.set_counts(k),
+            Err(e) => {
+                // The rows stay and are sent again: a duplicate, never a loss.
+                tracing::warn!(error = %e, "could not delete acknowledged outbox rows");
+            }
+        }
+    }
+}

@@ -1,11 +1,111 @@
-//! The outbox: every upward message, committed before it is sent.
+//! The outbox: every upward message, committed to SQLite before it is sent.
+//! This module owns the outbox tables and the drop policy; it never talks
+//! MQTT (the connection does) and never builds payloads (`message` does).
+//!
+//! # Tables
+//!
+//! `outbox`, one row per upward message not yet acknowledged by the broker:
+//!
+//! | column | meaning |
+//! |---|---|
+//! | `seq` | INTEGER PRIMARY KEY: the contract's envelope `seq` |
+//! | `topic_suffix` | topic below the prefix, e.g. `m/press07/state` |
+//! | `class` | `telemetry` (may be dropped when full) or `durable` (never) |
+//! | `retain` | publish with the retain flag |
+//! | `ts` | when the fact happened, RFC 3339 UTC with milliseconds |
+//! | `body` | the payload as JSON text, without the envelope |
+//! | `bytes` | size charged against the cap: `body` + `topic_suffix` |
+//! | `stored_offline` | 1 when the link was down at enqueue: sent with `historical: true` |
+//!
+//! `outbox_state`, exactly one row (`id = 1`): `next_seq` (the next envelope
+//! seq to hand out), `max_bytes` (the cap), `link_up` (whether the uplink is
+//! connected right now), `rows` and `bytes` (kept equal to `COUNT(*)` and
+//! `SUM(bytes)` of `outbox` by triggers), `dropped` (telemetry rows ever
+//! dropped by the cap) and `over_cap` (durable rows alone exceed the cap).
+//!
+//! # Invariants
+//!
+//! - `next_seq` only grows. A seq is taken in the same transaction as its
+//!   row, so a seq is never reused: not after the row is deleted, not after a
+//!   restart, a SIGKILL or a power loss (WAL, `synchronous = FULL`).
+//! - Status messages (birth, will, shutdown) take their seqs from the same
+//!   counter ([`take_seqs`]) but have no row: they are rebuilt on every connect.
+//! - Only the cap deletes a row that was not acknowledged, only `telemetry`
+//!   rows, oldest first, and every such deletion is counted in `dropped`
+//!   (the dropped seqs then show as gaps to a receiver, explained by the
+//!   `dropped_telemetry` count in the gateway status). `durable` rows are
+//!   never dropped: when they alone exceed the cap the outbox grows past it
+//!   and says so in the log.
+//!
+//! # Life of a row
+//!
+//! 1. **write**: a producer (state engine, accounting, orders) calls
+//!    [`enqueue`] inside its own transaction, together with its own rows, and
+//!    after commit wakes the uplink (`Notify::notify_one`). The row is marked
+//!    `stored_offline` when `link_up` is false at that moment.
+//! 2. **send**: the connection reads rows in `seq` order ([`next_batch`]),
+//!    adds the envelope and publishes at QoS 1.
+//! 3. **PUBACK**: the broker has the message.
+//! 4. **delete**: [`delete_acked`] removes the row. A row whose PUBACK never
+//!    came (connection lost) stays and is sent again on the next connection:
+//!    delivery is at-least-once, receivers drop duplicates by `seq`.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::store::StoreError;
 
-/// The outbox table (migration "outbox").
-pub const SCHEMA_V1: &str = "";
+/// The outbox tables (migration "outbox").
+pub const SCHEMA_V1: &str = "
+CREATE TABLE outbox (
+    seq            INTEGER PRIMARY KEY,
+    topic_suffix   TEXT    NOT NULL,
+    class          TEXT    NOT NULL CHECK (class IN ('telemetry', 'durable')),
+    retain         INTEGER NOT NULL,
+    ts             TEXT    NOT NULL,
+    body           TEXT    NOT NULL,
+    bytes          INTEGER NOT NULL,
+    stored_offline INTEGER NOT NULL
+);
+CREATE INDEX outbox_by_class ON outbox (class, seq);
+CREATE INDEX outbox_by_stream ON outbox (stored_offline, seq);
+CREATE TABLE outbox_state (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    next_seq  INTEGER NOT NULL,
+    max_bytes INTEGER NOT NULL,
+    link_up   INTEGER NOT NULL,
+    rows      INTEGER NOT NULL,
+    bytes     INTEGER NOT NULL,
+    dropped   INTEGER NOT NULL,
+    over_cap  INTEGER NOT NULL
+);
+INSERT INTO outbox_state (id, next_seq, max_bytes, link_up, rows, bytes, dropped, over_cap)
+    VALUES (1, 1, 268435456, 0, 0, 0, 0, 0);
+CREATE TRIGGER outbox_row_added AFTER INSERT ON outbox BEGIN
+    UPDATE outbox_state SET rows = rows + 1, bytes = bytes + NEW.bytes WHERE id = 1;
+END;
+CREATE TRIGGER outbox_row_removed AFTER DELETE ON outbox BEGIN
+    UPDATE outbox_state SET rows = rows - 1, bytes = bytes - OLD.bytes WHERE id = 1;
+END;
+";
+
+const TAKE_SEQ: &str = "UPDATE outbox_state SET next_seq = next_seq + ?1 WHERE id = 1
+     RETURNING next_seq - ?1, link_up, max_bytes";
+const INSERT_ROW: &str = "INSERT INTO outbox
+     (seq, topic_suffix, class, retain, ts, body, bytes, stored_offline)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const OUTBOX_BYTES: &str = "SELECT bytes, over_cap FROM outbox_state WHERE id = 1";
+const DROP_OLDEST_TELEMETRY: &str = "DELETE FROM outbox WHERE seq =
+     (SELECT seq FROM outbox WHERE class = 'telemetry' ORDER BY seq LIMIT 1)";
+const COUNT_DROP: &str = "UPDATE outbox_state SET dropped = dropped + ?1 WHERE id = 1";
+const SET_OVER_CAP: &str = "UPDATE outbox_state SET over_cap = ?1 WHERE id = 1";
+const NEXT_BATCH: &str = "SELECT seq, topic_suffix, class, retain, ts, body, stored_offline
+     FROM outbox WHERE stored_offline = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
+const DELETE_ROW: &str = "DELETE FROM outbox WHERE seq = ?1";
+const COUNTS: &str =
+    "SELECT rows, bytes, dropped, next_seq, max_bytes FROM outbox_state WHERE id = 1";
+const SET_LINK_UP: &str = "UPDATE outbox_state SET link_up = ?1 WHERE id = 1";
+const SET_MAX_BYTES: &str = "UPDATE outbox_state SET max_bytes = ?1, link_up = 0 WHERE id = 1";
 
 /// What may be dropped when the outbox is full: telemetry only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +114,15 @@ pub enum MessageClass {
     Telemetry,
     /// State changes, periods, order statuses: never dropped.
     Durable,
+}
+
+impl MessageClass {
+    fn as_str(self) -> &'static str {
+        match self {
+            MessageClass::Telemetry => "telemetry",
+            MessageClass::Durable => "durable",
+        }
+    }
 }
 
 /// An upward message before it has its envelope (`gateway`, `seq`, `historical`).
@@ -29,7 +138,356 @@ pub struct Outgoing {
     pub body: serde_json::Map<String, serde_json::Value>,
 }
 
+/// How big the outbox may grow; written once at start by the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxPolicy {
+    /// Cap on the sum of row sizes (`body` + topic), in bytes.
+    pub max_bytes: u64,
+}
+
+impl OutboxPolicy {
+    /// The policy of `store.outbox_max_mb`.
+    pub fn from_mb(outbox_max_mb: u64) -> OutboxPolicy {
+        OutboxPolicy {
+            max_bytes: outbox_max_mb.saturating_mul(1024 * 1024),
+        }
+    }
+}
+
+/// One stored message, as the sender reads it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub seq: u64,
+    pub topic_suffix: String,
+    pub class: MessageClass,
+    pub retain: bool,
+    /// RFC 3339 UTC with milliseconds, as stored.
+    pub ts: String,
+    /// JSON object text without the envelope.
+    pub body: String,
+    /// Stored while the link was down: sent with `historical: true`.
+    pub stored_offline: bool,
+}
+
+/// The two streams the sender drains: live rows first, historical rows rate-limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Rows enqueued while the link was up.
+    Live,
+    /// Rows enqueued while the link was down (`historical: true`).
+    Historical,
+}
+
+/// Outbox figures for status, logs and the birth message: one source for all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// Rows waiting for their PUBACK.
+    pub depth: u64,
+    /// Bytes charged against the cap.
+    pub bytes: u64,
+    /// Telemetry rows dropped by the cap since the store was created.
+    pub dropped: u64,
+    /// The seq the next message will get.
+    pub next_seq: u64,
+    pub max_bytes: u64,
+}
+
+/// Write the cap at agent start and mark the link down (it is, until the
+/// uplink connects). Call once before producers start enqueueing.
+pub fn configure(conn: &Connection, policy: OutboxPolicy) -> Result<(), StoreError> {
+    conn.prepare_cached(SET_MAX_BYTES)?
+        .execute(params![clamp_i64(policy.max_bytes)])?;
+    Ok(())
+}
+
+/// Tell the outbox whether the broker is reachable; rows enqueued while it
+/// is not are sent later with `historical: true`. Called by the uplink.
+pub fn set_link_up(conn: &Connection, up: bool) -> Result<(), StoreError> {
+    conn.prepare_cached(SET_LINK_UP)?.execute(params![up])?;
+    Ok(())
+}
+
 /// Commit `msg` to the outbox inside the caller's transaction; returns its `seq`.
-pub fn enqueue(_conn: &rusqlite::Connection, _msg: &Outgoing) -> Result<u64, StoreError> {
-    Err(StoreError::Closed)
+///
+/// When the outbox is over its cap afterwards, the oldest telemetry rows are
+/// dropped (possibly this one, if it is the only telemetry left) and counted.
+/// Durable rows are never dropped: if they alone exceed the cap, they all
+/// stay and a warning is logged once.
+pub fn enqueue(conn: &Connection, msg: &Outgoing) -> Result<u64, StoreError> {
+    let (seq, link_up, max_bytes) =
+        conn.prepare_cached(TAKE_SEQ)?
+            .query_row(params![1i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, bool>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+    let body = serde_json::Value::Object(msg.body.clone()).to_string();
+    let bytes = (body.len() + msg.topic_suffix.len()) as i64;
+    conn.prepare_cached(INSERT_ROW)?.execute(params![
+        seq,
+        msg.topic_suffix,
+        msg.class.as_str(),
+        msg.retain,
+        format_ts(msg.ts),
+        body,
+        bytes,
+        !link_up,
+    ])?;
+    enforce_cap(conn, max_bytes)?;
+    Ok(seq as u64)
+}
+
+/// Drop the oldest telemetry until the outbox fits `max_bytes`.
+fn enforce_cap(conn: &Connection, max_bytes: i64) -> Result<(), StoreError> {
+    let (mut bytes, over_cap): (i64, bool) = conn
+        .prepare_cached(OUTBOX_BYTES)?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if bytes <= max_bytes {
+        if over_cap {
+            conn.prepare_cached(SET_OVER_CAP)?.execute(params![false])?;
+            tracing::info!(bytes, max_bytes, "outbox back under its cap");
+        }
+        return Ok(());
+    }
+    let mut dropped = 0i64;
+    while bytes > max_bytes {
+        if conn.prepare_cached(DROP_OLDEST_TELEMETRY)?.execute([])? == 0 {
+            break;
+        }
+        dropped += 1;
+        bytes = conn
+            .prepare_cached(OUTBOX_BYTES)?
+            .query_row([], |r| r.get(0))?;
+    }
+    if dropped > 0 {
+        conn.prepare_cached(COUNT_DROP)?.execute(params![dropped])?;
+        tracing::debug!(
+            dropped,
+            bytes,
+            max_bytes,
+            "outbox full: dropped oldest telemetry"
+        );
+    }
+    let still_over = bytes > max_bytes;
+    if still_over != over_cap {
+        conn.prepare_cached(SET_OVER_CAP)?
+            .execute(params![still_over])?;
+        if still_over {
+            tracing::warn!(
+                bytes,
+                max_bytes,
+                "outbox over its cap with only durable rows left: keeping them (raise store.outbox_max_mb?)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Take `n` consecutive seqs without rows (status messages); returns the first.
+pub fn take_seqs(conn: &Connection, n: u64) -> Result<u64, StoreError> {
+    let first: i64 = conn
+        .prepare_cached(TAKE_SEQ)?
+        .query_row(params![clamp_i64(n)], |r| r.get(0))?;
+    Ok(first as u64)
+}
+
+/// Up to `limit` rows of `stream` with a seq above `after`, in seq order.
+pub fn next_batch(
+    conn: &Connection,
+    stream: Stream,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(NEXT_BATCH)?;
+    let rows = stmt.query_map(
+        params![stream == Stream::Historical, clamp_i64(after), limit as i64],
+        |r| {
+            let class: String = r.get(2)?;
+            Ok(OutboxRow {
+                seq: r.get::<_, i64>(0)? as u64,
+                topic_suffix: r.get(1)?,
+                class: if class == "telemetry" {
+                    MessageClass::Telemetry
+                } else {
+                    MessageClass::Durable
+                },
+                retain: r.get(3)?,
+                ts: r.get(4)?,
+                body: r.get(5)?,
+                stored_offline: r.get(6)?,
+            })
+        },
+    )?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Delete the rows whose PUBACK arrived, in one transaction; returns the
+/// counts after it.
+pub fn delete_acked(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(DELETE_ROW)?;
+        for seq in seqs {
+            stmt.execute(params![clamp_i64(*seq)])?;
+        }
+    }
+    let c = counts(&tx)?;
+    tx.commit()?;
+    Ok(c)
+}
+
+/// Drop a row that can never be sent (unreadable, or too big for one
+/// packet), counting it with the drops.
+pub fn drop_unsendable(conn: &Connection, seq: u64) -> Result<(), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    if tx
+        .prepare_cached(DELETE_ROW)?
+        .execute(params![clamp_i64(seq)])?
+        > 0
+    {
+        tx.prepare_cached(COUNT_DROP)?.execute(params![1i64])?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Depth, bytes and drops of the outbox.
+pub fn counts(conn: &Connection) -> Result<OutboxCounts, StoreError> {
+    let c = conn
+        .prepare_cached(COUNTS)?
+        .query_row([], |r| {
+            Ok(OutboxCounts {
+                depth: r.get::<_, i64>(0)? as u64,
+                bytes: r.get::<_, i64>(1)? as u64,
+                dropped: r.get::<_, i64>(2)? as u64,
+                next_seq: r.get::<_, i64>(3)? as u64,
+                max_bytes: r.get::<_, i64>(4)? as u64,
+            })
+        })
+        .optional()?;
+    Ok(c.unwrap_or_default())
+}
+
+/// The contract's `ts` format: RFC 3339 UTC with milliseconds.
+pub fn format_ts(ts: DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn conn() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        let tx = c.transaction().unwrap();
+        tx.execute_batch(SCHEMA_V1).unwrap();
+        tx.commit().unwrap();
+        c
+    }
+
+    fn msg(class: MessageClass, filler: usize) -> Outgoing {
+        let mut body = serde_json::Map::new();
+        body.insert("machine".into(), json!("press07"));
+        body.insert("pad".into(), json!("x".repeat(filler)));
+        Outgoing {
+            topic_suffix: "m/press07/telemetry".into(),
+            class,
+            retain: false,
+            ts: Utc.with_ymd_and_hms(2026, 11, 26, 8, 0, 0).unwrap(),
+            body,
+        }
+    }
+
+    #[test]
+    fn seqs_count_up_from_one_and_are_not_reused_after_delete() {
+        let c = conn();
+        let a = enqueue(&c, &msg(MessageClass::Durable, 1)).unwrap();
+        let b = enqueue(&c, &msg(MessageClass::Durable, 1)).unwrap();
+        assert_eq!((a, b), (1, 2));
+        delete_acked(&c, &[a, b]).unwrap();
+        let d = enqueue(&c, &msg(MessageClass::Durable, 1)).unwrap();
+        assert_eq!(d, 3);
+        assert_eq!(take_seqs(&c, 2).unwrap(), 4);
+        assert_eq!(enqueue(&c, &msg(MessageClass::Durable, 1)).unwrap(), 6);
+    }
+
+    #[test]
+    fn rows_enqueued_while_the_link_is_down_are_historical() {
+        let c = conn();
+        let offline = enqueue(&c, &msg(MessageClass::Durable, 1)).unwrap();
+        set_link_up(&c, true).unwrap();
+        let live = enqueue(&c, &msg(MessageClass::Durable, 1)).unwrap();
+        let hist = next_batch(&c, Stream::Historical, 0, 10).unwrap();
+        let liv = next_batch(&c, Stream::Live, 0, 10).unwrap();
+        assert_eq!(hist.iter().map(|r| r.seq).collect::<Vec<_>>(), [offline]);
+        assert_eq!(liv.iter().map(|r| r.seq).collect::<Vec<_>>(), [live]);
+        assert!(hist[0].stored_offline && !liv[0].stored_offline);
+        assert_eq!(liv[0].ts, "2026-11-26T08:00:00.000Z");
+    }
+
+    #[test]
+    fn full_outbox_drops_oldest_telemetry_and_keeps_durable_rows() {
+        let c = conn();
+        configure(&c, OutboxPolicy { max_bytes: 2_000 }).unwrap();
+        let durable = enqueue(&c, &msg(MessageClass::Durable, 300)).unwrap();
+        let tel: Vec<u64> = (0..5)
+            .map(|_| enqueue(&c, &msg(MessageClass::Telemetry, 300)).unwrap())
+            .collect();
+        let counts = counts(&c).unwrap();
+        assert!(counts.bytes <= 2_000, "{counts:?}");
+        assert!(counts.dropped >= 1);
+        let left: Vec<u64> = next_batch(&c, Stream::Historical, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(left[0], durable);
+        assert_eq!(*left.last().unwrap(), *tel.last().unwrap());
+        // The dropped ones are the oldest telemetry.
+        let dropped: Vec<u64> = tel.iter().copied().filter(|s| !left.contains(s)).collect();
+        assert_eq!(dropped, tel[..dropped.len()]);
+        assert_eq!(dropped.len() as u64, counts.dropped);
+    }
+
+    #[test]
+    fn durable_rows_alone_may_exceed_the_cap_and_are_all_kept() {
+        let c = conn();
+        configure(&c, OutboxPolicy { max_bytes: 500 }).unwrap();
+        for _ in 0..5 {
+            enqueue(&c, &msg(MessageClass::Durable, 300)).unwrap();
+        }
+        let counts = counts(&c).unwrap();
+        assert_eq!(counts.depth, 5);
+        assert_eq!(counts.dropped, 0);
+        assert!(counts.bytes > 500);
+        // New telemetry is dropped at once: it is the only telemetry.
+        enqueue(&c, &msg(MessageClass::Telemetry, 10)).unwrap();
+        let after = super::counts(&c).unwrap();
+        assert_eq!((after.depth, after.dropped), (5, 1));
+    }
+
+    #[test]
+    fn triggers_keep_depth_and_bytes_equal_to_the_rows() {
+        let c = conn();
+        for i in 0..20 {
+            enqueue(&c, &msg(MessageClass::Telemetry, i)).unwrap();
+        }
+        delete_acked(&c, &[3, 4, 5, 99]).unwrap();
+        let (n, sum): (i64, i64) = c
+            .query_row("SELECT COUNT(*), SUM(bytes) FROM outbox", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        let k = counts(&c).unwrap();
+        assert_eq!((k.depth, k.bytes), (n as u64, sum as u64));
+        assert_eq!(k.depth, 17);
+    }
 }

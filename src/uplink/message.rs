@@ -1,0 +1,376 @@
+//! Contract payloads: turns machine events into [`Outgoing`] messages and
+//! adds the envelope (`gateway`, `seq`, `ts`, `historical`) when a message is
+//! sent. Pure functions: nothing here touches SQLite or the network.
+//!
+//! Gateway status messages (birth, will, clean shutdown) are not stored in the
+//! outbox: they describe the connection, so they are rebuilt on every
+//! connect. Their envelope seqs come from the same counter as every other
+//! message (`outbox::take_seqs`): each connection reserves two, the first for
+//! its birth, the second shared by its will and its clean-shutdown message
+//! (only one of those two is ever published: a clean DISCONNECT discards the
+//! will). A reserved pair is reused by the next attempt when a connection
+//! attempt never got its CONNACK, so failed attempts burn no seqs. The will's
+//! `ts` is the time of the connect (a will cannot know when it will fire).
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use super::outbox::{format_ts, MessageClass, OutboxRow, Outgoing};
+use crate::machine::{ClosedPeriod, PeriodKind, StateChange, Telemetry};
+
+/// Who this gateway is: the fixed part of every status message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayInfo {
+    /// The gateway id (`gateway.id`), the envelope's `gateway`.
+    pub id: String,
+    /// The topic prefix `{p}`, e.g. `linegate/v1/plant1/line3`.
+    pub prefix: String,
+    /// linegate's version, for the birth message.
+    pub version: String,
+    /// When the agent started.
+    pub started_at: DateTime<Utc>,
+    /// Machine ids from the config.
+    pub machines: Vec<String>,
+}
+
+/// The topic suffix of the gateway status.
+pub const STATUS_SUFFIX: &str = "status";
+/// The topic suffix of incoming orders.
+pub const ORDERS_CMD_SUFFIX: &str = "orders/cmd";
+
+/// `{p}/m/{machine}/state`, retained, never dropped.
+pub fn state_message(change: &StateChange) -> Outgoing {
+    let mut body = Map::new();
+    body.insert("machine".into(), json!(change.machine));
+    body.insert("state".into(), json!(change.state.as_str()));
+    body.insert("prev".into(), json!(change.prev.map(|p| p.as_str())));
+    body.insert("since".into(), json!(format_ts(change.since)));
+    body.insert("reason".into(), json!(change.reason));
+    Outgoing {
+        topic_suffix: format!("m/{}/state", change.machine),
+        class: MessageClass::Durable,
+        retain: true,
+        ts: change.since,
+        body,
+    }
+}
+
+/// `{p}/m/{machine}/utilisation`: one closed period, never dropped. `ts` is
+/// the end of the period.
+pub fn period_message(period: &ClosedPeriod) -> Outgoing {
+    let mut p = Map::new();
+    match &period.kind {
+        PeriodKind::Interval => {
+            p.insert("kind".into(), json!("interval"));
+        }
+        PeriodKind::Shift { .. } => {
+            p.insert("kind".into(), json!("shift"));
+        }
+    }
+    p.insert("start".into(), json!(format_ts(period.start)));
+    p.insert("end".into(), json!(format_ts(period.end)));
+    if let PeriodKind::Shift { name } = &period.kind {
+        p.insert("name".into(), json!(name));
+    }
+    let mut body = Map::new();
+    body.insert("machine".into(), json!(period.machine));
+    body.insert("period".into(), Value::Object(p));
+    body.insert("seconds".into(), to_value(&period.seconds));
+    body.insert("counts".into(), to_value(&period.counts));
+    body.insert("kpi".into(), to_value(&period.kpi));
+    Outgoing {
+        topic_suffix: format!("m/{}/utilisation", period.machine),
+        class: MessageClass::Durable,
+        retain: false,
+        ts: period.end,
+        body,
+    }
+}
+
+/// `{p}/m/{machine}/telemetry`: signal values; may be dropped when the outbox is full.
+pub fn telemetry_message(t: &Telemetry) -> Outgoing {
+    let mut values = Map::new();
+    for (name, v) in &t.values {
+        values.insert(name.clone(), to_value(v));
+    }
+    let mut body = Map::new();
+    body.insert("machine".into(), json!(t.machine));
+    body.insert("values".into(), Value::Object(values));
+    Outgoing {
+        topic_suffix: format!("m/{}/telemetry", t.machine),
+        class: MessageClass::Telemetry,
+        retain: false,
+        ts: t.at,
+        body,
+    }
+}
+
+/// Why an outbox row could not be turned into a payload.
+#[derive(Debug, thiserror::Error)]
+#[error("outbox row {seq}: body is not a JSON object: {reason}")]
+pub struct BadRow {
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// The wire payload of a stored row: its body plus the envelope.
+pub fn row_payload(gateway: &str, row: &OutboxRow) -> Result<Vec<u8>, BadRow> {
+    let body: Map<String, Value> = serde_json::from_str(&row.body).map_err(|e| BadRow {
+        seq: row.seq,
+        reason: e.to_string(),
+    })?;
+    let mut body = body;
+    add_envelope(&mut body, gateway, row.seq, &row.ts, row.stored_offline);
+    Ok(Value::Object(body).to_string().into_bytes())
+}
+
+/// Add `gateway`, `seq`, `ts` and (only when true) `historical` to `body`.
+pub fn add_envelope(
+    body: &mut Map<String, Value>,
+    gateway: &str,
+    seq: u64,
+    ts: &str,
+    historical: bool,
+) {
+    body.insert("gateway".into(), json!(gateway));
+    body.insert("seq".into(), json!(seq));
+    body.insert("ts".into(), json!(ts));
+    if historical {
+        body.insert("historical".into(), json!(true));
+    }
+}
+
+/// Outbox figures reported in status messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    /// Telemetry dropped by the outbox cap since the store was created.
+    pub dropped_telemetry: u64,
+    /// Messages waiting in the outbox.
+    pub outbox_depth: u64,
+}
+
+/// Birth: `{"online": true, "version", "started_at", "machines", ...}`,
+/// published retained on `{p}/status` first thing on every connect.
+pub fn birth_payload(
+    gw: &GatewayInfo,
+    seq: u64,
+    ts: DateTime<Utc>,
+    counts: StatusCounts,
+) -> Vec<u8> {
+    status_payload(gw, true, seq, ts, counts)
+}
+
+/// Will and clean shutdown: `{"online": false, ...}`, retained.
+pub fn offline_payload(
+    gw: &GatewayInfo,
+    seq: u64,
+    ts: DateTime<Utc>,
+    counts: StatusCounts,
+) -> Vec<u8> {
+    status_payload(gw, false, seq, ts, counts)
+}
+
+fn status_payload(
+    gw: &GatewayInfo,
+    online: bool,
+    seq: u64,
+    ts: DateTime<Utc>,
+    counts: StatusCounts,
+) -> Vec<u8> {
+    let mut body = Map::new();
+    body.insert("online".into(), json!(online));
+    body.insert("version".into(), json!(gw.version));
+    body.insert("started_at".into(), json!(format_ts(gw.started_at)));
+    body.insert("machines".into(), json!(gw.machines));
+    body.insert("dropped_telemetry".into(), json!(counts.dropped_telemetry));
+    body.insert("outbox_depth".into(), json!(counts.outbox_depth));
+    add_envelope(&mut body, &gw.id, seq, &format_ts(ts), false);
+    Value::Object(body).to_string().into_bytes()
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    // These types serialize to plain JSON (no maps with non-string keys);
+    // a non-finite float becomes null, which the contract allows for KPIs.
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{Kpi, MachineState, PeriodCounts, StateSeconds};
+    use crate::source::Value as SigValue;
+    use chrono::TimeZone;
+
+    fn at(h: u32, m: u32, ms: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 26, h, m, 0).unwrap()
+            + chrono::Duration::milliseconds(ms as i64)
+    }
+
+    #[test]
+    fn state_message_has_the_contract_shape_and_is_retained() {
+        let m = state_message(&StateChange {
+            machine: "press07".into(),
+            state: MachineState::Down,
+            prev: Some(MachineState::Running),
+            since: at(8, 0, 125),
+            reason: Some("alarm 17".into()),
+        });
+        assert_eq!(m.topic_suffix, "m/press07/state");
+        assert!(m.retain);
+        assert_eq!(m.class, MessageClass::Durable);
+        assert_eq!(
+            Value::Object(m.body),
+            json!({"machine": "press07", "state": "down", "prev": "running",
+                   "since": "2026-11-26T08:00:00.125Z", "reason": "alarm 17"})
+        );
+    }
+
+    #[test]
+    fn period_message_matches_the_utilisation_json_of_the_contract() {
+        let m = period_message(&ClosedPeriod {
+            machine: "press07".into(),
+            kind: PeriodKind::Shift {
+                name: "early".into(),
+            },
+            start: at(6, 0, 0),
+            end: at(6, 15, 0),
+            seconds: StateSeconds {
+                running: 612.4,
+                down: 87.6,
+                idle: 200.0,
+                ..Default::default()
+            },
+            counts: PeriodCounts {
+                produced: 64,
+                good: 63,
+                scrap: 1,
+                stops: 3,
+                micro_stops: 2,
+                failures: 1,
+            },
+            kpi: Kpi {
+                availability: Some(0.68),
+                performance: None,
+                ..Default::default()
+            },
+        });
+        assert_eq!(m.topic_suffix, "m/press07/utilisation");
+        assert!(!m.retain);
+        assert_eq!(m.ts, at(6, 15, 0));
+        let body = Value::Object(m.body);
+        assert_eq!(
+            body["period"],
+            json!({"kind": "shift", "start": "2026-11-26T06:00:00.000Z",
+                   "end": "2026-11-26T06:15:00.000Z", "name": "early"})
+        );
+        assert_eq!(
+            body["seconds"],
+            json!({"running": 612.4, "setup": 0.0, "down": 87.6, "idle": 200.0,
+                   "planned_stop": 0.0, "offline": 0.0})
+        );
+        assert_eq!(
+            body["counts"],
+            json!({"produced": 64, "good": 63, "scrap": 1, "stops": 3, "micro_stops": 2, "failures": 1})
+        );
+        assert_eq!(body["kpi"]["availability"], json!(0.68));
+        assert_eq!(body["kpi"]["performance"], Value::Null);
+        assert_eq!(body["kpi"].as_object().map(|o| o.len()), Some(7));
+    }
+
+    #[test]
+    fn interval_periods_have_no_name() {
+        let m = period_message(&ClosedPeriod {
+            machine: "m1".into(),
+            kind: PeriodKind::Interval,
+            start: at(6, 0, 0),
+            end: at(6, 15, 0),
+            seconds: StateSeconds::default(),
+            counts: PeriodCounts::default(),
+            kpi: Kpi::default(),
+        });
+        let body = Value::Object(m.body);
+        assert_eq!(body["period"]["kind"], "interval");
+        assert!(body["period"].get("name").is_none());
+    }
+
+    #[test]
+    fn telemetry_is_droppable_and_carries_plain_values() {
+        let mut values = std::collections::BTreeMap::new();
+        values.insert("temp".to_string(), SigValue::Float(71.5));
+        values.insert("mode".to_string(), SigValue::Text("auto".into()));
+        let m = telemetry_message(&Telemetry {
+            machine: "press07".into(),
+            at: at(8, 1, 0),
+            values,
+        });
+        assert_eq!(m.class, MessageClass::Telemetry);
+        assert_eq!(
+            Value::Object(m.body),
+            json!({"machine": "press07", "values": {"temp": 71.5, "mode": "auto"}})
+        );
+    }
+
+    #[test]
+    fn envelope_marks_only_offline_rows_historical() {
+        let row = |offline| OutboxRow {
+            seq: 41,
+            topic_suffix: "m/a/state".into(),
+            class: MessageClass::Durable,
+            retain: true,
+            ts: "2026-11-26T08:00:00.125Z".into(),
+            body: r#"{"machine":"a"}"#.into(),
+            stored_offline: offline,
+        };
+        let live: Value =
+            serde_json::from_slice(&row_payload("gw1", &row(false)).unwrap()).unwrap();
+        let late: Value = serde_json::from_slice(&row_payload("gw1", &row(true)).unwrap()).unwrap();
+        assert_eq!(
+            live,
+            json!({"machine": "a", "gateway": "gw1", "seq": 41, "ts": "2026-11-26T08:00:00.125Z"})
+        );
+        assert_eq!(late["historical"], json!(true));
+    }
+
+    #[test]
+    fn a_corrupt_row_is_an_error_naming_its_seq() {
+        let row = OutboxRow {
+            seq: 7,
+            topic_suffix: "x".into(),
+            class: MessageClass::Durable,
+            retain: false,
+            ts: "t".into(),
+            body: "[1,2".into(),
+            stored_offline: false,
+        };
+        let e = row_payload("gw", &row).unwrap_err();
+        assert!(e.to_string().contains("row 7"), "{e}");
+    }
+
+    #[test]
+    fn birth_and_will_carry_identity_drops_and_envelope() {
+        let gw = GatewayInfo {
+            id: "gw1".into(),
+            prefix: "linegate/v1/s/gw1".into(),
+            version: "0.1.0".into(),
+            started_at: at(7, 0, 0),
+            machines: vec!["press07".into()],
+        };
+        let counts = StatusCounts {
+            dropped_telemetry: 3,
+            outbox_depth: 10,
+        };
+        let b: Value = serde_json::from_slice(&birth_payload(&gw, 5, at(8, 0, 0), counts)).unwrap();
+        let w: Value =
+            serde_json::from_slice(&offline_payload(&gw, 6, at(8, 0, 0), counts)).unwrap();
+        assert_eq!(b["online"], json!(true));
+        assert_eq!(b["machines"], json!(["press07"]));
+        assert_eq!(b["started_at"], json!("2026-11-26T07:00:00.000Z"));
+        assert_eq!(b["dropped_telemetry"], json!(3));
+        assert_eq!(
+            (b["seq"].clone(), b["gateway"].clone()),
+            (json!(5), json!("gw1"))
+        );
+        assert_eq!(w["online"], json!(false));
+        assert_eq!(w["seq"], json!(6));
+    }
+}
