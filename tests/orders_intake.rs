@@ -85,12 +85,24 @@ fn without(mut v: Value, key: &str) -> Value {
 fn a_valid_order_is_accepted_then_queued_with_every_contract_field() {
     let t = Intake::new();
     let answers = t.send_json(order("WO-123"));
-    let states: Vec<&str> = answers.iter().map(|a| a["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> = answers
+        .iter()
+        .map(|a| a["state"].as_str().unwrap())
+        .collect();
     assert_eq!(states, ["accepted", "queued"]);
     for a in &answers {
         for key in [
-            "order_id", "revision", "machine", "state", "reason", "produced", "good", "scrap",
-            "actual_start", "actual_end", "late",
+            "order_id",
+            "revision",
+            "machine",
+            "state",
+            "reason",
+            "produced",
+            "good",
+            "scrap",
+            "actual_start",
+            "actual_end",
+            "late",
         ] {
             assert!(a.get(key).is_some(), "{key} missing in {a}");
         }
@@ -131,13 +143,25 @@ fn wrong_types_are_named_and_the_readable_order_id_is_echoed() {
     let answers = t.send_json(with(order("WO-7"), "quantity", json!("ten")));
     assert_eq!(answers[0]["order_id"], "WO-7");
     let reason = answers[0]["reason"].as_str().unwrap();
-    assert!(reason.contains("`quantity` must be a number, got a string"), "{reason}");
+    assert!(
+        reason.contains("`quantity` must be a number, got a string"),
+        "{reason}"
+    );
     let reason = t.rejected(with(order("WO-7"), "order_id", json!(17)));
-    assert!(reason.contains("`order_id` must be a string, got a number"), "{reason}");
+    assert!(
+        reason.contains("`order_id` must be a string, got a number"),
+        "{reason}"
+    );
     let reason = t.rejected(with(order("WO-7"), "due", json!("tomorrow")));
-    assert!(reason.contains("`due` \"tomorrow\" is not an RFC 3339 time"), "{reason}");
+    assert!(
+        reason.contains("`due` \"tomorrow\" is not an RFC 3339 time"),
+        "{reason}"
+    );
     let reason = t.rejected(with(order("WO-7"), "revision", json!(-1)));
-    assert!(reason.contains("`revision` must be a whole number"), "{reason}");
+    assert!(
+        reason.contains("`revision` must be a whole number"),
+        "{reason}"
+    );
     let reason = t.rejected(with(order("WO-7"), "params", json!([4])));
     assert!(reason.contains("`params` must be an object"), "{reason}");
 }
@@ -147,7 +171,10 @@ fn missing_fields_are_named() {
     let t = Intake::new();
     for key in ["order_id", "machine", "product", "quantity"] {
         let reason = t.rejected(without(order("WO-1"), key));
-        assert!(reason.contains(&format!("missing field `{key}`")), "{key}: {reason}");
+        assert!(
+            reason.contains(&format!("missing field `{key}`")),
+            "{key}: {reason}"
+        );
     }
 }
 
@@ -177,7 +204,10 @@ fn a_machine_without_order_registers_takes_no_orders() {
 fn a_product_outside_the_machines_map_is_rejected_listing_the_known_ones() {
     let t = Intake::new();
     let reason = t.rejected(with(order("WO-1"), "product", json!("P-9999")));
-    assert!(reason.contains("does not know product \"P-9999\""), "{reason}");
+    assert!(
+        reason.contains("does not know product \"P-9999\""),
+        "{reason}"
+    );
     assert!(reason.contains("P-4711, P-4712, P-4713"), "{reason}");
 }
 
@@ -189,22 +219,35 @@ fn quantity_must_be_positive_and_within_the_machines_maximum() {
     let reason = t.rejected(with(order("WO-1"), "quantity", json!(-3)));
     assert!(reason.contains("must be positive"), "{reason}");
     let reason = t.rejected(with(order("WO-1"), "quantity", json!(5001)));
-    assert!(reason.contains("above machine press07's max_quantity 5000"), "{reason}");
+    assert!(
+        reason.contains("above machine press07's max_quantity 5000"),
+        "{reason}"
+    );
     let reason = t.rejected(with(order("WO-1"), "quantity", json!(2.5)));
     assert!(reason.contains("must be a whole number"), "{reason}");
-    assert_eq!(t.send_json(with(order("WO-1"), "quantity", json!(5000))).len(), 2);
+    assert_eq!(
+        t.send_json(with(order("WO-1"), "quantity", json!(5000)))
+            .len(),
+        2
+    );
 }
 
 #[test]
 fn a_parameter_unknown_or_out_of_range_is_named() {
     let t = Intake::new();
     let reason = t.rejected(with(order("WO-1"), "params", json!({"speed": 3})));
-    assert!(reason.contains("unknown parameter \"speed\" (known: recipe)"), "{reason}");
+    assert!(
+        reason.contains("unknown parameter \"speed\" (known: recipe)"),
+        "{reason}"
+    );
     let reason = t.rejected(with(order("WO-1"), "params", json!({"recipe": 21})));
     assert!(reason.contains("parameter recipe"), "{reason}");
     assert!(reason.contains("1..=20"), "{reason}");
     let reason = t.rejected(with(order("WO-1"), "params", json!({"recipe": "four"})));
-    assert!(reason.contains("parameter recipe: must be a number"), "{reason}");
+    assert!(
+        reason.contains("parameter recipe: must be a number"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -213,7 +256,10 @@ fn an_oversized_payload_is_rejected_unread() {
     let mut big = order("WO-1");
     big["pad"] = json!("x".repeat(command::MAX_PAYLOAD_BYTES));
     let reason = t.rejected(big);
-    assert!(reason.contains("larger than the 65536 bytes allowed"), "{reason}");
+    assert!(
+        reason.contains("larger than the 65536 bytes allowed"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -240,14 +286,30 @@ fn the_same_order_and_revision_twice_is_one_order_answered_accepted_again() {
 fn a_higher_revision_replaces_an_order_that_has_not_started() {
     let t = Intake::new();
     t.send_json(order("WO-1"));
-    let answers = t.send_json(with(with(order("WO-1"), "revision", json!(2)), "quantity", json!(80)));
+    let answers = t.send_json(with(
+        with(order("WO-1"), "revision", json!(2)),
+        "quantity",
+        json!(80),
+    ));
     let summary: Vec<(u64, &str)> = answers
         .iter()
-        .map(|a| (a["revision"].as_u64().unwrap(), a["state"].as_str().unwrap()))
+        .map(|a| {
+            (
+                a["revision"].as_u64().unwrap(),
+                a["state"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(summary, [(1, "cancelled"), (2, "accepted"), (2, "queued")]);
-    assert!(answers[0]["reason"].as_str().unwrap().contains("replaced by revision 2"));
-    let live: Vec<_> = t.rows().into_iter().filter(|r| r.state == OrderState::Queued).collect();
+    assert!(answers[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("replaced by revision 2"));
+    let live: Vec<_> = t
+        .rows()
+        .into_iter()
+        .filter(|r| r.state == OrderState::Queued)
+        .collect();
     assert_eq!(live.len(), 1);
     assert_eq!((live[0].revision, live[0].quantity), (2, 80));
 }
@@ -257,7 +319,10 @@ fn a_lower_revision_than_one_already_seen_is_rejected() {
     let t = Intake::new();
     t.send_json(with(order("WO-1"), "revision", json!(3)));
     let reason = t.rejected(with(order("WO-1"), "revision", json!(2)));
-    assert!(reason.contains("revision 2 is lower than revision 3 already seen"), "{reason}");
+    assert!(
+        reason.contains("revision 2 is lower than revision 3 already seen"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -270,7 +335,10 @@ fn a_higher_revision_of_a_started_order_is_rejected() {
         })
         .unwrap();
     let reason = t.rejected(with(order("WO-1"), "revision", json!(2)));
-    assert!(reason.contains("cannot replace revision 1: it has started (released)"), "{reason}");
+    assert!(
+        reason.contains("cannot replace revision 1: it has started (released)"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -283,11 +351,19 @@ fn a_plan_with_one_bad_order_is_rejected_as_a_whole_with_one_answer_per_order() 
     ]});
     let answers = t.send_json(plan);
     assert_eq!(answers.len(), 3);
-    assert!(answers.iter().all(|a| a["state"] == "rejected" && a["plan_id"] == "HJ-1"));
+    assert!(answers
+        .iter()
+        .all(|a| a["state"] == "rejected" && a["plan_id"] == "HJ-1"));
     let reason_2 = answers[1]["reason"].as_str().unwrap();
-    assert!(reason_2.contains("does not know product \"P-0000\""), "{reason_2}");
+    assert!(
+        reason_2.contains("does not know product \"P-0000\""),
+        "{reason_2}"
+    );
     let reason_1 = answers[0]["reason"].as_str().unwrap();
-    assert!(reason_1.contains("rejected as a whole") && reason_1.contains("WO-2"), "{reason_1}");
+    assert!(
+        reason_1.contains("rejected as a whole") && reason_1.contains("WO-2"),
+        "{reason_1}"
+    );
     assert!(t.rows().is_empty());
 }
 
@@ -295,7 +371,10 @@ fn a_plan_with_one_bad_order_is_rejected_as_a_whole_with_one_answer_per_order() 
 fn a_plan_without_orders_gets_one_rejection() {
     let t = Intake::new();
     let reason = t.rejected(json!({"type": "plan", "plan_id": "HJ-1"}));
-    assert!(reason.contains("plan HJ-1: missing field `orders`"), "{reason}");
+    assert!(
+        reason.contains("plan HJ-1: missing field `orders`"),
+        "{reason}"
+    );
     let reason = t.rejected(json!({"type": "plan", "plan_id": "HJ-1", "orders": []}));
     assert!(reason.contains("`orders` is empty"), "{reason}");
 }
@@ -307,12 +386,18 @@ fn a_levelled_plan_is_queued_in_the_textbook_mixed_sequence() {
     let mut orders = Vec::new();
     for (product, n) in [("P-4711", 4), ("P-4712", 2), ("P-4713", 1)] {
         for i in 0..n {
-            orders.push(json!({"order_id": format!("{product}-{i}"), "machine": "press07",
-                               "product": product, "quantity": 10}));
+            orders.push(
+                json!({"order_id": format!("{product}-{i}"), "machine": "press07",
+                               "product": product, "quantity": 10}),
+            );
         }
     }
-    let answers = t.send_json(json!({"type": "plan", "plan_id": "HJ-2", "level": true, "orders": orders}));
-    assert_eq!(answers.iter().filter(|a| a["state"] == "accepted").count(), 7);
+    let answers =
+        t.send_json(json!({"type": "plan", "plan_id": "HJ-2", "level": true, "orders": orders}));
+    assert_eq!(
+        answers.iter().filter(|a| a["state"] == "accepted").count(),
+        7
+    );
     let sequence: Vec<String> = t.rows().into_iter().map(|r| r.product).collect();
     assert_eq!(
         sequence,
@@ -330,7 +415,10 @@ fn hold_resume_and_cancel_work_where_they_make_sense_and_are_refused_otherwise()
     assert!(reason.contains("hold: order WO-404 is unknown"), "{reason}");
     t.send_json(order("WO-1"));
     let reason = t.rejected(json!({"type": "resume", "order_id": "WO-1"}));
-    assert!(reason.contains("resume: order WO-1 is queued, not held"), "{reason}");
+    assert!(
+        reason.contains("resume: order WO-1 is queued, not held"),
+        "{reason}"
+    );
 
     let held = t.send_json(json!({"type": "hold", "order_id": "WO-1"}));
     let states: Vec<&str> = held.iter().map(|a| a["state"].as_str().unwrap()).collect();
@@ -344,7 +432,10 @@ fn hold_resume_and_cancel_work_where_they_make_sense_and_are_refused_otherwise()
     let cancelled = t.send_json(json!({"type": "cancel", "order_id": "WO-1"}));
     assert_eq!(cancelled[1]["state"], "cancelled");
     let reason = t.rejected(json!({"type": "cancel", "order_id": "WO-1"}));
-    assert!(reason.contains("cancel: order WO-1 is cancelled; nothing left to cancel"), "{reason}");
+    assert!(
+        reason.contains("cancel: order WO-1 is cancelled; nothing left to cancel"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -370,9 +461,14 @@ fn order_state_survives_reopening_the_store() {
             .unwrap();
     }
     let store = open_store(dir.path());
-    let rows = store.call_blocking(|c| book::list(c, Some("press07"))).unwrap();
+    let rows = store
+        .call_blocking(|c| book::list(c, Some("press07")))
+        .unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].order_id.as_str(), rows[0].state), ("WO-1", OrderState::Queued));
+    assert_eq!(
+        (rows[0].order_id.as_str(), rows[0].state),
+        ("WO-1", OrderState::Queued)
+    );
 }
 
 /// How many accepted/rejected answers a parse result must produce.
@@ -389,11 +485,20 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         "[ -~]{0,12}".prop_map(Value::from),
         prop_oneof![
-            Just("order"), Just("plan"), Just("hold"), Just("cancel"), Just("press07"),
-            Just("P-4711"), Just("WO-1"), Just("saw02"), Just("2026-11-26T14:00:00Z")
+            Just("order"),
+            Just("plan"),
+            Just("hold"),
+            Just("cancel"),
+            Just("press07"),
+            Just("P-4711"),
+            Just("WO-1"),
+            Just("saw02"),
+            Just("2026-11-26T14:00:00Z")
         ]
         .prop_map(Value::from),
     ];
@@ -402,13 +507,20 @@ fn arb_json() -> impl Strategy<Value = Value> {
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
             proptest::collection::btree_map(
                 prop_oneof![
-                    Just("type".to_string()), Just("order_id".to_string()),
-                    Just("revision".to_string()), Just("machine".to_string()),
-                    Just("product".to_string()), Just("quantity".to_string()),
-                    Just("due".to_string()), Just("sequence".to_string()),
-                    Just("params".to_string()), Just("orders".to_string()),
-                    Just("plan_id".to_string()), Just("level".to_string()),
-                    Just("pitch".to_string()), Just("recipe".to_string()),
+                    Just("type".to_string()),
+                    Just("order_id".to_string()),
+                    Just("revision".to_string()),
+                    Just("machine".to_string()),
+                    Just("product".to_string()),
+                    Just("quantity".to_string()),
+                    Just("due".to_string()),
+                    Just("sequence".to_string()),
+                    Just("params".to_string()),
+                    Just("orders".to_string()),
+                    Just("plan_id".to_string()),
+                    Just("level".to_string()),
+                    Just("pitch".to_string()),
+                    Just("recipe".to_string()),
                     "[a-z]{1,6}",
                 ],
                 inner,

@@ -1165,7 +1165,7 @@ pub fn observe(
         completed = Some(row);
     } else if row.progress != before {
         save(&tx, &row, now)?;
-        let due_report = row.reported_at.is_none_or(|t| now - t >= progress_every);
+        let due_report = row.reported_at.map_or(true, |t| now - t >= progress_every);
         if due_report {
             report(
                 &tx,
