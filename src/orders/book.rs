@@ -37,7 +37,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde_json::{Map, Value};
 
 use crate::machine::MachineView;
@@ -710,7 +710,7 @@ pub fn intake(
     busy: &dyn Fn(&str) -> bool,
     now: DateTime<Utc>,
 ) -> Result<IntakeOutcome, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut out = IntakeOutcome::default();
     match parsed {
         Err(rejections) => {
@@ -1006,7 +1006,7 @@ pub fn mark_released(
     totals: Counts,
     now: DateTime<Utc>,
 ) -> Result<Option<OrderRow>, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let Some(mut row) = get(&tx, order_id, revision)? else {
         return Ok(None);
     };
@@ -1026,7 +1026,7 @@ pub fn mark_aborted(
     reason: String,
     now: DateTime<Utc>,
 ) -> Result<Option<OrderRow>, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let Some(mut row) = get(&tx, order_id, revision)? else {
         return Ok(None);
     };
@@ -1079,7 +1079,7 @@ pub fn finish_stop(
     result: Result<(), String>,
     now: DateTime<Utc>,
 ) -> Result<Option<OrderRow>, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let Some(mut row) = get(&tx, &stop.order_id, stop.revision)? else {
         return Ok(None);
     };
@@ -1123,16 +1123,17 @@ pub fn observe(
     progress_every: chrono::Duration,
     now: DateTime<Utc>,
 ) -> Result<Option<OrderRow>, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let Some(mut row) = current(&tx, &view.machine)? else {
         return Ok(None);
     };
-    let before = row.progress;
+    let before = row.clone();
     apply_totals(&mut row, Counts::of_view(view));
     let mut completed = None;
+    let mut reported = false;
     if row.state == OrderState::Released
         && (view.state == crate::machine::MachineState::Running
-            || row.progress.produced > before.produced)
+            || row.progress.produced > before.progress.produced)
     {
         let start = if row.released_at.is_some_and(|r| view.since >= r)
             && view.state == crate::machine::MachineState::Running
@@ -1153,6 +1154,7 @@ pub fn observe(
             row.started_rank = Some(n);
         }
         transition(&tx, enqueue, &mut row, OrderState::Running, None, now)?;
+        reported = true;
     }
     if row.progress.produced >= u64::from(row.quantity) {
         row.actual_end = Some(now);
@@ -1163,10 +1165,11 @@ pub fn observe(
         row.base = None;
         transition(&tx, enqueue, &mut row, OrderState::Completed, None, now)?;
         completed = Some(row);
-    } else if row.progress != before {
+    } else if row != before {
+        // Progress, or a new baseline after the totals went backwards.
         save(&tx, &row, now)?;
         let due_report = row.reported_at.map_or(true, |t| now - t >= progress_every);
-        if due_report {
+        if !reported && row.progress != before.progress && due_report {
             report(
                 &tx,
                 enqueue,
@@ -1189,7 +1192,7 @@ pub fn check_late(
     enqueue: Enqueue,
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let rows = query_rows(
         &tx,
         "WHERE late_reported = 0 AND due IS NOT NULL AND due < ?1
