@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use validate::{validate, ConfigIssue};
+pub use validate::{is_valid_id, validate, ConfigIssue};
 
 /// Where the config file is looked for when neither `-c` nor `$LINEGATE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/linegate/linegate.toml";

@@ -1,8 +1,24 @@
-//! Levelled work orders.
+//! Levelled work orders: intake from `{p}/orders/cmd`, sequencing, safe
+//! dispatch to a machine's order registers, and tracking to done.
+//!
+//! - [`command`]: bytes → a checked command or the rejections to answer (pure).
+//! - [`level`]: heijunka, Miltenburg's product-level rule (pure).
+//! - [`book`]: the orders in SQLite and their state machine; every change
+//!   and its status message in one transaction.
+//! - [`dispatch`]: the task: intake, interlock, release writes, progress.
+//!
+//! Orders never write anything but the registers of a machine's
+//! `[machine.orders]` section, and never send MQTT themselves: statuses go
+//! to the outbox.
 
 pub mod book;
+pub mod command;
+pub mod dispatch;
+pub mod level;
 
 use tokio::sync::oneshot;
+
+pub use dispatch::{run_orders, run_orders_with, DispatchOptions};
 
 /// One message from `{p}/orders/cmd`, handed over by the uplink. The uplink
 /// acknowledges it to the broker only when `committed` fires, i.e. after

@@ -1,0 +1,683 @@
+//! The order task: takes order messages from the uplink into the book,
+//! releases each machine's next order through its bus when the interlock
+//! allows, and follows the machine's view to running and completed.
+//!
+//! It only moves data: decisions are in `command` (what may be written),
+//! `level` (in what order) and `book` (what state follows). It never writes
+//! a register itself: it hands a [`WriteRequest`] to the machine's bus task,
+//! which writes, reads back and compares. Only the registers of the
+//! machine's `[machine.orders]` section are ever asked for.
+//!
+//! Interlock: a machine gets its next order only when its view is `idle` or
+//! `setup`, no order is on it (released or running) and no write for it is
+//! in flight. Release writes order number, product code, quantity,
+//! parameters and, last, start = true; a failed batch is retried with
+//! backoff and after the last attempt the order is aborted with the reason.
+//! Every write is audited in SQLite before it is made and after it is
+//! answered.
+//!
+//! A message is acknowledged (`committed` fires) only after its answer is
+//! committed; if the store fails, `committed` is dropped and the broker
+//! delivers the message again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::machine::{MachineState, MachineView};
+use crate::orders::book::{self, AuditEntry, Counts, Enqueue, StopRequest};
+use crate::orders::command::{self, NamedWrite};
+use crate::orders::OrderMessage;
+use crate::source::modbus::{WriteError, WriteRequest};
+use crate::store::Store;
+
+/// Timing of the order task.
+#[derive(Debug, Clone)]
+pub struct DispatchOptions {
+    /// Attempts of one write batch before the order is aborted.
+    pub write_attempts: u32,
+    /// First pause between attempts; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// How long to wait for the bus to answer one batch.
+    pub write_timeout: Duration,
+    /// Least time between two progress-only statuses of a running order.
+    pub progress_every: Duration,
+    /// How often due dates are checked for `late`.
+    pub late_check: Duration,
+}
+
+impl Default for DispatchOptions {
+    fn default() -> Self {
+        Self {
+            write_attempts: 4,
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(8),
+            write_timeout: Duration::from_secs(10),
+            progress_every: Duration::from_secs(30),
+            late_check: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The order task of the agent: statuses go to the real outbox.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_orders(
+    config: Arc<Config>,
+    store: Store,
+    inbox: mpsc::Receiver<OrderMessage>,
+    views: HashMap<String, watch::Receiver<MachineView>>,
+    writers: HashMap<String, mpsc::Sender<WriteRequest>>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    run_orders_with(
+        config,
+        store,
+        inbox,
+        views,
+        writers,
+        wake,
+        shutdown,
+        crate::uplink::outbox::enqueue,
+        DispatchOptions::default(),
+    )
+    .await
+}
+
+/// A write batch that finished (or gave up).
+#[derive(Debug)]
+enum WriteDone {
+    Release {
+        order_id: String,
+        revision: u32,
+        machine: String,
+        /// Machine totals when the release began (the machine was idle).
+        baseline: Counts,
+        result: Result<(), String>,
+    },
+    Stop {
+        stop: StopRequest,
+        result: Result<(), String>,
+    },
+    /// Shut down before the batch was made; the order stays as it was.
+    Abandoned { machine: String },
+}
+
+impl WriteDone {
+    fn machine(&self) -> &str {
+        match self {
+            WriteDone::Release { machine, .. } | WriteDone::Abandoned { machine } => machine,
+            WriteDone::Stop { stop, .. } => &stop.machine,
+        }
+    }
+}
+
+/// Everything the task's handlers share.
+struct Dispatcher {
+    config: Arc<Config>,
+    store: Store,
+    writers: HashMap<String, mpsc::Sender<WriteRequest>>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+    enqueue: Enqueue,
+    options: DispatchOptions,
+    /// Latest view of each machine.
+    latest: HashMap<String, MachineView>,
+    /// Machine → order with a write batch in flight. One batch per machine.
+    busy: HashMap<String, String>,
+    done_tx: mpsc::Sender<WriteDone>,
+}
+
+/// The order task with an explicit outbox and timing (tests, embedding).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_orders_with(
+    config: Arc<Config>,
+    store: Store,
+    mut inbox: mpsc::Receiver<OrderMessage>,
+    views: HashMap<String, watch::Receiver<MachineView>>,
+    writers: HashMap<String, mpsc::Sender<WriteRequest>>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+    enqueue: Enqueue,
+    options: DispatchOptions,
+) {
+    // One forwarder per machine view, so the loop waits on a single channel.
+    let (view_tx, mut view_rx) = mpsc::channel::<MachineView>(64);
+    for (machine, mut rx) in views {
+        let tx = view_tx.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let first = rx.borrow_and_update().clone();
+            if tx.send(first).await.is_err() {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            debug!(machine = %machine, "machine view closed");
+                            return;
+                        }
+                        let view = rx.borrow_and_update().clone();
+                        if tx.send(view).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(view_tx);
+
+    let (done_tx, mut done_rx) = mpsc::channel::<WriteDone>(16);
+    let mut d = Dispatcher {
+        config,
+        store,
+        writers,
+        wake,
+        shutdown: shutdown.clone(),
+        enqueue,
+        options,
+        latest: HashMap::new(),
+        busy: HashMap::new(),
+        done_tx,
+    };
+    match d.store.call(|c| book::machines_with_orders(c)).await {
+        Ok(m) if !m.is_empty() => info!(machines = ?m, "orders reloaded from the store"),
+        Ok(_) => {}
+        Err(e) => error!(error = %e, "cannot read the order book"),
+    }
+    d.late().await;
+
+    let mut tick = tokio::time::interval(d.options.late_check);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut inbox_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = done_rx.recv() => {
+                let machine = done.machine().to_owned();
+                d.write_done(done).await;
+                d.consider(&machine).await;
+            }
+            Some(view) = view_rx.recv() => {
+                let machine = view.machine.clone();
+                d.observe(view).await;
+                d.consider(&machine).await;
+            }
+            msg = inbox.recv(), if inbox_open => match msg {
+                Some(msg) => {
+                    let machines = d.intake(msg).await;
+                    for m in machines {
+                        d.consider(&m).await;
+                    }
+                }
+                None => inbox_open = false,
+            },
+            _ = tick.tick() => {
+                d.late().await;
+                let machines: Vec<String> = d.latest.keys().cloned().collect();
+                for m in machines {
+                    d.consider(&m).await;
+                }
+            }
+        }
+    }
+
+    // Let batches in flight finish and be recorded: a start bit written but
+    // not recorded would release the same order twice after a restart.
+    let deadline = tokio::time::Instant::now() + d.options.write_timeout;
+    while !d.busy.is_empty() {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(done)) => d.write_done(done).await,
+            _ => {
+                warn!(
+                    writes = d.busy.len(),
+                    "order writes still in flight at shutdown"
+                );
+                break;
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Parse, commit the answer, then acknowledge. Returns the machines whose queue changed.
+    async fn intake(&mut self, msg: OrderMessage) -> Vec<String> {
+        let parsed = command::parse(&msg.payload, &self.config);
+        let busy: HashSet<String> = self.busy.values().cloned().collect();
+        let enqueue = self.enqueue;
+        let now = Utc::now();
+        let result = self
+            .store
+            .call(move |c| book::intake(c, enqueue, parsed, &|id| busy.contains(id), now))
+            .await;
+        match result {
+            Ok(outcome) => {
+                // Acknowledge only now: the answer is on disk.
+                let _ = msg.committed.send(());
+                if outcome.statuses > 0 {
+                    self.wake.notify_one();
+                }
+                for stop in outcome.stops {
+                    self.start_stop(stop);
+                }
+                outcome.machines
+            }
+            Err(e) => {
+                // `committed` is dropped: the uplink does not ack, the broker redelivers.
+                error!(error = %e, "order message not committed; it will be delivered again");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Follow the machine's view for the order on it.
+    async fn observe(&mut self, view: MachineView) {
+        self.latest.insert(view.machine.clone(), view.clone());
+        if self.busy.contains_key(&view.machine) {
+            // A release or stop is being written; its result sets the baseline.
+            return;
+        }
+        let enqueue = self.enqueue;
+        let every = chrono::Duration::from_std(self.options.progress_every)
+            .unwrap_or(chrono::Duration::MAX);
+        let machine = view.machine.clone();
+        let now = Utc::now();
+        match self
+            .store
+            .call(move |c| book::observe(c, enqueue, &view, every, now))
+            .await
+        {
+            Ok(Some(done)) => {
+                info!(machine = %machine, order = %done.order_id, produced = done.progress.produced, "order completed");
+                self.wake.notify_one();
+            }
+            Ok(None) => self.wake.notify_one(),
+            Err(e) => error!(machine = %machine, error = %e, "cannot record order progress"),
+        }
+    }
+
+    async fn late(&mut self) {
+        let enqueue = self.enqueue;
+        let now = Utc::now();
+        match self
+            .store
+            .call(move |c| book::check_late(c, enqueue, now))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(orders = n, "orders reported late");
+                self.wake.notify_one();
+            }
+            Err(e) => error!(error = %e, "cannot check orders for lateness"),
+        }
+    }
+
+    /// The interlock: release the machine's next order if it may have one.
+    async fn consider(&mut self, machine: &str) {
+        if self.shutdown.is_cancelled() || self.busy.contains_key(machine) {
+            return;
+        }
+        let Some(view) = self.latest.get(machine) else {
+            return;
+        };
+        if !matches!(view.state, MachineState::Idle | MachineState::Setup) {
+            return;
+        }
+        let baseline = Counts::of_view(view);
+        let m = machine.to_owned();
+        let next = self
+            .store
+            .call(move |c| {
+                if book::current(c, &m)?.is_some() {
+                    return Ok(None);
+                }
+                book::next_to_release(c, &m)
+            })
+            .await;
+        let order = match next {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                error!(machine = %machine, error = %e, "cannot read the order queue");
+                return;
+            }
+        };
+        // Values are checked again against the config of this run.
+        let writes = command::machine_orders(&self.config, machine).and_then(|regs| {
+            let number = command::order_number_for(regs, order.arrival);
+            command::release_writes(
+                regs,
+                number,
+                &order.product,
+                order.remaining(),
+                &order.params,
+            )
+        });
+        let writes = match (writes, self.writers.get(machine)) {
+            (Ok(w), Some(_)) => w,
+            (Err(e), _) => {
+                self.abort(
+                    &order.order_id,
+                    order.revision,
+                    machine,
+                    format!("cannot release: {e}"),
+                )
+                .await;
+                return;
+            }
+            (Ok(_), None) => {
+                self.abort(
+                    &order.order_id,
+                    order.revision,
+                    machine,
+                    format!("cannot release: no bus serves machine {machine}"),
+                )
+                .await;
+                return;
+            }
+        };
+        info!(machine = %machine, order = %order.order_id, revision = order.revision, "releasing order");
+        self.busy.insert(machine.to_owned(), order.order_id.clone());
+        let what = "release";
+        let job = self.write_job(
+            machine,
+            Some((order.order_id.clone(), order.revision)),
+            what,
+            writes,
+        );
+        let done_tx = self.done_tx.clone();
+        let (order_id, revision, machine) = (order.order_id, order.revision, machine.to_owned());
+        tokio::spawn(async move {
+            let done = match job.await {
+                None => WriteDone::Abandoned { machine },
+                Some(result) => WriteDone::Release {
+                    order_id,
+                    revision,
+                    machine,
+                    baseline,
+                    result,
+                },
+            };
+            let _ = done_tx.send(done).await;
+        });
+    }
+
+    fn start_stop(&mut self, stop: StopRequest) {
+        let write =
+            command::machine_orders(&self.config, &stop.machine).and_then(command::stop_write);
+        let done_tx = self.done_tx.clone();
+        let write = match write {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = done_tx.try_send(WriteDone::Stop {
+                    stop,
+                    result: Err(e),
+                });
+                return;
+            }
+        };
+        self.busy
+            .insert(stop.machine.clone(), stop.order_id.clone());
+        let what = if stop.then == book::OrderState::Held {
+            "hold"
+        } else {
+            "cancel"
+        };
+        let job = self.write_job(
+            &stop.machine,
+            Some((stop.order_id.clone(), stop.revision)),
+            what,
+            vec![write],
+        );
+        tokio::spawn(async move {
+            let done = match job.await {
+                None => WriteDone::Abandoned {
+                    machine: stop.machine.clone(),
+                },
+                Some(result) => WriteDone::Stop { stop, result },
+            };
+            let _ = done_tx.send(done).await;
+        });
+    }
+
+    async fn abort(&mut self, order_id: &str, revision: u32, machine: &str, reason: String) {
+        warn!(machine = %machine, order = %order_id, reason = %reason, "order aborted");
+        let enqueue = self.enqueue;
+        let id = order_id.to_owned();
+        let now = Utc::now();
+        match self
+            .store
+            .call(move |c| book::mark_aborted(c, enqueue, &id, revision, reason, now))
+            .await
+        {
+            Ok(_) => self.wake.notify_one(),
+            Err(e) => error!(machine = %machine, error = %e, "cannot record an aborted order"),
+        }
+    }
+
+    async fn write_done(&mut self, done: WriteDone) {
+        let enqueue = self.enqueue;
+        let now = Utc::now();
+        self.busy.remove(done.machine());
+        match done {
+            WriteDone::Abandoned { machine } => {
+                debug!(machine = %machine, "order write abandoned at shutdown");
+            }
+            WriteDone::Release {
+                order_id,
+                revision,
+                machine,
+                baseline,
+                result: Ok(()),
+            } => {
+                info!(machine = %machine, order = %order_id, "order released");
+                let r = self
+                    .store
+                    .call(move |c| {
+                        book::mark_released(c, enqueue, &order_id, revision, baseline, now)
+                    })
+                    .await;
+                if let Err(e) = r {
+                    error!(machine = %machine, error = %e, "cannot record a released order");
+                }
+                self.wake.notify_one();
+                // The machine may already have moved on while we wrote.
+                if let Some(view) = self.latest.get(&machine).cloned() {
+                    self.observe(view).await;
+                }
+            }
+            WriteDone::Release {
+                order_id,
+                revision,
+                machine,
+                result: Err(reason),
+                ..
+            } => {
+                let attempts = self.options.write_attempts;
+                self.abort(
+                    &order_id,
+                    revision,
+                    &machine,
+                    format!("release failed after {attempts} attempt(s): {reason}"),
+                )
+                .await;
+            }
+            WriteDone::Stop { stop, result } => {
+                let totals = self.latest.get(&stop.machine).map(Counts::of_view);
+                let machine = stop.machine.clone();
+                let r = self
+                    .store
+                    .call(move |c| book::finish_stop(c, enqueue, &stop, totals, result, now))
+                    .await;
+                if let Err(e) = r {
+                    error!(machine = %machine, error = %e, "cannot record a hold or cancel");
+                }
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// A write batch with audit, retries and backoff. `None` when shut down
+    /// before it could be made.
+    fn write_job(
+        &self,
+        machine: &str,
+        order: Option<(String, u32)>,
+        what: &'static str,
+        writes: Vec<NamedWrite>,
+    ) -> impl std::future::Future<Output = Option<Result<(), String>>> + Send + 'static {
+        let store = self.store.clone();
+        let writer = self.writers.get(machine).cloned();
+        let machine = machine.to_owned();
+        let options = self.options.clone();
+        let shutdown = self.shutdown.clone();
+        async move {
+            let Some(writer) = writer else {
+                return Some(Err(format!("no bus serves machine {machine}")));
+            };
+            let mut backoff = options.backoff_min;
+            let mut last = String::new();
+            for attempt in 1..=options.write_attempts.max(1) {
+                if attempt > 1 {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(options.backoff_max);
+                }
+                let result = attempt_batch(
+                    &store,
+                    &writer,
+                    &machine,
+                    order.clone(),
+                    what,
+                    attempt,
+                    &writes,
+                    &options,
+                )
+                .await;
+                match result {
+                    Ok(()) => return Some(Ok(())),
+                    Err(e) => {
+                        warn!(machine = %machine, attempt, error = %e, "order write failed");
+                        last = e;
+                    }
+                }
+            }
+            Some(Err(last))
+        }
+    }
+}
+
+/// One attempt of a batch: audit as pending, hand to the bus, audit the answer.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_batch(
+    store: &Store,
+    writer: &mpsc::Sender<WriteRequest>,
+    machine: &str,
+    order: Option<(String, u32)>,
+    what: &'static str,
+    attempt: u32,
+    writes: &[NamedWrite],
+    options: &DispatchOptions,
+) -> Result<(), String> {
+    let entries: Vec<AuditEntry> = writes
+        .iter()
+        .map(|w| AuditEntry {
+            register: format!("{} ({} {})", w.name, w.write.area, w.write.address),
+            value: w.value.clone(),
+        })
+        .collect();
+    let label = format!("{what} attempt {attempt}");
+    let m = machine.to_owned();
+    let now = Utc::now();
+    let ids = store
+        .call(move |c| {
+            book::audit_pending(
+                c,
+                &m,
+                order.as_ref().map(|(id, rev)| (id.as_str(), *rev)),
+                &label,
+                &entries,
+                now,
+            )
+        })
+        .await
+        .map_err(|e| format!("cannot audit the write, not made: {e}"))?;
+
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let request = WriteRequest {
+        machine: machine.to_owned(),
+        writes: writes.iter().map(|w| w.write.clone()).collect(),
+        reply: reply_tx,
+    };
+    let outcome: Result<(), (Option<WriteError>, String)> = if writer.send(request).await.is_err() {
+        Err((
+            None,
+            format!("the bus task of machine {machine} is not running"),
+        ))
+    } else {
+        match tokio::time::timeout(options.write_timeout, reply_rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => {
+                let text = e.to_string();
+                Err((Some(e), text))
+            }
+            Ok(Err(_)) => Err((
+                None,
+                format!("the bus of machine {machine} dropped the write"),
+            )),
+            Err(_) => Err((
+                None,
+                format!(
+                    "the bus of machine {machine} did not answer within {} ms",
+                    options.write_timeout.as_millis()
+                ),
+            )),
+        }
+    };
+
+    // Which register failed: before it written, after it not.
+    let failed_at = match &outcome {
+        Err((
+            Some(
+                WriteError::Failed { area, address, .. }
+                | WriteError::Mismatch { area, address, .. },
+            ),
+            _,
+        )) => writes
+            .iter()
+            .position(|w| w.write.area == *area && w.write.address == *address),
+        _ => None,
+    };
+    let results: Vec<(i64, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let r = match (&outcome, failed_at) {
+                (Ok(()), _) => "ok".to_string(),
+                (Err(_), Some(f)) if i < f => "ok".to_string(),
+                (Err((_, e)), Some(f)) if i == f => e.clone(),
+                (Err(_), Some(_)) => "not written".to_string(),
+                (Err((_, e)), None) => e.clone(),
+            };
+            (*id, r)
+        })
+        .collect();
+    if let Err(e) = store.call(move |c| book::audit_result(c, &results)).await {
+        error!(machine = %machine, error = %e, "cannot record the result of an order write");
+    }
+    outcome.map_err(|(_, text)| text)
+}
