@@ -505,7 +505,10 @@ impl Account {
             }
             Observed::Unknown => {
                 self.last_good = t;
-                let mut same = self.candidate.clone().unwrap_or_else(|| self.stable.clone());
+                let mut same = self
+                    .candidate
+                    .clone()
+                    .unwrap_or_else(|| self.stable.clone());
                 same.since = t;
                 same
             }
@@ -530,7 +533,10 @@ impl Account {
         let now = self.timeline(mono_ms).max(self.last_obs);
         let target = self.candidate.as_ref().unwrap_or(&self.stable).state;
         if target == MachineState::Offline {
-            let spell = self.candidate.clone().unwrap_or_else(|| self.stable.clone());
+            let spell = self
+                .candidate
+                .clone()
+                .unwrap_or_else(|| self.stable.clone());
             self.step(spell, now, out);
         } else if now - self.last_obs > stale_ms {
             let silent_s = (now - self.last_obs) as f64 / 1000.0;
@@ -587,7 +593,11 @@ impl Account {
             + self.pending_counts.capacity() * std::mem::size_of::<(i64, CountDelta)>()
             + self.stable.reason.as_ref().map_or(0, |r| r.capacity())
             + self.reported.reason.as_ref().map_or(0, |r| r.capacity())
-            + self.cal.as_ref().and_then(|c| c.shift.as_ref()).map_or(0, |s| s.0.capacity())
+            + self
+                .cal
+                .as_ref()
+                .and_then(|c| c.shift.as_ref())
+                .map_or(0, |s| s.0.capacity())
     }
 
     /// The wall clock jumped: close what is open at the old timeline's now,
@@ -677,9 +687,9 @@ impl Account {
                     until: s.until.map_or(i64::MAX, |u| u.timestamp_millis()),
                     planned: s.planned,
                     reason: s.reason,
-                    shift: s.shift.map(|i| {
-                        (i.name, i.start.timestamp_millis(), i.end.timestamp_millis())
-                    }),
+                    shift: s
+                        .shift
+                        .map(|i| (i.name, i.start.timestamp_millis(), i.end.timestamp_millis())),
                 }
             }
         };
@@ -712,7 +722,11 @@ impl Account {
             let c = naive_start + p;
             let off2 = self.offset_ms(c);
             let e = (c + off2).div_euclid(p) * p - off2;
-            if e > a { e } else { c }
+            if e > a {
+                e
+            } else {
+                c
+            }
         };
         if self.s.tz == chrono_tz::UTC {
             return (naive_start, naive_end);
@@ -726,7 +740,9 @@ impl Account {
         let mapped = |n: chrono::NaiveDateTime| -> Vec<i64> {
             match self.s.tz.from_local_datetime(&n) {
                 chrono::LocalResult::Single(x) => vec![x.timestamp_millis()],
-                chrono::LocalResult::Ambiguous(x, y) => vec![x.timestamp_millis(), y.timestamp_millis()],
+                chrono::LocalResult::Ambiguous(x, y) => {
+                    vec![x.timestamp_millis(), y.timestamp_millis()]
+                }
                 chrono::LocalResult::None => vec![],
             }
         };
@@ -868,10 +884,8 @@ impl Account {
             return;
         }
         let ideal = self.ideal();
-        let (now, later): (Vec<_>, Vec<_>) = self
-            .pending_counts
-            .drain(..)
-            .partition(|(t, _)| *t < until);
+        let (now, later): (Vec<_>, Vec<_>) =
+            self.pending_counts.drain(..).partition(|(t, _)| *t < until);
         self.pending_counts = later;
         for (_, d) in now {
             for p in [&mut self.interval, &mut self.shift].into_iter().flatten() {
@@ -1040,7 +1054,12 @@ mod tests {
         for p in periods {
             let ms = |x: f64| (x * 1000.0).round() as i64;
             let s = &p.seconds;
-            let total = ms(s.running) + ms(s.setup) + ms(s.down) + ms(s.idle) + ms(s.planned_stop) + ms(s.offline);
+            let total = ms(s.running)
+                + ms(s.setup)
+                + ms(s.down)
+                + ms(s.idle)
+                + ms(s.planned_stop)
+                + ms(s.offline);
             assert_eq!(total, (p.end - p.start).num_milliseconds(), "period {p:?}");
         }
     }
@@ -1063,7 +1082,10 @@ mod tests {
         assert_eq!(p[0].kpi.availability, Some(600.0 / 900.0));
         assert_eq!(p[0].kpi.coverage, Some(1.0));
         let so_far = l.acc.interval_so_far().unwrap();
-        assert_eq!(so_far.seconds.down, 300.0, "the rest of the spell is in the next period");
+        assert_eq!(
+            so_far.seconds.down, 300.0,
+            "the rest of the spell is in the next period"
+        );
         assert_eq!(so_far.counts.stops, 0, "a stop counts where it starts");
         assert_eq!(
             l.changes(),
@@ -1124,14 +1146,23 @@ mod tests {
         assert_eq!(shifts[0].start, t("2026-03-02T06:00:00Z"));
         assert_eq!(shifts[0].end, t("2026-03-02T14:00:00Z"));
         assert_eq!(shifts[0].seconds.running, 900.0);
-        assert_eq!(shifts[0].seconds.offline, 7.0 * 3600.0 + 2700.0, "before the agent started");
+        assert_eq!(
+            shifts[0].seconds.offline,
+            7.0 * 3600.0 + 2700.0,
+            "before the agent started"
+        );
         let iv = l.intervals();
         assert_eq!(iv[0].seconds.running, 900.0);
         assert_eq!(iv[1].start, t("2026-03-02T14:00:00Z"));
         assert_eq!(iv[1].seconds.planned_stop, 900.0);
         assert_eq!(iv[1].seconds.running, 0.0);
-        assert_eq!(iv[1].kpi.availability, None, "no planned time: null, not NaN");
-        assert!(l.changes().contains(&(MachineState::PlannedStop, t("2026-03-02T14:00:00Z"))));
+        assert_eq!(
+            iv[1].kpi.availability, None,
+            "no planned time: null, not NaN"
+        );
+        assert!(l
+            .changes()
+            .contains(&(MachineState::PlannedStop, t("2026-03-02T14:00:00Z"))));
         let reason = l.out.iter().find_map(|e| match e {
             MachineEvent::State(c) if c.state == MachineState::PlannedStop => c.reason.clone(),
             _ => None,
@@ -1151,8 +1182,12 @@ mod tests {
         assert_eq!(p.seconds.running, 900.0 - 61.0);
         assert_eq!(p.seconds.down, 0.0, "offline is never down");
         assert_eq!(p.counts.stops, 0);
-        assert!(l.changes().contains(&(MachineState::Offline, t("2026-03-02T10:05:00Z"))));
-        assert!(l.changes().contains(&(MachineState::Running, t("2026-03-02T10:06:01Z"))));
+        assert!(l
+            .changes()
+            .contains(&(MachineState::Offline, t("2026-03-02T10:05:00Z"))));
+        assert!(l
+            .changes()
+            .contains(&(MachineState::Running, t("2026-03-02T10:06:01Z"))));
         assert_eq!(p.kpi.coverage, Some(1.0 - 61.0 / 900.0));
         assert_eq!(p.kpi.availability, Some(1.0), "offline lies outside PBT");
     }
@@ -1170,7 +1205,9 @@ mod tests {
         assert_eq!(p.len(), 1, "closed without any read after its end");
         assert_eq!(p[0].seconds.running, 120.0);
         assert_eq!(p[0].seconds.offline, 780.0);
-        assert!(l.changes().contains(&(MachineState::Offline, t("2026-03-02T10:02:00Z"))));
+        assert!(l
+            .changes()
+            .contains(&(MachineState::Offline, t("2026-03-02T10:02:00Z"))));
     }
 
     #[test]
@@ -1197,8 +1234,12 @@ mod tests {
         assert_eq!(p[0].start, t("2026-03-02T10:00:00Z"));
         assert_eq!(p[0].seconds.running, 300.0 + 420.0);
         assert_eq!(p[0].seconds.offline, 180.0);
-        assert!(l2.changes().contains(&(MachineState::Offline, t("2026-03-02T10:05:00Z"))));
-        assert!(l2.changes().contains(&(MachineState::Running, t("2026-03-02T10:08:00Z"))));
+        assert!(l2
+            .changes()
+            .contains(&(MachineState::Offline, t("2026-03-02T10:05:00Z"))));
+        assert!(l2
+            .changes()
+            .contains(&(MachineState::Running, t("2026-03-02T10:08:00Z"))));
         assert_sums(&p);
     }
 
@@ -1235,11 +1276,23 @@ mod tests {
         l.hold(4 * MIN, 40 * MIN, S, state(MachineState::Running));
         let p = l.intervals();
         assert_eq!(p[0].start, t("2026-03-02T10:00:00Z"));
-        assert_eq!(p[0].end, t("2026-03-02T10:03:59Z"), "closed at the old timeline's last read");
-        assert_eq!(p[1].start, t("2026-03-02T11:03:59Z"), "the last second before the step carries on");
+        assert_eq!(
+            p[0].end,
+            t("2026-03-02T10:03:59Z"),
+            "closed at the old timeline's last read"
+        );
+        assert_eq!(
+            p[1].start,
+            t("2026-03-02T11:03:59Z"),
+            "the last second before the step carries on"
+        );
         assert_eq!(p[1].end, t("2026-03-02T11:15:00Z"));
-        let observed: f64 = p.iter().map(total_s).sum::<f64>() + l.acc.interval_so_far().map_or(0.0, |p| total_s(&p));
-        assert_eq!(observed, 2399.0, "exactly the monotonic time from the first to the last read");
+        let observed: f64 = p.iter().map(total_s).sum::<f64>()
+            + l.acc.interval_so_far().map_or(0.0, |p| total_s(&p));
+        assert_eq!(
+            observed, 2399.0,
+            "exactly the monotonic time from the first to the last read"
+        );
         assert!(p.iter().all(|p| p.seconds.offline == 0.0));
         assert_sums(&p);
         for x in &p {
@@ -1261,8 +1314,16 @@ mod tests {
         assert_eq!(p.seconds.down, 3.0);
         assert_eq!(p.counts.stops, 1, "the glitch is no stop");
         assert_eq!(p.counts.micro_stops, 1);
-        let downs: Vec<_> = l.changes().into_iter().filter(|c| c.0 == MachineState::Down).collect();
-        assert_eq!(downs, vec![(MachineState::Down, t("2026-03-02T10:02:00Z"))], "dated at the first read that saw it");
+        let downs: Vec<_> = l
+            .changes()
+            .into_iter()
+            .filter(|c| c.0 == MachineState::Down)
+            .collect();
+        assert_eq!(
+            downs,
+            vec![(MachineState::Down, t("2026-03-02T10:02:00Z"))],
+            "dated at the first read that saw it"
+        );
     }
 
     #[test]
@@ -1291,7 +1352,11 @@ mod tests {
             // One part every 12 s, one in ten is scrap.
             let n = (x - 5 * MIN) / S;
             let counts = if n % 12 == 0 {
-                CountDelta { produced: 1, good: None, scrap: u64::from(n % 120 == 0) }
+                CountDelta {
+                    produced: 1,
+                    good: None,
+                    scrap: u64::from(n % 120 == 0),
+                }
             } else {
                 CountDelta::default()
             };
@@ -1302,15 +1367,29 @@ mod tests {
         l.hold(13 * MIN, 15 * MIN, S, state(MachineState::Down));
         l.read(15 * MIN, state(MachineState::Running));
         let p = &l.intervals()[0];
-        assert_eq!((p.seconds.setup, p.seconds.running, p.seconds.idle, p.seconds.down), (300.0, 360.0, 120.0, 120.0));
-        assert_eq!((p.counts.produced, p.counts.scrap, p.counts.good), (30, 3, 27));
+        assert_eq!(
+            (
+                p.seconds.setup,
+                p.seconds.running,
+                p.seconds.idle,
+                p.seconds.down
+            ),
+            (300.0, 360.0, 120.0, 120.0)
+        );
+        assert_eq!(
+            (p.counts.produced, p.counts.scrap, p.counts.good),
+            (30, 3, 27)
+        );
         let k = p.kpi;
         assert_eq!(k.availability, Some(360.0 / 900.0));
         assert_eq!(k.utilisation_efficiency, Some(360.0 / 780.0));
         assert_eq!(k.allocation_efficiency, Some(780.0 / 900.0));
         assert_eq!(k.performance, Some(300.0 / 360.0));
         assert_eq!(k.quality, Some(27.0 / 30.0));
-        assert_eq!(k.oee, Some((360.0 / 900.0) * (300.0 / 360.0) * (27.0 / 30.0)));
+        assert_eq!(
+            k.oee,
+            Some((360.0 / 900.0) * (300.0 / 360.0) * (27.0 / 30.0))
+        );
 
         // No ideal cycle time, no parts: performance, quality and OEE are null.
         let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
@@ -1324,7 +1403,11 @@ mod tests {
     fn parts_count_in_the_period_of_the_read_that_saw_them() {
         let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
         l.hold(0, 15 * MIN, S, state(MachineState::Running));
-        let one = CountDelta { produced: 5, good: None, scrap: 0 };
+        let one = CountDelta {
+            produced: 5,
+            good: None,
+            scrap: 0,
+        };
         l.read_counts(15 * MIN - S, state(MachineState::Running), one);
         l.read_counts(15 * MIN, state(MachineState::Running), one);
         l.read(15 * MIN + S, state(MachineState::Running));
@@ -1340,8 +1423,12 @@ mod tests {
         let l = Line::start(s, "2026-03-28T12:00:00Z");
         // The day of 2026-03-29 in Berlin is 23 hours: 23:00 UTC to 22:00 UTC.
         assert_eq!(
-            l.acc.interval_bounds(t("2026-03-29T10:00:00Z").timestamp_millis()),
-            (t("2026-03-28T23:00:00Z").timestamp_millis(), t("2026-03-29T22:00:00Z").timestamp_millis())
+            l.acc
+                .interval_bounds(t("2026-03-29T10:00:00Z").timestamp_millis()),
+            (
+                t("2026-03-28T23:00:00Z").timestamp_millis(),
+                t("2026-03-29T22:00:00Z").timestamp_millis()
+            )
         );
     }
 

@@ -272,13 +272,27 @@ mod tests {
         };
         let mut m = MachineCounters::new(Some(&cfg), &[sig("parts"), sig("scrap")]);
         let read = |p: i64, s: i64| -> BTreeMap<String, Reading> {
-            [("parts".to_string(), Ok(Value::Int(p))), ("scrap".to_string(), Ok(Value::Int(s)))].into()
+            [
+                ("parts".to_string(), Ok(Value::Int(p))),
+                ("scrap".to_string(), Ok(Value::Int(s))),
+            ]
+            .into()
         };
         m.observe(&read(100, 5));
         let d = m.observe(&read(110, 6));
-        assert_eq!(d, CountDelta { produced: 10, good: None, scrap: 1 });
+        assert_eq!(
+            d,
+            CountDelta {
+                produced: 10,
+                good: None,
+                scrap: 1
+            }
+        );
         assert_eq!(m.good_total, 9);
         m.observe(&read(110, 8));
-        assert_eq!(m.good_total, 9, "scrap after the fact does not take good parts back");
+        assert_eq!(
+            m.good_total, 9,
+            "scrap after the fact does not take good parts back"
+        );
     }
 }

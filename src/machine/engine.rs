@@ -8,8 +8,8 @@
 //!   state changes and periods are never dropped, the engine waits for room).
 //! - A one-second tick advances every machine without samples: a machine
 //!   whose source went silent for its staleness time (Modbus: 3 x `poll_ms`
-//!   + the bus `timeout_ms`; MQTT: the bus `stale_ms`) is offline from its
-//!   last good read, and periods close on time.
+//!   plus the bus `timeout_ms`; MQTT: the bus `stale_ms`) is offline from
+//!   its last good read, and periods close on time.
 //! - Each machine's live [`MachineView`] is published on its `watch`.
 //! - [`EngineHandle::snapshot`] returns every machine's open period for the
 //!   store; on shutdown the engine attributes time up to each last read and
@@ -63,7 +63,10 @@ pub struct MachineTracker {
 pub fn stale_ms(config: &Config, machine: &MachineConfig) -> i64 {
     let ms = match config.bus(&machine.bus) {
         Some(b) if b.transport == Transport::Mqtt => b.stale_ms,
-        Some(b) => machine.poll_ms.saturating_mul(3).saturating_add(b.timeout_ms),
+        Some(b) => machine
+            .poll_ms
+            .saturating_mul(3)
+            .saturating_add(b.timeout_ms),
         None => machine.poll_ms.saturating_mul(3),
     };
     i64::try_from(ms).unwrap_or(i64::MAX)
@@ -140,7 +143,9 @@ impl MachineTracker {
                 for (name, reading) in readings {
                     self.values.update(name, reading);
                 }
-                let first_error = readings.iter().find_map(|(n, r)| r.as_ref().err().map(|e| (n, e)));
+                let first_error = readings
+                    .iter()
+                    .find_map(|(n, r)| r.as_ref().err().map(|e| (n, e)));
                 let all_failed = !readings.is_empty() && readings.values().all(|r| r.is_err());
                 let observed = match (all_failed, first_error) {
                     (true, Some((name, e))) => Observed::Offline {
@@ -303,7 +308,11 @@ struct Machine {
 
 /// Send what the trackers produced: state changes and periods wait for
 /// room, telemetry is dropped when the channel is full.
-async fn deliver(events: &mpsc::Sender<MachineEvent>, out: &mut Vec<MachineEvent>, dropped: &mut u64) {
+async fn deliver(
+    events: &mpsc::Sender<MachineEvent>,
+    out: &mut Vec<MachineEvent>,
+    dropped: &mut u64,
+) {
     for ev in out.drain(..) {
         match ev {
             MachineEvent::Telemetry(_) => match events.try_send(ev) {

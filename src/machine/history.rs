@@ -58,7 +58,8 @@ const INSERT_STATE: &str =
     "INSERT INTO state_change (machine, state, prev, since, reason) VALUES (?1, ?2, ?3, ?4, ?5)";
 const INSERT_PERIOD: &str = "INSERT OR IGNORE INTO period (machine, kind, start_at, end_at, json)
      VALUES (?1, ?2, ?3, ?4, ?5)";
-const UPSERT_SNAPSHOT: &str = "INSERT INTO machine_snapshot (machine, json, saved_at) VALUES (?1, ?2, ?3)
+const UPSERT_SNAPSHOT: &str =
+    "INSERT INTO machine_snapshot (machine, json, saved_at) VALUES (?1, ?2, ?3)
      ON CONFLICT (machine) DO UPDATE SET json = excluded.json, saved_at = excluded.saved_at";
 const SELECT_SNAPSHOTS: &str = "SELECT machine, json FROM machine_snapshot ORDER BY machine";
 const SELECT_PERIODS: &str = "SELECT json FROM period
@@ -122,8 +123,11 @@ pub fn record(conn: &Connection, event: &MachineEvent) -> Result<bool, StoreErro
 /// Save the open period of one machine (replaces the previous one).
 pub fn save_snapshot(conn: &Connection, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
     let json = serde_json::to_string(snapshot).map_err(json_err)?;
-    conn.prepare_cached(UPSERT_SNAPSHOT)?
-        .execute(params![snapshot.machine, json, ts(snapshot.saved_at)])?;
+    conn.prepare_cached(UPSERT_SNAPSHOT)?.execute(params![
+        snapshot.machine,
+        json,
+        ts(snapshot.saved_at)
+    ])?;
     Ok(())
 }
 
@@ -255,12 +259,19 @@ pub fn delete_older_than(conn: &Connection, before: DateTime<Utc>) -> Result<usi
 }
 
 /// Retention: keep `days` days before `now` (`store.retention_days`).
-pub fn apply_retention(conn: &Connection, now: DateTime<Utc>, days: u32) -> Result<usize, StoreError> {
+pub fn apply_retention(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    days: u32,
+) -> Result<usize, StoreError> {
     delete_older_than(conn, now - chrono::Duration::days(i64::from(days)))
 }
 
 /// The latest state change of one machine (for tests and diagnostics).
-pub fn last_state(conn: &Connection, machine: &str) -> Result<Option<(MachineState, DateTime<Utc>)>, StoreError> {
+pub fn last_state(
+    conn: &Connection,
+    machine: &str,
+) -> Result<Option<(MachineState, DateTime<Utc>)>, StoreError> {
     let row: Option<(String, String)> = conn
         .query_row(
             "SELECT state, since FROM state_change WHERE machine = ?1 ORDER BY id DESC LIMIT 1",
@@ -341,20 +352,30 @@ mod tests {
                 .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        let all = store.call_blocking(|c| periods(c, None, None, None)).unwrap();
+        let all = store
+            .call_blocking(|c| periods(c, None, None, None))
+            .unwrap();
         assert_eq!(all.len(), 3);
         assert_eq!(all[0].start, t("2026-03-02T10:00:00Z"));
         assert_eq!(all[2].seconds.running, 900.0);
         let some = store
             .call_blocking(|c| {
-                periods(c, Some("press07"), Some(t("2026-03-02T10:20:00Z")), Some(t("2026-03-02T10:40:00Z")))
+                periods(
+                    c,
+                    Some("press07"),
+                    Some(t("2026-03-02T10:20:00Z")),
+                    Some(t("2026-03-02T10:40:00Z")),
+                )
             })
             .unwrap();
         assert_eq!(
             some.iter().map(|p| p.start).collect::<Vec<_>>(),
             vec![t("2026-03-02T10:15:00Z"), t("2026-03-02T10:30:00Z")]
         );
-        assert!(store.call_blocking(|c| periods(c, Some("other"), None, None)).unwrap().is_empty());
+        assert!(store
+            .call_blocking(|c| periods(c, Some("other"), None, None))
+            .unwrap()
+            .is_empty());
 
         let status = store.call_blocking(|c| current(c)).unwrap();
         assert_eq!(status.len(), 1);
@@ -390,7 +411,9 @@ mod tests {
             .unwrap();
         assert!(first);
         assert!(!second);
-        let all = store.call_blocking(|c| periods(c, None, None, None)).unwrap();
+        let all = store
+            .call_blocking(|c| periods(c, None, None, None))
+            .unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].seconds.offline, 0.0);
     }
@@ -401,7 +424,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let status = store
             .call_blocking(|c| {
-                for (state, since) in [(MachineState::Running, "2026-03-02T10:00:00Z"), (MachineState::Down, "2026-03-02T10:03:00Z")] {
+                for (state, since) in [
+                    (MachineState::Running, "2026-03-02T10:00:00Z"),
+                    (MachineState::Down, "2026-03-02T10:03:00Z"),
+                ] {
                     record(
                         c,
                         &MachineEvent::State(StateChange {
@@ -418,7 +444,10 @@ mod tests {
             .unwrap();
         assert_eq!(status.len(), 1);
         assert_eq!(status[0].state, MachineState::Down);
-        assert_eq!(status[0].reason.as_deref(), Some("alarm_code 17: door open"));
+        assert_eq!(
+            status[0].reason.as_deref(),
+            Some("alarm_code 17: door open")
+        );
         assert!(status[0].period.is_none());
     }
 

@@ -22,8 +22,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use evalexpr::{
-    build_operator_tree, Context, DefaultNumericTypes, EvalexprError, EvalexprResult,
-    Node, Value as EvalValue,
+    build_operator_tree, Context, DefaultNumericTypes, EvalexprError, EvalexprResult, Node,
+    Value as EvalValue,
 };
 
 use crate::config::{DataType, SignalConfig, StateRulesConfig};
@@ -177,7 +177,9 @@ impl Context for SignalValues {
     }
 
     fn call_function(&self, identifier: &str, _argument: &EvalValue) -> EvalexprResult<EvalValue> {
-        Err(EvalexprError::FunctionIdentifierNotFound(identifier.to_string()))
+        Err(EvalexprError::FunctionIdentifierNotFound(
+            identifier.to_string(),
+        ))
     }
 
     fn are_builtin_functions_disabled(&self) -> bool {
@@ -496,7 +498,11 @@ mod tests {
     }
 
     fn good() -> StateRulesConfig {
-        rules("cycle_active && spindle_rpm > 0", "alarm_code != 0", "mode == 2")
+        rules(
+            "cycle_active && spindle_rpm > 0",
+            "alarm_code != 0",
+            "mode == 2",
+        )
     }
 
     fn set(v: &mut SignalValues, name: &str, value: Value) {
@@ -510,7 +516,14 @@ mod tests {
 
     #[test]
     fn an_unknown_signal_is_named_with_its_rule() {
-        let p = check(&rules("cycle_active && spindle_rmp > 0", "alarm_code != 0", "mode == 2"), &signals());
+        let p = check(
+            &rules(
+                "cycle_active && spindle_rmp > 0",
+                "alarm_code != 0",
+                "mode == 2",
+            ),
+            &signals(),
+        );
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].rule, "running");
         assert!(p[0].message.contains("`spindle_rmp`"), "{}", p[0].message);
@@ -518,29 +531,53 @@ mod tests {
 
     #[test]
     fn a_syntax_error_is_reported() {
-        let p = check(&rules("cycle_active &&", "alarm_code != 0", "mode == 2"), &signals());
+        let p = check(
+            &rules("cycle_active &&", "alarm_code != 0", "mode == 2"),
+            &signals(),
+        );
         assert_eq!(p[0].rule, "running");
-        assert!(p[0].message.contains("not an expression"), "{}", p[0].message);
+        assert!(
+            p[0].message.contains("not an expression"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]
     fn a_rule_that_gives_a_number_is_a_type_error() {
-        let p = check(&rules("cycle_active", "alarm_code", "mode == 2"), &signals());
+        let p = check(
+            &rules("cycle_active", "alarm_code", "mode == 2"),
+            &signals(),
+        );
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].rule, "down");
-        assert!(p[0].message.contains("an integer instead of true/false"), "{}", p[0].message);
+        assert!(
+            p[0].message.contains("an integer instead of true/false"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]
     fn mixing_a_number_into_a_boolean_operator_is_a_type_error() {
-        let p = check(&rules("cycle_active && spindle_rpm", "alarm_code != 0", "mode == 2"), &signals());
+        let p = check(
+            &rules(
+                "cycle_active && spindle_rpm",
+                "alarm_code != 0",
+                "mode == 2",
+            ),
+            &signals(),
+        );
         assert_eq!(p[0].rule, "running");
         assert!(p[0].message.contains("type error"), "{}", p[0].message);
     }
 
     #[test]
     fn an_assignment_is_refused() {
-        let p = check(&rules("cycle_active", "alarm_code = 1", "mode == 2"), &signals());
+        let p = check(
+            &rules("cycle_active", "alarm_code = 1", "mode == 2"),
+            &signals(),
+        );
         assert_eq!(p[0].rule, "down");
         assert!(p[0].message.contains("assigns"), "{}", p[0].message);
     }
@@ -556,7 +593,11 @@ mod tests {
 
     #[test]
     fn division_by_zero_at_the_probe_is_not_a_problem() {
-        assert!(check(&rules("spindle_rpm / mode > 1", "alarm_code != 0", "mode == 2"), &signals()).is_empty());
+        assert!(check(
+            &rules("spindle_rpm / mode > 1", "alarm_code != 0", "mode == 2"),
+            &signals()
+        )
+        .is_empty());
     }
 
     #[test]
@@ -569,10 +610,20 @@ mod tests {
         set(&mut v, "mode", Value::Int(1));
         assert_eq!(
             r.derive(&v),
-            Derived::Known { state: MachineState::Running, reason: None, fault: false }
+            Derived::Known {
+                state: MachineState::Running,
+                reason: None,
+                fault: false
+            }
         );
         set(&mut v, "mode", Value::Int(2));
-        assert!(matches!(r.derive(&v), Derived::Known { state: MachineState::Setup, .. }));
+        assert!(matches!(
+            r.derive(&v),
+            Derived::Known {
+                state: MachineState::Setup,
+                ..
+            }
+        ));
         set(&mut v, "alarm_code", Value::Int(17));
         assert_eq!(
             r.derive(&v),
@@ -585,7 +636,13 @@ mod tests {
         set(&mut v, "alarm_code", Value::Int(0));
         set(&mut v, "mode", Value::Int(1));
         set(&mut v, "cycle_active", Value::Bool(false));
-        assert!(matches!(r.derive(&v), Derived::Known { state: MachineState::Idle, .. }));
+        assert!(matches!(
+            r.derive(&v),
+            Derived::Known {
+                state: MachineState::Idle,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -596,7 +653,13 @@ mod tests {
         set(&mut v, "spindle_rpm", Value::Int(5));
         set(&mut v, "alarm_code", Value::Float(0.0));
         set(&mut v, "mode", Value::Int(0));
-        assert!(matches!(r.derive(&v), Derived::Known { state: MachineState::Running, .. }));
+        assert!(matches!(
+            r.derive(&v),
+            Derived::Known {
+                state: MachineState::Running,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -606,7 +669,10 @@ mod tests {
         set(&mut v, "cycle_active", Value::Bool(true));
         set(&mut v, "spindle_rpm", Value::Float(120.0));
         set(&mut v, "mode", Value::Int(1));
-        v.update("alarm_code", &Err(crate::source::SignalError::NoReply("timeout".into())));
+        v.update(
+            "alarm_code",
+            &Err(crate::source::SignalError::NoReply("timeout".into())),
+        );
         assert_eq!(r.derive(&v), Derived::Unknown);
     }
 
@@ -622,7 +688,11 @@ mod tests {
         set(&mut v, "alarm_code", Value::Int(4));
         assert_eq!(
             r.derive(&v),
-            Derived::Known { state: MachineState::Down, reason: Some("alarm_code 4".into()), fault: false }
+            Derived::Known {
+                state: MachineState::Down,
+                reason: Some("alarm_code 4".into()),
+                fault: false
+            }
         );
     }
 }

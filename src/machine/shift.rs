@@ -17,7 +17,9 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc};
+use chrono::{
+    DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc,
+};
 use chrono_tz::Tz;
 
 use crate::config::ShiftCalendarConfig;
@@ -141,7 +143,9 @@ impl ShiftCalendar {
                 let Some(idx) = DAYS.iter().position(|x| x.eq_ignore_ascii_case(d)) else {
                     return Err(ShiftError {
                         key: format!("shifts.shift[{i}].days[{j}]"),
-                        message: format!("{d:?} is not a day: use mon, tue, wed, thu, fri, sat, sun"),
+                        message: format!(
+                            "{d:?} is not a day: use mon, tue, wed, thu, fri, sat, sun"
+                        ),
                     });
                 };
                 days[idx] = true;
@@ -220,8 +224,12 @@ impl ShiftCalendar {
                         "shift {:?} overlaps shift {:?} on {}",
                         second.1.name,
                         first.1.name,
-                        DAYS[b.1.start.with_timezone(&self.tz).weekday().num_days_from_monday()
-                            as usize]
+                        DAYS[b
+                            .1
+                            .start
+                            .with_timezone(&self.tz)
+                            .weekday()
+                            .num_days_from_monday() as usize]
                     ),
                 });
             }
@@ -370,7 +378,13 @@ mod tests {
     use super::*;
     use crate::config::{BreakConfig, ShiftConfig};
 
-    fn shift(name: &str, days: &[&str], start: &str, end: &str, breaks: &[(&str, &str)]) -> ShiftConfig {
+    fn shift(
+        name: &str,
+        days: &[&str],
+        start: &str,
+        end: &str,
+        breaks: &[(&str, &str)],
+    ) -> ShiftConfig {
         ShiftConfig {
             name: name.into(),
             days: days.iter().map(|d| d.to_string()).collect(),
@@ -386,7 +400,11 @@ mod tests {
         }
     }
 
-    fn cal(shifts: Vec<ShiftConfig>, holidays: &[&str], tz: Tz) -> Result<ShiftCalendar, ShiftError> {
+    fn cal(
+        shifts: Vec<ShiftConfig>,
+        holidays: &[&str],
+        tz: Tz,
+    ) -> Result<ShiftCalendar, ShiftError> {
         ShiftCalendar::from_config(
             &ShiftCalendarConfig {
                 shift: shifts,
@@ -417,14 +435,28 @@ mod tests {
 
     #[test]
     fn bad_days_holidays_and_breaks_name_their_keys() {
-        let e = cal(vec![shift("a", &["mon", "mo"], "06:00", "14:00", &[])], &[], chrono_tz::UTC)
-            .unwrap_err();
+        let e = cal(
+            vec![shift("a", &["mon", "mo"], "06:00", "14:00", &[])],
+            &[],
+            chrono_tz::UTC,
+        )
+        .unwrap_err();
         assert_eq!(e.key, "shifts.shift[0].days[1]");
-        let e = cal(vec![shift("a", &["mon"], "06:00", "14:00", &[])], &["2026-13-01"], chrono_tz::UTC)
-            .unwrap_err();
+        let e = cal(
+            vec![shift("a", &["mon"], "06:00", "14:00", &[])],
+            &["2026-13-01"],
+            chrono_tz::UTC,
+        )
+        .unwrap_err();
         assert_eq!(e.key, "shifts.holidays[0]");
         let e = cal(
-            vec![shift("a", &["mon"], "06:00", "14:00", &[("15:00", "15:30")])],
+            vec![shift(
+                "a",
+                &["mon"],
+                "06:00",
+                "14:00",
+                &[("15:00", "15:30")],
+            )],
             &[],
             chrono_tz::UTC,
         )
@@ -451,7 +483,13 @@ mod tests {
     fn breaks_and_days_decide_planned_time() {
         // 2026-03-02 is a Monday.
         let c = cal(
-            vec![shift("early", &["mon"], "06:00", "14:00", &[("10:00", "10:30")])],
+            vec![shift(
+                "early",
+                &["mon"],
+                "06:00",
+                "14:00",
+                &[("10:00", "10:30")],
+            )],
             &[],
             chrono_tz::UTC,
         )
@@ -462,7 +500,10 @@ mod tests {
         assert_eq!(c.span_at(utc("2026-03-02T10:15:00Z")).reason, Some("break"));
         assert!(c.is_planned(utc("2026-03-02T10:30:00Z")));
         assert!(!c.is_planned(utc("2026-03-02T14:00:00Z")));
-        assert!(!c.is_planned(utc("2026-03-03T08:00:00Z")), "tuesday has no shift");
+        assert!(
+            !c.is_planned(utc("2026-03-03T08:00:00Z")),
+            "tuesday has no shift"
+        );
         assert_eq!(
             c.next_boundary_after(utc("2026-03-02T06:00:00Z")),
             Some(utc("2026-03-02T10:00:00Z"))
@@ -472,13 +513,22 @@ mod tests {
             Some(utc("2026-03-09T06:00:00Z")),
             "next monday"
         );
-        assert_eq!(c.shift_at(utc("2026-03-02T07:00:00Z")).unwrap().name, "early");
+        assert_eq!(
+            c.shift_at(utc("2026-03-02T07:00:00Z")).unwrap().name,
+            "early"
+        );
     }
 
     #[test]
     fn a_night_shift_runs_past_midnight_with_its_break() {
         let c = cal(
-            vec![shift("night", &["fri"], "22:00", "06:00", &[("02:00", "02:30")])],
+            vec![shift(
+                "night",
+                &["fri"],
+                "22:00",
+                "06:00",
+                &[("02:00", "02:30")],
+            )],
             &[],
             chrono_tz::UTC,
         )
@@ -489,7 +539,10 @@ mod tests {
         assert_eq!(s.end, utc("2026-03-07T06:00:00Z"));
         assert!(!c.is_planned(utc("2026-03-07T02:10:00Z")));
         assert!(c.is_planned(utc("2026-03-07T05:59:00Z")));
-        assert!(!c.is_planned(utc("2026-03-07T22:30:00Z")), "saturday has no night shift");
+        assert!(
+            !c.is_planned(utc("2026-03-07T22:30:00Z")),
+            "saturday has no night shift"
+        );
     }
 
     #[test]
@@ -546,7 +599,10 @@ mod tests {
         // Thu 2026-12-24 22:00 starts; Fri 25 is a holiday from midnight.
         assert!(c.is_planned(utc("2026-12-24T23:00:00Z")));
         assert!(!c.is_planned(utc("2026-12-25T01:00:00Z")));
-        assert_eq!(c.span_at(utc("2026-12-25T01:00:00Z")).reason, Some("holiday"));
+        assert_eq!(
+            c.span_at(utc("2026-12-25T01:00:00Z")).reason,
+            Some("holiday")
+        );
         assert_eq!(
             c.next_boundary_after(utc("2026-12-24T23:00:00Z")),
             Some(utc("2026-12-25T00:00:00Z"))
