@@ -437,7 +437,7 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
         for problem in crate::machine::rules::check(rules, &m.signal) {
             issues.push(
                 format!("machine[{i}].state.{}", problem.rule),
-                problem.message,
+                format!("machine {:?}: {}", m.id, problem.message),
             );
         }
     }

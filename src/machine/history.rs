@@ -1,5 +1,473 @@
 //! State changes, closed periods and the open-period snapshot of each machine
-//! in the store: the SQL and the functions that run it on the store thread.
+//! in the store: the SQL and the functions that run it on the store thread
+//! (each takes the store's `&rusqlite::Connection`).
+//!
+//! Tables (migration "machine history"):
+//! - `state_change`: one row per reported state change, in arrival order.
+//! - `period`: one row per closed period; `json` is the [`ClosedPeriod`]
+//!   exactly as the engine closed it, `machine`/`kind`/`start_at`/`end_at`
+//!   are copies for lookups. `(machine, kind, start_at)` is unique: after a
+//!   crash the engine may close a period again from an older snapshot, and
+//!   the first, complete one stays ([`record`] says whether a row was new).
+//! - `machine_snapshot`: the latest [`AccountSnapshot`] of each machine,
+//!   read at start-up to resume and by `linegate status`.
+//!
+//! Instants are stored as RFC 3339 UTC text with milliseconds
+//! (`2026-11-26T08:00:00.125Z`), which sorts in time order.
+//! Telemetry is not kept here. This module never decides anything.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+use super::accounting::AccountSnapshot;
+use super::{ClosedPeriod, MachineEvent, MachineState, PeriodKind};
+use crate::store::StoreError;
 
 /// Tables of machine history (migration "machine history").
-pub const SCHEMA_V1: &str = "";
+pub const SCHEMA_V1: &str = "
+CREATE TABLE state_change (
+    id       INTEGER PRIMARY KEY,
+    machine  TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    prev     TEXT,
+    since    TEXT NOT NULL,   -- RFC 3339 UTC, when the change happened
+    reason   TEXT
+);
+CREATE INDEX state_change_by_machine ON state_change (machine, since);
+CREATE INDEX state_change_by_since ON state_change (since);
+CREATE TABLE period (
+    id        INTEGER PRIMARY KEY,
+    machine   TEXT NOT NULL,
+    kind      TEXT NOT NULL,  -- 'interval' or 'shift:<name>'
+    start_at  TEXT NOT NULL,
+    end_at    TEXT NOT NULL,
+    json      TEXT NOT NULL,  -- the ClosedPeriod
+    UNIQUE (machine, kind, start_at)
+);
+CREATE INDEX period_by_start ON period (start_at);
+CREATE INDEX period_by_end ON period (end_at);
+CREATE TABLE machine_snapshot (
+    machine   TEXT PRIMARY KEY,
+    json      TEXT NOT NULL,  -- the AccountSnapshot
+    saved_at  TEXT NOT NULL
+);
+";
+
+const INSERT_STATE: &str =
+    "INSERT INTO state_change (machine, state, prev, since, reason) VALUES (?1, ?2, ?3, ?4, ?5)";
+const INSERT_PERIOD: &str = "INSERT OR IGNORE INTO period (machine, kind, start_at, end_at, json)
+     VALUES (?1, ?2, ?3, ?4, ?5)";
+const UPSERT_SNAPSHOT: &str =
+    "INSERT INTO machine_snapshot (machine, json, saved_at) VALUES (?1, ?2, ?3)
+     ON CONFLICT (machine) DO UPDATE SET json = excluded.json, saved_at = excluded.saved_at";
+const SELECT_SNAPSHOTS: &str = "SELECT machine, json FROM machine_snapshot ORDER BY machine";
+const SELECT_PERIODS: &str = "SELECT json FROM period
+     WHERE (?1 IS NULL OR machine = ?1) AND (?2 IS NULL OR end_at > ?2) AND (?3 IS NULL OR start_at < ?3)
+     ORDER BY start_at, machine, kind";
+const SELECT_LAST_CHANGES: &str = "SELECT s.machine, s.state, s.since, s.reason FROM state_change s
+     WHERE s.id = (SELECT MAX(id) FROM state_change t WHERE t.machine = s.machine)
+     ORDER BY s.machine";
+const DELETE_OLD_STATES: &str = "DELETE FROM state_change WHERE since < ?1";
+const DELETE_OLD_PERIODS: &str = "DELETE FROM period WHERE end_at < ?1";
+
+/// An instant as stored.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn kind_key(kind: &PeriodKind) -> String {
+    match kind {
+        PeriodKind::Interval => "interval".into(),
+        PeriodKind::Shift { name } => format!("shift:{name}"),
+    }
+}
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Sql(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+fn parse_state(s: &str) -> Option<MachineState> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+}
+
+/// Keep a state change or a closed period. Returns whether a row was added
+/// (false for telemetry, and for a period already stored).
+pub fn record(conn: &Connection, event: &MachineEvent) -> Result<bool, StoreError> {
+    match event {
+        MachineEvent::State(c) => {
+            conn.prepare_cached(INSERT_STATE)?.execute(params![
+                c.machine,
+                c.state.as_str(),
+                c.prev.map(MachineState::as_str),
+                ts(c.since),
+                c.reason
+            ])?;
+            Ok(true)
+        }
+        MachineEvent::Period(p) => {
+            let json = serde_json::to_string(p).map_err(json_err)?;
+            let n = conn.prepare_cached(INSERT_PERIOD)?.execute(params![
+                p.machine,
+                kind_key(&p.kind),
+                ts(p.start),
+                ts(p.end),
+                json
+            ])?;
+            Ok(n == 1)
+        }
+        MachineEvent::Telemetry(_) => Ok(false),
+    }
+}
+
+/// Save the open period of one machine (replaces the previous one).
+pub fn save_snapshot(conn: &Connection, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
+    let json = serde_json::to_string(snapshot).map_err(json_err)?;
+    conn.prepare_cached(UPSERT_SNAPSHOT)?.execute(params![
+        snapshot.machine,
+        json,
+        ts(snapshot.saved_at)
+    ])?;
+    Ok(())
+}
+
+/// Save several snapshots in one transaction.
+pub fn save_snapshots(
+    conn: &mut Connection,
+    snapshots: &[(String, AccountSnapshot)],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    for (_, s) in snapshots {
+        save_snapshot(&tx, s)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Every saved snapshot. One that cannot be read (written by an incompatible
+/// version) is skipped with a warning: the machine then starts fresh.
+pub fn load_snapshots(conn: &Connection) -> Result<Vec<(String, AccountSnapshot)>, StoreError> {
+    let mut stmt = conn.prepare_cached(SELECT_SNAPSHOTS)?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (machine, json) = row?;
+        match serde_json::from_str::<AccountSnapshot>(&json) {
+            Ok(s) => out.push((machine, s)),
+            Err(e) => {
+                tracing::warn!(machine = %machine, error = %e, "unreadable machine snapshot ignored")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Closed periods that overlap `[from, to)`, oldest first; `machine` narrows to one.
+pub fn periods(
+    conn: &Connection,
+    machine: Option<&str>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> Result<Vec<ClosedPeriod>, StoreError> {
+    let mut stmt = conn.prepare_cached(SELECT_PERIODS)?;
+    let rows = stmt.query_map(params![machine, from.map(ts), to.map(ts)], |r| {
+        r.get::<_, String>(0)
+    })?;
+    let mut out = Vec::new();
+    for json in rows {
+        let json = json?;
+        match serde_json::from_str::<ClosedPeriod>(&json) {
+            Ok(p) => out.push(p),
+            Err(e) => tracing::warn!(error = %e, "unreadable period row skipped"),
+        }
+    }
+    Ok(out)
+}
+
+/// What `linegate status` shows about one machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineStatus {
+    pub machine: String,
+    pub state: MachineState,
+    pub since: DateTime<Utc>,
+    pub reason: Option<String>,
+    /// When this was last saved (the agent may have stopped since).
+    pub saved_at: Option<DateTime<Utc>>,
+    /// The open interval period so far (`end` = how far it is attributed).
+    pub period: Option<ClosedPeriod>,
+}
+
+/// Each machine's latest known state and current period, from the
+/// snapshots; machines with state changes but no snapshot show their last change.
+pub fn current(conn: &Connection) -> Result<Vec<MachineStatus>, StoreError> {
+    let mut out: Vec<MachineStatus> = load_snapshots(conn)?
+        .into_iter()
+        .map(|(machine, s)| MachineStatus {
+            machine,
+            state: s.state,
+            since: s.since,
+            reason: s.reason.clone(),
+            saved_at: Some(s.saved_at),
+            period: s.interval_so_far(),
+        })
+        .collect();
+    let mut stmt = conn.prepare_cached(SELECT_LAST_CHANGES)?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (machine, state, since, reason) = row?;
+        let newer = DateTime::parse_from_rfc3339(&since)
+            .ok()
+            .map(|t| t.with_timezone(&Utc));
+        let (Some(state), Some(since)) = (parse_state(&state), newer) else {
+            continue;
+        };
+        match out.iter_mut().find(|s| s.machine == machine) {
+            // A change recorded after the snapshot was saved is newer.
+            Some(s) if since > s.since && s.saved_at.is_some_and(|at| since > at) => {
+                s.state = state;
+                s.since = since;
+                s.reason = reason;
+            }
+            Some(_) => {}
+            None => out.push(MachineStatus {
+                machine,
+                state,
+                since,
+                reason,
+                saved_at: None,
+                period: None,
+            }),
+        }
+    }
+    out.sort_by(|a, b| a.machine.cmp(&b.machine));
+    Ok(out)
+}
+
+/// Delete state changes and periods older than `before`; returns rows deleted.
+pub fn delete_older_than(conn: &Connection, before: DateTime<Utc>) -> Result<usize, StoreError> {
+    let cut = ts(before);
+    let a = conn.prepare_cached(DELETE_OLD_STATES)?.execute([&cut])?;
+    let b = conn.prepare_cached(DELETE_OLD_PERIODS)?.execute([&cut])?;
+    Ok(a + b)
+}
+
+/// Retention: keep `days` days before `now` (`store.retention_days`).
+pub fn apply_retention(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    days: u32,
+) -> Result<usize, StoreError> {
+    delete_older_than(conn, now - chrono::Duration::days(i64::from(days)))
+}
+
+/// The latest state change of one machine (for tests and diagnostics).
+pub fn last_state(
+    conn: &Connection,
+    machine: &str,
+) -> Result<Option<(MachineState, DateTime<Utc>)>, StoreError> {
+    let row: Option<(String, String)> = conn
+        .query_row(
+            "SELECT state, since FROM state_change WHERE machine = ?1 ORDER BY id DESC LIMIT 1",
+            [machine],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(row.and_then(|(s, t)| {
+        Some((
+            parse_state(&s)?,
+            DateTime::parse_from_rfc3339(&t).ok()?.with_timezone(&Utc),
+        ))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::accounting::{Account, AccountSettings, Observation, Observed};
+    use crate::machine::StateChange;
+    use crate::store::Store;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn settings(machine: &str) -> AccountSettings {
+        AccountSettings {
+            machine: machine.into(),
+            tz: chrono_tz::UTC,
+            period_ms: 15 * 60_000,
+            micro_stop_ms: 120_000,
+            min_dwell_ms: 0,
+            ideal_cycle_s: None,
+            has_good_counter: false,
+            calendar: None,
+        }
+    }
+
+    /// A machine running from 10:00 for `minutes`, read every second.
+    fn run(machine: &str, minutes: i64) -> (Account, Vec<MachineEvent>) {
+        let t0 = t("2026-03-02T10:00:00Z");
+        let mut out = Vec::new();
+        let mut acc = Account::new(settings(machine), t0, 0, &mut out);
+        for s in 0..=minutes * 60 {
+            acc.observe(
+                Observation {
+                    at: t0 + chrono::Duration::seconds(s),
+                    mono_ms: s * 1000,
+                    observed: Observed::State {
+                        state: MachineState::Running,
+                        reason: None,
+                        fault: false,
+                    },
+                    counts: Default::default(),
+                },
+                &mut out,
+            );
+        }
+        (acc, out)
+    }
+
+    #[test]
+    fn periods_and_states_survive_reopening_the_store_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acc, events) = run("press07", 47);
+        let snap = acc.snapshot(t("2026-03-02T10:47:00Z"));
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .call_blocking(move |c| {
+                    for e in &events {
+                        record(c, e)?;
+                    }
+                    save_snapshot(c, &snap)?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let all = store
+            .call_blocking(|c| periods(c, None, None, None))
+            .unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].start, t("2026-03-02T10:00:00Z"));
+        assert_eq!(all[2].seconds.running, 900.0);
+        let some = store
+            .call_blocking(|c| {
+                periods(
+                    c,
+                    Some("press07"),
+                    Some(t("2026-03-02T10:20:00Z")),
+                    Some(t("2026-03-02T10:40:00Z")),
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            some.iter().map(|p| p.start).collect::<Vec<_>>(),
+            vec![t("2026-03-02T10:15:00Z"), t("2026-03-02T10:30:00Z")]
+        );
+        assert!(store
+            .call_blocking(|c| periods(c, Some("other"), None, None))
+            .unwrap()
+            .is_empty());
+
+        let status = store.call_blocking(|c| current(c)).unwrap();
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0].state, MachineState::Running);
+        assert_eq!(status[0].since, t("2026-03-02T10:00:00Z"));
+        let p = status[0].period.as_ref().unwrap();
+        assert_eq!(p.start, t("2026-03-02T10:45:00Z"));
+        assert_eq!(p.seconds.running, 120.0);
+
+        let snaps = store.call_blocking(|c| load_snapshots(c)).unwrap();
+        assert_eq!(snaps[0].1, acc.snapshot(t("2026-03-02T10:47:00Z")));
+    }
+
+    #[test]
+    fn a_period_closed_twice_keeps_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (_, events) = run("press07", 16);
+        let period = events
+            .iter()
+            .find(|e| matches!(e, MachineEvent::Period(_)))
+            .cloned()
+            .unwrap();
+        let (first, second) = store
+            .call_blocking(move |c| {
+                let first = record(c, &period)?;
+                let mut again = period.clone();
+                if let MachineEvent::Period(p) = &mut again {
+                    p.seconds.offline = 900.0;
+                }
+                Ok((first, record(c, &again)?))
+            })
+            .unwrap();
+        assert!(first);
+        assert!(!second);
+        let all = store
+            .call_blocking(|c| periods(c, None, None, None))
+            .unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].seconds.offline, 0.0);
+    }
+
+    #[test]
+    fn status_shows_machines_without_a_snapshot_from_their_last_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let status = store
+            .call_blocking(|c| {
+                for (state, since) in [
+                    (MachineState::Running, "2026-03-02T10:00:00Z"),
+                    (MachineState::Down, "2026-03-02T10:03:00Z"),
+                ] {
+                    record(
+                        c,
+                        &MachineEvent::State(StateChange {
+                            machine: "lathe2".into(),
+                            state,
+                            prev: None,
+                            since: t(since),
+                            reason: Some("alarm_code 17: door open".into()),
+                        }),
+                    )?;
+                }
+                current(c)
+            })
+            .unwrap();
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0].state, MachineState::Down);
+        assert_eq!(
+            status[0].reason.as_deref(),
+            Some("alarm_code 17: door open")
+        );
+        assert!(status[0].period.is_none());
+    }
+
+    #[test]
+    fn retention_deletes_only_old_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (_, events) = run("press07", 31);
+        let (deleted, left) = store
+            .call_blocking(move |c| {
+                for e in &events {
+                    record(c, e)?;
+                }
+                let deleted = delete_older_than(c, t("2026-03-02T10:20:00Z"))?;
+                Ok((deleted, periods(c, None, None, None)?))
+            })
+            .unwrap();
+        // Periods ending 10:15 and the two early state changes (10:00) go.
+        assert_eq!(deleted, 3);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].start, t("2026-03-02T10:15:00Z"));
+    }
+}

@@ -5,6 +5,9 @@
 //! `engine` is a task, and it only moves data: samples in, [`MachineEvent`]s
 //! out. Nothing here reads a device, writes SQLite or talks MQTT.
 
+pub mod accounting;
+pub mod counters;
+pub mod engine;
 pub mod history;
 pub mod rules;
 pub mod shift;

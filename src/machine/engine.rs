@@ -1,0 +1,457 @@
+//! The state engine task: samples in, [`MachineEvent`]s out. It only moves
+//! data; every decision is in the pure parts it drives ([`MachineTracker`]
+//! wraps rules, counters and accounting for one machine).
+//!
+//! - Each sample updates its machine's signal values, derives the state,
+//!   counts parts, and feeds the accounting; its good values go out as
+//!   telemetry (dropped when the channel is full: telemetry is best effort,
+//!   state changes and periods are never dropped, the engine waits for room).
+//! - A one-second tick advances every machine without samples: a machine
+//!   whose source went silent for its staleness time (Modbus: 3 x `poll_ms`
+//!   plus the bus `timeout_ms`; MQTT: the bus `stale_ms`) is offline from
+//!   its last good read, and periods close on time.
+//! - Each machine's live [`MachineView`] is published on its `watch`.
+//! - [`EngineHandle::snapshot`] returns every machine's open period for the
+//!   store; on shutdown the engine attributes time up to each last read and
+//!   returns the final snapshots. Pass them back in at the next start.
+//!
+//! It never reads devices, writes SQLite or talks MQTT.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::accounting::{Account, AccountSettings, AccountSnapshot, Observation, Observed};
+use super::counters::MachineCounters;
+use super::rules::{Derived, SignalValues, StateRules};
+use super::shift::ShiftCalendar;
+use super::{MachineEvent, MachineState, MachineView, Telemetry};
+use crate::config::{Config, MachineConfig, Transport};
+use crate::source::{Sample, SampleContent};
+
+/// How often machines without samples are advanced.
+pub const TICK_MS: u64 = 1000;
+
+/// Why the engine cannot start (a config that passed validation never fails here).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("machine {machine:?}: state rules: {message}")]
+    Rules { machine: String, message: String },
+    #[error("`gateway.timezone`: {0:?} is not an IANA time zone")]
+    TimeZone(String),
+    #[error("shift calendar: {0}")]
+    Calendar(#[from] super::shift::ShiftError),
+}
+
+/// One machine: its rules, signal values, counters and accounting. Pure.
+#[derive(Debug)]
+pub struct MachineTracker {
+    pub account: Account,
+    rules: StateRules,
+    values: SignalValues,
+    counters: MachineCounters,
+    /// Silence longer than this makes the machine offline.
+    stale_ms: i64,
+}
+
+/// Staleness time of a machine: how long without any sample means offline.
+pub fn stale_ms(config: &Config, machine: &MachineConfig) -> i64 {
+    let ms = match config.bus(&machine.bus) {
+        Some(b) if b.transport == Transport::Mqtt => b.stale_ms,
+        Some(b) => machine
+            .poll_ms
+            .saturating_mul(3)
+            .saturating_add(b.timeout_ms),
+        None => machine.poll_ms.saturating_mul(3),
+    };
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// The shift calendar of a config, if any.
+pub fn calendar(config: &Config) -> Result<Option<Arc<ShiftCalendar>>, EngineError> {
+    let tz: chrono_tz::Tz = config
+        .gateway
+        .timezone
+        .parse()
+        .map_err(|_| EngineError::TimeZone(config.gateway.timezone.clone()))?;
+    Ok(match &config.shifts {
+        Some(c) => Some(Arc::new(ShiftCalendar::from_config(c, tz)?)),
+        None => None,
+    })
+}
+
+impl MachineTracker {
+    /// Start tracking a machine, resuming its snapshot if there is one.
+    pub fn new(
+        config: &Config,
+        machine: &MachineConfig,
+        calendar: Option<Arc<ShiftCalendar>>,
+        resume: Option<&AccountSnapshot>,
+        at: DateTime<Utc>,
+        mono_ms: i64,
+        out: &mut Vec<MachineEvent>,
+    ) -> Result<Self, EngineError> {
+        let rules = StateRules::compile(machine.state.as_ref(), &machine.signal).map_err(|p| {
+            EngineError::Rules {
+                machine: machine.id.clone(),
+                message: p
+                    .iter()
+                    .map(|p| format!("{}: {}", p.rule, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+        })?;
+        let mut settings = AccountSettings::from_config(config, machine, calendar);
+        settings.min_dwell_ms = i64::try_from(rules.min_dwell_ms).unwrap_or(i64::MAX);
+        let mut counters = MachineCounters::new(machine.counters.as_ref(), &machine.signal);
+        let account = match resume {
+            Some(snap) => {
+                if let Some(c) = &snap.counters {
+                    counters.resume_from(c);
+                }
+                Account::resume(settings, snap, at, mono_ms, out)
+            }
+            None => Account::new(settings, at, mono_ms, out),
+        };
+        Ok(MachineTracker {
+            account,
+            rules,
+            values: SignalValues::new(&machine.signal),
+            counters,
+            stale_ms: stale_ms(config, machine),
+        })
+    }
+
+    /// Take one sample (the machine's, `mono_ms` its monotonic time).
+    pub fn on_sample(&mut self, sample: &Sample, mono_ms: i64, out: &mut Vec<MachineEvent>) {
+        let (observed, counts) = match &sample.content {
+            SampleContent::Unreachable { reason } => {
+                self.values.clear();
+                (
+                    Observed::Offline {
+                        reason: reason.clone(),
+                    },
+                    Default::default(),
+                )
+            }
+            SampleContent::Signals(readings) => {
+                for (name, reading) in readings {
+                    self.values.update(name, reading);
+                }
+                let first_error = readings
+                    .iter()
+                    .find_map(|(n, r)| r.as_ref().err().map(|e| (n, e)));
+                let all_failed = !readings.is_empty() && readings.values().all(|r| r.is_err());
+                let observed = match (all_failed, first_error) {
+                    (true, Some((name, e))) => Observed::Offline {
+                        reason: format!("{name}: {e}"),
+                    },
+                    _ => match self.rules.derive(&self.values) {
+                        Derived::Known {
+                            state,
+                            reason,
+                            fault,
+                        } => Observed::State {
+                            state,
+                            reason,
+                            fault,
+                        },
+                        Derived::Unknown => Observed::Unknown,
+                    },
+                };
+                let good: BTreeMap<_, _> = readings
+                    .iter()
+                    .filter_map(|(n, r)| r.as_ref().ok().map(|v| (n.clone(), v.clone())))
+                    .collect();
+                if !good.is_empty() {
+                    out.push(MachineEvent::Telemetry(Telemetry {
+                        machine: sample.machine.clone(),
+                        at: sample.at,
+                        values: good,
+                    }));
+                }
+                (observed, self.counters.observe(readings))
+            }
+        };
+        self.account.observe(
+            Observation {
+                at: sample.at,
+                mono_ms,
+                observed,
+                counts,
+            },
+            out,
+        );
+    }
+
+    /// Advance without a sample.
+    pub fn tick(&mut self, mono_ms: i64, out: &mut Vec<MachineEvent>) {
+        self.account.tick(mono_ms, self.stale_ms, out);
+    }
+
+    pub fn view(&self) -> MachineView {
+        let (state, since, reason) = self.account.state();
+        MachineView {
+            machine: self.account.machine().to_string(),
+            state,
+            since,
+            reason: reason.map(str::to_string),
+            produced_total: self.counters.produced_total(),
+            good_total: self.counters.good_total,
+            scrap_total: self.counters.scrap_total(),
+        }
+    }
+
+    pub fn snapshot(&self, saved_at: DateTime<Utc>) -> AccountSnapshot {
+        let mut s = self.account.snapshot(saved_at);
+        s.counters = Some(self.counters.clone());
+        s
+    }
+
+    /// Heap bytes held, roughly (for the memory benchmark).
+    pub fn heap_bytes(&self) -> usize {
+        self.account.heap_bytes() + self.values.heap_bytes()
+    }
+}
+
+/// Requests to a running engine.
+#[derive(Debug)]
+pub enum EngineCommand {
+    /// Every machine's open period, to save.
+    Snapshot(oneshot::Sender<Vec<(String, AccountSnapshot)>>),
+    /// An order's ideal cycle time for a machine (`None`: back to the config's).
+    IdealCycle {
+        machine: String,
+        ideal_cycle_s: Option<f64>,
+    },
+}
+
+/// Talks to a running engine.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<EngineCommand>,
+}
+
+/// The handle, and the receiving end to pass to [`run_engine`].
+pub fn engine_channel() -> (EngineHandle, mpsc::Receiver<EngineCommand>) {
+    let (tx, rx) = mpsc::channel(16);
+    (EngineHandle { tx }, rx)
+}
+
+impl EngineHandle {
+    /// Every machine's open period; `None` when the engine has stopped.
+    pub async fn snapshot(&self) -> Option<Vec<(String, AccountSnapshot)>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(EngineCommand::Snapshot(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Use an order's ideal cycle time for performance (`None`: the config's).
+    pub async fn set_ideal_cycle(&self, machine: &str, ideal_cycle_s: Option<f64>) -> bool {
+        self.tx
+            .send(EngineCommand::IdealCycle {
+                machine: machine.to_string(),
+                ideal_cycle_s,
+            })
+            .await
+            .is_ok()
+    }
+}
+
+/// One `watch` per machine, starting offline: senders for the engine,
+/// receivers for whoever watches (order interlock, status).
+#[allow(clippy::type_complexity)]
+pub fn machine_views(
+    config: &Config,
+    now: DateTime<Utc>,
+) -> (
+    HashMap<String, watch::Sender<MachineView>>,
+    HashMap<String, watch::Receiver<MachineView>>,
+) {
+    let mut senders = HashMap::new();
+    let mut receivers = HashMap::new();
+    for m in &config.machine {
+        let (tx, rx) = watch::channel(MachineView {
+            machine: m.id.clone(),
+            state: MachineState::Offline,
+            since: now,
+            reason: Some("agent starting".into()),
+            produced_total: 0,
+            good_total: 0,
+            scrap_total: 0,
+        });
+        senders.insert(m.id.clone(), tx);
+        receivers.insert(m.id.clone(), rx);
+    }
+    (senders, receivers)
+}
+
+/// Monotonic milliseconds since `origin` (negative before it).
+fn mono_ms(origin: Instant, at: Instant) -> i64 {
+    if at >= origin {
+        i64::try_from(at.duration_since(origin).as_millis()).unwrap_or(i64::MAX)
+    } else {
+        -i64::try_from(origin.duration_since(at).as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+struct Machine {
+    tracker: MachineTracker,
+    view: Option<watch::Sender<MachineView>>,
+    span: tracing::Span,
+}
+
+/// Send what the trackers produced: state changes and periods wait for
+/// room, telemetry is dropped when the channel is full.
+async fn deliver(
+    events: &mpsc::Sender<MachineEvent>,
+    out: &mut Vec<MachineEvent>,
+    dropped: &mut u64,
+) {
+    for ev in out.drain(..) {
+        match ev {
+            MachineEvent::Telemetry(_) => match events.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    *dropped += 1;
+                    if dropped.is_power_of_two() {
+                        tracing::warn!(dropped = *dropped, "event channel full: telemetry dropped");
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            },
+            other => {
+                if events.send(other).await.is_err() {
+                    tracing::debug!("event receiver gone; machine event not delivered");
+                }
+            }
+        }
+    }
+}
+
+fn publish(m: &Machine) {
+    if let Some(tx) = &m.view {
+        let view = m.tracker.view();
+        tx.send_if_modified(|v| {
+            if *v != view {
+                *v = view;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Run the state engine until `shutdown`; returns the final snapshots.
+pub async fn run_engine(
+    config: Arc<Config>,
+    resume: Vec<(String, AccountSnapshot)>,
+    mut samples: mpsc::Receiver<Sample>,
+    events: mpsc::Sender<MachineEvent>,
+    mut views: HashMap<String, watch::Sender<MachineView>>,
+    mut commands: mpsc::Receiver<EngineCommand>,
+    shutdown: CancellationToken,
+) -> Result<Vec<(String, AccountSnapshot)>, EngineError> {
+    let origin = Instant::now();
+    let started = Utc::now();
+    let calendar = calendar(&config)?;
+    let resume: HashMap<String, AccountSnapshot> = resume.into_iter().collect();
+    let mut out = Vec::new();
+    let mut machines: HashMap<String, Machine> = HashMap::new();
+    for m in &config.machine {
+        let span = tracing::info_span!("machine", machine = %m.id);
+        let tracker = {
+            let _g = span.enter();
+            MachineTracker::new(
+                &config,
+                m,
+                calendar.clone(),
+                resume.get(&m.id),
+                started,
+                0,
+                &mut out,
+            )?
+        };
+        let machine = Machine {
+            tracker,
+            view: views.remove(&m.id),
+            span,
+        };
+        publish(&machine);
+        machines.insert(m.id.clone(), machine);
+    }
+    let mut dropped = 0u64;
+    deliver(&events, &mut out, &mut dropped).await;
+
+    let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut samples_open = true;
+    let mut commands_open = true;
+    let mut unknown_warned: std::collections::HashSet<String> = Default::default();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            sample = samples.recv(), if samples_open => match sample {
+                Some(sample) => {
+                    let mono = mono_ms(origin, sample.mono);
+                    match machines.get_mut(&sample.machine) {
+                        Some(m) => {
+                            {
+                                let _g = m.span.enter();
+                                m.tracker.on_sample(&sample, mono, &mut out);
+                            }
+                            publish(m);
+                        }
+                        None => {
+                            if unknown_warned.insert(sample.machine.clone()) {
+                                tracing::warn!(machine = %sample.machine, "sample of a machine that is not configured; ignored");
+                            }
+                        }
+                    }
+                }
+                None => samples_open = false,
+            },
+            cmd = commands.recv(), if commands_open => match cmd {
+                Some(EngineCommand::Snapshot(reply)) => {
+                    let now = Utc::now();
+                    let _ = reply.send(machines.iter().map(|(id, m)| (id.clone(), m.tracker.snapshot(now))).collect());
+                }
+                Some(EngineCommand::IdealCycle { machine, ideal_cycle_s }) => {
+                    if let Some(m) = machines.get_mut(&machine) {
+                        m.tracker.account.set_ideal_cycle_s(ideal_cycle_s);
+                    }
+                }
+                None => commands_open = false,
+            },
+            _ = ticker.tick() => {
+                let mono = mono_ms(origin, Instant::now());
+                for m in machines.values_mut() {
+                    {
+                        let _g = m.span.enter();
+                        m.tracker.tick(mono, &mut out);
+                    }
+                    publish(m);
+                }
+            }
+        }
+        deliver(&events, &mut out, &mut dropped).await;
+    }
+
+    let now = Utc::now();
+    let mut snapshots = Vec::with_capacity(machines.len());
+    for (id, m) in machines.iter_mut() {
+        let _g = m.span.enter();
+        m.tracker.account.stop(&mut out);
+        snapshots.push((id.clone(), m.tracker.snapshot(now)));
+    }
+    deliver(&events, &mut out, &mut dropped).await;
+    snapshots.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(snapshots)
+}
