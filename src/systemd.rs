@@ -39,7 +39,11 @@ pub fn stopping() {
 pub fn reloading() {
     // systemd >= 253 wants the monotonic time with RELOADING=1; older ones ignore it.
     match NotifyState::monotonic_usec_now() {
-        Ok(now) => send(&[NotifyState::Reloading, now, NotifyState::Status("reloading")]),
+        Ok(now) => send(&[
+            NotifyState::Reloading,
+            now,
+            NotifyState::Status("reloading"),
+        ]),
         Err(_) => send(&[NotifyState::Reloading, NotifyState::Status("reloading")]),
     }
 }
@@ -152,7 +156,11 @@ pub async fn run_watchdog(liveness: Liveness, shutdown: CancellationToken) {
 }
 
 /// [`run_watchdog`] with an explicit interval (what `WATCHDOG_USEC` would say).
-pub async fn run_watchdog_every(liveness: Liveness, interval: Duration, shutdown: CancellationToken) {
+pub async fn run_watchdog_every(
+    liveness: Liveness,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval((interval / 2).max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What was last reported, so a silence is logged once, not every tick.

@@ -174,15 +174,27 @@ async fn values_from_json_pointers_and_raw_payloads_arrive_as_samples() {
         "a partial sample holds only the signals that arrived: {got:?}"
     );
 
-    let s = publish_until_sample(broker.port, &mut rx, "press07", "line2/press07/temp", b"523")
-        .await;
+    let s = publish_until_sample(
+        broker.port,
+        &mut rx,
+        "press07",
+        "line2/press07/temp",
+        b"523",
+    )
+    .await;
     match signals(&s).get("temperature") {
         Some(Ok(Value::Float(t))) => assert!((t - 52.3).abs() < 1e-9, "{t}"),
         other => panic!("temperature: {other:?}"),
     }
 
-    let s = publish_until_sample(broker.port, &mut rx, "lathe03", "line2/lathe03/count", b"77")
-        .await;
+    let s = publish_until_sample(
+        broker.port,
+        &mut rx,
+        "lathe03",
+        "line2/lathe03/count",
+        b"77",
+    )
+    .await;
     assert_eq!(signals(&s).get("part_count"), Some(&Ok(Value::Int(77))));
     assert_eq!(signals(&s).len(), 1);
 
@@ -218,15 +230,22 @@ async fn bad_payloads_are_errors_naming_the_topic_and_the_bus_keeps_going() {
         other => panic!("cycle_active: {other:?}"),
     }
 
-    let s = publish_until_sample(broker.port, &mut rx, "lathe03", "line2/lathe03/count", b"\xff\x00garbage")
-        .await;
+    let s = publish_until_sample(
+        broker.port,
+        &mut rx,
+        "lathe03",
+        "line2/lathe03/count",
+        b"\xff\x00garbage",
+    )
+    .await;
     assert!(
         matches!(signals(&s).get("part_count"), Some(Err(SignalError::BadPayload(m))) if m.contains("line2/lathe03/count")),
         "{s:?}"
     );
 
     // A good payload afterwards still decodes: the bus did not fall over.
-    let s = publish_until_sample(broker.port, &mut rx, "lathe03", "line2/lathe03/count", b"5").await;
+    let s =
+        publish_until_sample(broker.port, &mut rx, "lathe03", "line2/lathe03/count", b"5").await;
     assert_eq!(signals(&s).get("part_count"), Some(&Ok(Value::Int(5))));
     shutdown.cancel();
 }
@@ -239,7 +258,14 @@ async fn a_silent_machine_goes_unreachable_once_per_stale_spell() {
     let mut rx = start_bus(&cfg, &shutdown);
 
     // press07 publishes, then falls silent.
-    publish_until_sample(broker.port, &mut rx, "press07", "line2/press07/temp", b"200").await;
+    publish_until_sample(
+        broker.port,
+        &mut rx,
+        "press07",
+        "line2/press07/temp",
+        b"200",
+    )
+    .await;
     let mut unreachable = 0;
     let until = tokio::time::Instant::now() + Duration::from_millis(2000);
     while let Ok(Some(s)) = tokio::time::timeout_at(until, rx.recv()).await {
@@ -256,7 +282,14 @@ async fn a_silent_machine_goes_unreachable_once_per_stale_spell() {
     assert_eq!(unreachable, 1, "one Unreachable per stale spell");
 
     // It publishes again: values flow, and a new silence is a new spell.
-    publish_until_sample(broker.port, &mut rx, "press07", "line2/press07/temp", b"201").await;
+    publish_until_sample(
+        broker.port,
+        &mut rx,
+        "press07",
+        "line2/press07/temp",
+        b"201",
+    )
+    .await;
     let s = tokio::time::timeout(PATIENCE, async {
         loop {
             let s = rx.recv().await.expect("bus alive");
@@ -267,7 +300,10 @@ async fn a_silent_machine_goes_unreachable_once_per_stale_spell() {
     })
     .await
     .expect("a second stale spell is reported");
-    assert!(matches!(s.content, SampleContent::Unreachable { .. }), "{s:?}");
+    assert!(
+        matches!(s.content, SampleContent::Unreachable { .. }),
+        "{s:?}"
+    );
     shutdown.cancel();
 }
 
@@ -278,7 +314,8 @@ async fn subscription_resumes_after_the_broker_restarts() {
     let shutdown = CancellationToken::new();
     let mut rx = start_bus(&cfg, &shutdown);
 
-    let s = publish_until_sample(broker.port, &mut rx, "lathe03", "line2/lathe03/count", b"1").await;
+    let s =
+        publish_until_sample(broker.port, &mut rx, "lathe03", "line2/lathe03/count", b"1").await;
     assert_eq!(signals(&s).get("part_count"), Some(&Ok(Value::Int(1))));
 
     broker.stop();
@@ -286,7 +323,8 @@ async fn subscription_resumes_after_the_broker_restarts() {
     broker.resume();
 
     // The broker has no session for us: only a resubscription brings values back.
-    let s = publish_until_sample(broker.port, &mut rx, "lathe03", "line2/lathe03/count", b"2").await;
+    let s =
+        publish_until_sample(broker.port, &mut rx, "lathe03", "line2/lathe03/count", b"2").await;
     assert_eq!(signals(&s).get("part_count"), Some(&Ok(Value::Int(2))));
     shutdown.cancel();
 }

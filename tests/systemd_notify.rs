@@ -62,20 +62,35 @@ async fn ready_stopping_and_status_reach_the_notify_socket() {
     let systemd_end = FakeSystemd::listen();
 
     systemd::ready();
-    let m = systemd_end.next(Duration::from_secs(5)).await.expect("READY");
+    let m = systemd_end
+        .next(Duration::from_secs(5))
+        .await
+        .expect("READY");
     assert!(has_line(&m, "READY=1"), "{m:?}");
 
     systemd::status("3 machines, 1 offline\nsecond line");
-    let m = systemd_end.next(Duration::from_secs(5)).await.expect("STATUS");
-    assert!(has_line(&m, "STATUS=3 machines, 1 offline second line"), "{m:?}");
+    let m = systemd_end
+        .next(Duration::from_secs(5))
+        .await
+        .expect("STATUS");
+    assert!(
+        has_line(&m, "STATUS=3 machines, 1 offline second line"),
+        "{m:?}"
+    );
 
     systemd::reloading();
-    let m = systemd_end.next(Duration::from_secs(5)).await.expect("RELOADING");
+    let m = systemd_end
+        .next(Duration::from_secs(5))
+        .await
+        .expect("RELOADING");
     assert!(has_line(&m, "RELOADING=1"), "{m:?}");
     assert!(m.contains("MONOTONIC_USEC="), "{m:?}");
 
     systemd::stopping();
-    let m = systemd_end.next(Duration::from_secs(5)).await.expect("STOPPING");
+    let m = systemd_end
+        .next(Duration::from_secs(5))
+        .await
+        .expect("STOPPING");
     assert!(has_line(&m, "STOPPING=1"), "{m:?}");
 }
 
@@ -86,7 +101,10 @@ async fn watchdog_is_petted_only_while_every_heartbeat_beats() {
     // What systemd sets with WatchdogSec=: 300 ms here.
     std::env::set_var("WATCHDOG_USEC", "300000");
     std::env::set_var("WATCHDOG_PID", std::process::id().to_string());
-    assert_eq!(systemd::watchdog_interval(), Some(Duration::from_millis(300)));
+    assert_eq!(
+        systemd::watchdog_interval(),
+        Some(Duration::from_millis(300))
+    );
 
     let liveness = Liveness::new();
     let shutdown = CancellationToken::new();

@@ -24,8 +24,8 @@ use std::time::Duration;
 use chrono::Utc;
 use rand::Rng;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
-    SubscribeReasonCode, SubscribeFilter,
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter,
+    SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -169,7 +169,8 @@ impl MqttBus {
             tracing::warn!("mqtt bus has no signal with a topic; nothing to subscribe to");
         }
         let backoff_min = Duration::from_millis(self.bus.backoff_min_ms.max(1));
-        let backoff_max = Duration::from_millis(self.bus.backoff_max_ms.max(self.bus.backoff_min_ms).max(1));
+        let backoff_max =
+            Duration::from_millis(self.bus.backoff_max_ms.max(self.bus.backoff_min_ms).max(1));
         let mut backoff = backoff_min;
         // The live connection, if any. `None` = waiting until `retry_at`.
         let mut conn: Option<(AsyncClient, EventLoop)> = None;
@@ -358,7 +359,12 @@ pub fn decode_payload(signal: &SignalConfig, topic: &str, payload: &[u8]) -> Rea
         (None, Some(v)) => v,
         (None, None) => match text {
             Ok(t) => serde_json::Value::String(t.trim().to_string()),
-            Err(_) => return Err(bad(format!("payload is not UTF-8 text: {}", preview(payload)))),
+            Err(_) => {
+                return Err(bad(format!(
+                    "payload is not UTF-8 text: {}",
+                    preview(payload)
+                )))
+            }
         },
     };
     decode_value(signal, &found).map_err(bad)
@@ -548,7 +554,10 @@ mod tests {
     fn value_outside_the_type_is_refused() {
         let s = signal(DataType::U16, None);
         let r = decode_payload(&s, "t", b"70000");
-        assert!(matches!(&r, Err(SignalError::BadPayload(m)) if m.contains("70000") && m.contains("u16")), "{r:?}");
+        assert!(
+            matches!(&r, Err(SignalError::BadPayload(m)) if m.contains("70000") && m.contains("u16")),
+            "{r:?}"
+        );
         let r = decode_payload(&s, "t", b"-1");
         assert!(r.is_err(), "{r:?}");
         let r = decode_payload(&s, "t", b"1.5");
@@ -572,7 +581,10 @@ mod tests {
             }
         }
         let r = decode_payload(&signal(DataType::U16, Some("/a")), "t", b"not json");
-        assert!(matches!(&r, Err(SignalError::BadPayload(m)) if m.contains("not JSON")), "{r:?}");
+        assert!(
+            matches!(&r, Err(SignalError::BadPayload(m)) if m.contains("not JSON")),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -586,8 +598,14 @@ mod tests {
 
     #[test]
     fn address_gives_host_and_port() {
-        assert_eq!(host_port("mqtt://10.0.0.5:1884"), Ok(("10.0.0.5".into(), 1884)));
-        assert_eq!(host_port("mqtt://plc.local"), Ok(("plc.local".into(), 1883)));
+        assert_eq!(
+            host_port("mqtt://10.0.0.5:1884"),
+            Ok(("10.0.0.5".into(), 1884))
+        );
+        assert_eq!(
+            host_port("mqtt://plc.local"),
+            Ok(("plc.local".into(), 1883))
+        );
         assert!(host_port("mqtt://plc:x").is_err());
         assert!(host_port("tcp://plc:1").is_err());
     }
