@@ -17,6 +17,7 @@
 //! - [`uplink`]: the central broker: birth/will, outbox drain, order intake.
 //! - [`orders`]: levelled work orders: intake, sequencing, safe dispatch.
 //! - [`sim`]: simulated machines served over real Modbus TCP (demo, tests).
+//! - [`systemd`]: readiness, watchdog and journal logging under systemd.
 //! - [`cli`]: the `linegate` command line.
 
 pub mod cli;
@@ -26,4 +27,5 @@ pub mod orders;
 pub mod sim;
 pub mod source;
 pub mod store;
+pub mod systemd;
 pub mod uplink;
