@@ -20,6 +20,7 @@
 //! - [`systemd`]: readiness, watchdog and journal logging under systemd.
 //! - [`cli`]: the `linegate` command line.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod machine;

@@ -29,7 +29,9 @@ fn the_reference_config_names_every_option() {
     let tree = serde_json::to_value(&c).unwrap();
     let mut missing = Vec::new();
     collect_keys(&tree, &mut |k| {
-        if !text.contains(&format!("{k} =")) && !text.contains(&format!("{k}]")) && !text.contains(&format!("{k} ="))
+        if !text.contains(&format!("{k} ="))
+            && !text.contains(&format!("{k}]"))
+            && !text.contains(&format!("{k} ="))
         {
             missing.push(k.to_string());
         }
@@ -38,7 +40,10 @@ fn the_reference_config_names_every_option() {
     missing.dedup();
     // Map keys of user data (reason codes, product ids, params) are values, not options.
     missing.retain(|k| !["17", "23", "P-4711", "P-4712", "recipe"].contains(&k.as_str()));
-    assert!(missing.is_empty(), "options not documented in configs/linegate.toml: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "options not documented in configs/linegate.toml: {missing:?}"
+    );
 }
 
 fn collect_keys(v: &serde_json::Value, f: &mut dyn FnMut(&str)) {

@@ -111,7 +111,8 @@ CREATE TABLE write_audit (
 pub type Enqueue = fn(&Connection, &Outgoing) -> Result<u64, StoreError>;
 
 /// The states of the contract, exactly these names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OrderState {
     Accepted,
     Rejected,
@@ -178,7 +179,7 @@ impl std::fmt::Display for OrderState {
 }
 
 /// Part counts of an order or a machine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub produced: u64,
     pub good: u64,
@@ -196,7 +197,7 @@ impl Counts {
 }
 
 /// One order as the book keeps it (`linegate orders` lists these).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OrderRow {
     pub order_id: String,
     pub revision: u32,

@@ -1,0 +1,572 @@
+//! The running agent: wires sources, the state engine, the store, the uplink
+//! and order dispatch together with typed channels, and owns their life
+//! cycle (start, SIGHUP reload, SIGTERM shutdown). It makes no decisions of
+//! its own about machines, messages or orders: it only connects the parts.
+//!
+//! ```text
+//! bus tasks --Sample--> tap --Sample--> engine --MachineEvent--> recorder --> store (+outbox) --wake--> uplink
+//!                        |                 |                                                         |
+//!                        +--> board        +--MachineView (watch)--> orders <--OrderMessage----------+
+//!                                                                     |
+//!                                          bus tasks <--WriteRequest--+
+//! ```
+//!
+//! Shutdown runs in data-flow order: sources stop after their in-flight
+//! request; the engine drains what they sent and saves its snapshots; the
+//! recorder commits every event; the uplink says `online: false`; the store
+//! thread finishes its queue.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Transport};
+use crate::machine::{MachineEvent, MachineState, MachineView};
+use crate::source::{Sample, SampleContent};
+use crate::store::{Store, StoreError};
+
+/// Why the agent could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("uplink: {0}")]
+    Uplink(String),
+}
+
+/// What the live table of `linegate demo` (and logs) show of one machine.
+#[derive(Debug, Clone, Default)]
+pub struct MachineBoard {
+    pub state: Option<MachineState>,
+    pub since: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+    /// Signal name → value as text, or `error: why`.
+    pub values: BTreeMap<String, String>,
+    pub last_read: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub reads: u64,
+    pub failed_reads: u64,
+    pub produced_total: u64,
+}
+
+/// Shared live view of every machine; the tap and the view watcher write it.
+pub type Board = Arc<Mutex<BTreeMap<String, MachineBoard>>>;
+
+/// How the agent is run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The file to reload on SIGHUP (none: reload is refused).
+    pub config_path: Option<PathBuf>,
+    /// Live table for `demo`.
+    pub board: Option<Board>,
+}
+
+/// Run the agent until `shutdown` is cancelled (or SIGTERM/SIGINT arrive, when
+/// `handle_signals`). SIGHUP reloads the config file: an invalid new config is
+/// refused with its errors logged and the old one keeps running.
+pub async fn run(
+    mut config: Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let store = Store::open(&config.gateway.data_dir)?;
+    configure_outbox(&store, &config).await?;
+    info!(
+        gateway = %config.gateway.id,
+        store = %store.path().display(),
+        machines = config.machine.len(),
+        "linegate started"
+    );
+    let started_at = Utc::now();
+    'generation: loop {
+        let generation = shutdown.child_token();
+        let pipeline = Pipeline::start(&config, &store, &options, started_at, generation.clone())?;
+        crate::systemd::ready();
+        loop {
+            if !wait_for_stop_or_reload(&shutdown).await {
+                pipeline.stop(&generation).await;
+                break 'generation;
+            }
+            let Some(path) = options.config_path.as_deref() else {
+                warn!("SIGHUP: no config file to reload; the running config stays");
+                continue;
+            };
+            match Config::load(path) {
+                Ok(new) => {
+                    crate::systemd::reloading();
+                    pipeline.stop(&generation).await;
+                    config = new;
+                    configure_outbox(&store, &config).await?;
+                    info!(file = %path.display(), "config reloaded");
+                    continue 'generation;
+                }
+                Err(e) => {
+                    error!(error = %e, "reload refused: the new config is invalid; the running config stays");
+                }
+            }
+        }
+    }
+    crate::systemd::stopping();
+    info!("linegate stopped");
+    Ok(())
+}
+
+async fn configure_outbox(store: &Store, config: &Config) -> Result<(), AgentError> {
+    let policy = crate::uplink::outbox::OutboxPolicy::from_mb(config.store.outbox_max_mb);
+    store
+        .call(move |c| crate::uplink::outbox::configure(c, policy))
+        .await?;
+    Ok(())
+}
+
+/// Waits for a stop (false) or a SIGHUP (true).
+async fn wait_for_stop_or_reload(shutdown: &CancellationToken) -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let hup = signal(SignalKind::hangup());
+        if let Ok(mut hup) = hup {
+            return tokio::select! {
+                _ = shutdown.cancelled() => false,
+                _ = hup.recv() => true,
+            };
+        }
+    }
+    shutdown.cancelled().await;
+    false
+}
+
+/// Cancel `token` on SIGTERM (systemd) or SIGINT (Ctrl-C).
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate());
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => info!("SIGTERM: stopping"),
+                        _ = tokio::signal::ctrl_c() => info!("SIGINT: stopping"),
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        token.cancel();
+    });
+}
+
+/// One generation of running tasks for one config.
+struct Pipeline {
+    sources: JoinSet<()>,
+    downstream: JoinSet<()>,
+    uplink_stop: CancellationToken,
+    uplink: JoinSet<()>,
+}
+
+impl Pipeline {
+    fn start(
+        config: &Config,
+        store: &Store,
+        options: &RunOptions,
+        started_at: DateTime<Utc>,
+        stop: CancellationToken,
+    ) -> Result<Pipeline, AgentError> {
+        let config = Arc::new(config.clone());
+        let wake = Arc::new(Notify::new());
+        let mut sources = JoinSet::new();
+        let mut downstream = JoinSet::new();
+        let mut uplink = JoinSet::new();
+        let uplink_stop = CancellationToken::new();
+
+        let (sample_tx, sample_rx) = mpsc::channel::<Sample>(1024);
+        let (engine_tx, engine_rx) = mpsc::channel::<Sample>(1024);
+        let (event_tx, event_rx) = mpsc::channel::<MachineEvent>(1024);
+        let (order_tx, order_rx) = mpsc::channel(64);
+
+        // Sources: one task per bus, each with a write channel for order dispatch.
+        let mut writers = HashMap::new();
+        for bus in &config.bus {
+            let machines: Vec<_> = config
+                .machine
+                .iter()
+                .filter(|m| m.bus == bus.id)
+                .cloned()
+                .collect();
+            if machines.is_empty() {
+                continue;
+            }
+            match bus.transport {
+                Transport::Tcp | Transport::Rtu => {
+                    let (write_tx, write_rx) = mpsc::channel(16);
+                    for m in &machines {
+                        writers.insert(m.id.clone(), write_tx.clone());
+                    }
+                    let stats = Arc::new(crate::source::modbus::bus::BusStats::new(&bus.id));
+                    sources.spawn(crate::source::modbus::bus::run_bus(
+                        bus.clone(),
+                        machines,
+                        sample_tx.clone(),
+                        write_rx,
+                        stats,
+                        stop.clone(),
+                    ));
+                }
+                Transport::Mqtt => {
+                    sources.spawn(crate::source::mqtt::run_mqtt_bus(
+                        bus.clone(),
+                        machines,
+                        sample_tx.clone(),
+                        stop.clone(),
+                    ));
+                }
+            }
+        }
+        drop(sample_tx);
+
+        // The engine stops when the tap has passed on the last sample of the
+        // stopped sources, so nothing read is left unaccounted.
+        let engine_stop = CancellationToken::new();
+        downstream.spawn(tap(
+            sample_rx,
+            engine_tx,
+            options.board.clone(),
+            store.clone(),
+            engine_stop.clone(),
+        ));
+
+        let (views_tx, views_rx) = crate::machine::engine::machine_views(&config, Utc::now());
+        let (engine, engine_commands) = crate::machine::engine::engine_channel();
+        {
+            let config = config.clone();
+            let store = store.clone();
+            downstream.spawn(async move {
+                let resume = match store.call(|c| crate::machine::history::load_snapshots(c)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!(error = %e, "could not load machine snapshots; open periods start fresh");
+                        Vec::new()
+                    }
+                };
+                match crate::machine::engine::run_engine(
+                    config,
+                    resume,
+                    engine_rx,
+                    event_tx,
+                    views_tx,
+                    engine_commands,
+                    engine_stop,
+                )
+                .await
+                {
+                    Ok(snapshots) => save_snapshots(&store, snapshots).await,
+                    Err(e) => error!(error = %e, "state engine stopped"),
+                }
+            });
+        }
+        downstream.spawn(housekeeping(
+            engine,
+            store.clone(),
+            config.clone(),
+            stop.clone(),
+        ));
+        downstream.spawn(record(
+            event_rx,
+            store.clone(),
+            config.clone(),
+            wake.clone(),
+        ));
+        if let Some(board) = options.board.clone() {
+            for rx in views_rx.values() {
+                downstream.spawn(watch_view(rx.clone(), board.clone(), stop.clone()));
+            }
+        }
+
+        downstream.spawn(crate::orders::dispatch::run_orders(
+            config.clone(),
+            store.clone(),
+            order_rx,
+            views_rx,
+            writers,
+            wake.clone(),
+            stop.clone(),
+        ));
+
+        if let Some(u) = &config.uplink {
+            let info = crate::uplink::GatewayInfo {
+                id: config.gateway.id.clone(),
+                prefix: config.topic_prefix(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                started_at,
+                machines: config.machine.iter().map(|m| m.id.clone()).collect(),
+            };
+            let u = u.clone();
+            let store = store.clone();
+            let wake = wake.clone();
+            let ustop = uplink_stop.clone();
+            uplink.spawn(async move {
+                let stats = Arc::new(crate::uplink::UplinkStats::default());
+                if let Err(e) =
+                    crate::uplink::run_uplink(u, info, store, wake, order_tx, stats, ustop).await
+                {
+                    error!(error = %e, "uplink stopped");
+                }
+            });
+        } else {
+            drop(order_tx);
+        }
+
+        Ok(Pipeline {
+            sources,
+            downstream,
+            uplink_stop,
+            uplink,
+        })
+    }
+
+    /// Stop in data-flow order; `stop` is the token the sources watch.
+    async fn stop(mut self, stop: &CancellationToken) {
+        stop.cancel();
+        let deadline = Duration::from_secs(8);
+        let _ = tokio::time::timeout(deadline, async {
+            while self.sources.join_next().await.is_some() {}
+            while self.downstream.join_next().await.is_some() {}
+        })
+        .await;
+        self.uplink_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while self.uplink.join_next().await.is_some() {}
+        })
+        .await;
+        self.sources.abort_all();
+        self.downstream.abort_all();
+        self.uplink.abort_all();
+    }
+}
+
+async fn save_snapshots(
+    store: &Store,
+    snapshots: Vec<(String, crate::machine::accounting::AccountSnapshot)>,
+) {
+    if let Err(e) = store
+        .call(move |c| crate::machine::history::save_snapshots(c, &snapshots))
+        .await
+    {
+        error!(error = %e, "could not save machine snapshots");
+    }
+}
+
+/// Saves the open periods every few seconds (so a power loss costs at most
+/// that much attribution) and applies the retention hourly.
+async fn housekeeping(
+    engine: crate::machine::engine::EngineHandle,
+    store: Store,
+    config: Arc<Config>,
+    stop: CancellationToken,
+) {
+    let mut snapshot_tick = tokio::time::interval(Duration::from_secs(SNAPSHOT_EVERY_S));
+    let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
+    let days = config.store.retention_days;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = snapshot_tick.tick() => {
+                if let Some(s) = engine.snapshot().await {
+                    save_snapshots(&store, s).await;
+                }
+            }
+            _ = retention_tick.tick() => {
+                let result = store
+                    .call(move |c| crate::machine::history::apply_retention(c, Utc::now(), days))
+                    .await;
+                match result {
+                    Ok(0) => {}
+                    Ok(n) => info!(rows = n, days, "old history deleted"),
+                    Err(e) => warn!(error = %e, "retention failed"),
+                }
+            }
+        }
+    }
+}
+
+/// How often open periods are saved.
+const SNAPSHOT_EVERY_S: u64 = 5;
+
+/// Copies what sources read onto the board and the store's last-value table,
+/// then hands the sample on to the engine unchanged.
+async fn tap(
+    mut samples: mpsc::Receiver<Sample>,
+    engine: mpsc::Sender<Sample>,
+    board: Option<Board>,
+    store: Store,
+    engine_stop: CancellationToken,
+) {
+    let mut pending = LastValues::new();
+    let mut flush = tokio::time::interval(Duration::from_secs(5));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            sample = samples.recv() => {
+                let Some(sample) = sample else { break };
+                note(&sample, board.as_ref(), &mut pending);
+                if engine.send(sample).await.is_err() {
+                    break;
+                }
+            }
+            _ = flush.tick() => {
+                flush_last_values(&store, std::mem::take(&mut pending)).await;
+            }
+        }
+    }
+    flush_last_values(&store, pending).await;
+    engine_stop.cancel();
+}
+
+type LastValues = BTreeMap<(String, String), (Option<String>, Option<String>, String)>;
+
+fn note(sample: &Sample, board: Option<&Board>, pending: &mut LastValues) {
+    let at = sample
+        .at
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    match &sample.content {
+        SampleContent::Signals(readings) => {
+            for (name, r) in readings {
+                let (v, e) = match r {
+                    Ok(v) => (serde_json::to_string(v).ok(), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                pending.insert((sample.machine.clone(), name.clone()), (v, e, at.clone()));
+            }
+        }
+        SampleContent::Unreachable { reason } => {
+            pending.insert(
+                (sample.machine.clone(), String::new()),
+                (None, Some(reason.clone()), at.clone()),
+            );
+        }
+    }
+    let Some(board) = board else { return };
+    let Ok(mut board) = board.lock() else { return };
+    let b = board.entry(sample.machine.clone()).or_default();
+    b.reads += 1;
+    match &sample.content {
+        SampleContent::Signals(readings) => {
+            b.last_read = Some(sample.at);
+            b.last_error = None;
+            for (name, r) in readings {
+                let text = match r {
+                    Ok(v) => v.to_string(),
+                    Err(e) => format!("error: {e}"),
+                };
+                b.values.insert(name.clone(), text);
+            }
+        }
+        SampleContent::Unreachable { reason } => {
+            b.failed_reads += 1;
+            b.last_error = Some(reason.clone());
+        }
+    }
+}
+
+const UPSERT_SIGNAL: &str = "
+INSERT INTO signal_value (machine, signal, value, error, read_at) VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (machine, signal) DO UPDATE SET
+  value = COALESCE(excluded.value, signal_value.value),
+  error = excluded.error, read_at = excluded.read_at";
+
+async fn flush_last_values(store: &Store, pending: LastValues) {
+    if pending.is_empty() {
+        return;
+    }
+    let result = store
+        .call(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(UPSERT_SIGNAL)?;
+                for ((machine, signal), (value, error, at)) in &pending {
+                    stmt.execute(rusqlite::params![machine, signal, value, error, at])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = result {
+        warn!(error = %e, "could not store last signal values");
+    }
+}
+
+/// Commits every machine event (with its outbox message) and wakes the uplink.
+async fn record(
+    mut events: mpsc::Receiver<MachineEvent>,
+    store: Store,
+    config: Arc<Config>,
+    wake: Arc<Notify>,
+) {
+    // Without an uplink nothing would ever drain the outbox: keep the history
+    // locally (state changes, periods) and send nothing.
+    let uplink = config.uplink.is_some();
+    let heartbeat_s = config.uplink.as_ref().map(|u| u.heartbeat_s).unwrap_or(60);
+    let mut filter = crate::uplink::telemetry::TelemetryFilter::new(&config.machine, heartbeat_s);
+    while let Some(event) = events.recv().await {
+        let outgoing = match &event {
+            _ if !uplink => None,
+            MachineEvent::State(change) => Some(crate::uplink::message::state_message(change)),
+            MachineEvent::Period(period) => Some(crate::uplink::message::period_message(period)),
+            MachineEvent::Telemetry(t) => filter
+                .offer(t, tokio::time::Instant::now())
+                .map(|t| crate::uplink::message::telemetry_message(&t)),
+        };
+        let machine_event = !matches!(event, MachineEvent::Telemetry(_));
+        let result = store
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                // A period closed again from an older snapshot after a crash is
+                // already stored (and sent): record() says so, and it is not sent twice.
+                let new = !machine_event || crate::machine::history::record(&tx, &event)?;
+                if let (true, Some(out)) = (new, &outgoing) {
+                    crate::uplink::outbox::enqueue(&tx, out)?;
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(()) => wake.notify_one(),
+            Err(e) => error!(error = %e, "could not store a machine event"),
+        }
+    }
+}
+
+async fn watch_view(mut rx: watch::Receiver<MachineView>, board: Board, stop: CancellationToken) {
+    loop {
+        {
+            let v = rx.borrow_and_update().clone();
+            if let Ok(mut board) = board.lock() {
+                let b = board.entry(v.machine.clone()).or_default();
+                b.state = Some(v.state);
+                b.since = Some(v.since);
+                b.reason = v.reason.clone();
+                b.produced_total = v.produced_total;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            changed = rx.changed() => if changed.is_err() { break },
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! One function per command. Each loads what it needs, calls the library and
+//! prints; none of them holds logic beyond formatting.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    table, Cli, Command, DemoArgs, OrdersArgs, ReadArgs, ReportArgs, SimulateArgs, StatusArgs,
+};
+use crate::agent::{self, Board, RunOptions};
+use crate::config::Config;
+use crate::store::Store;
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(c) => {
+            crate::systemd::init_logging(cli.verbose);
+            let path = Config::locate(c.config.as_deref());
+            let config = Config::load(&path)?;
+            runtime()?.block_on(async {
+                let shutdown = CancellationToken::new();
+                agent::cancel_on_signals(shutdown.clone());
+                agent::run(
+                    config,
+                    RunOptions {
+                        config_path: Some(path),
+                        board: None,
+                    },
+                    shutdown,
+                )
+                .await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => demo(args, cli.verbose),
+        Command::Simulate(args) => {
+            crate::systemd::init_logging(cli.verbose);
+            simulate(args)
+        }
+        Command::CheckConfig(c) => check_config(&Config::locate(c.config.as_deref())),
+        Command::Read(args) => {
+            crate::systemd::init_logging(cli.verbose);
+            read(args)
+        }
+        Command::Status(args) => status(args),
+        Command::Report(args) => report(args),
+        Command::Orders(args) => orders(args),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn check_config(path: &Path) -> Result<ExitCode> {
+    let config = Config::load(path)?;
+    println!("{}: ok", path.display());
+    println!(
+        "gateway {} at site {}, {} bus(es), {} machine(s), topics under {}",
+        config.gateway.id,
+        config.gateway.site,
+        config.bus.len(),
+        config.machine.len(),
+        config.topic_prefix()
+    );
+    println!("read plan:");
+    for m in &config.machine {
+        let Some(bus) = config.bus(&m.bus) else {
+            continue;
+        };
+        let plan = crate::source::modbus::plan::plan_reads(m, bus);
+        println!(
+            "  {}",
+            crate::source::modbus::plan::describe_plan(m, &plan).replace('\n', "\n  ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(args: ReadArgs) -> Result<ExitCode> {
+    let path = Config::locate(args.config.config.as_deref());
+    let config = Config::load(&path)?;
+    if let Some(id) = &args.machine {
+        if config.machine(id).is_none() {
+            let known: Vec<&str> = config.machine.iter().map(|m| m.id.as_str()).collect();
+            bail!(
+                "no machine {id:?} in {} (machines: {})",
+                path.display(),
+                known.join(", ")
+            );
+        }
+    }
+    let readouts = runtime()?.block_on(crate::source::modbus::read_once(
+        &config,
+        args.machine.as_deref(),
+    ))?;
+    let failed = readouts.values().any(|r| r.failed());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&crate::source::modbus::readouts_to_json(&readouts))?
+    );
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn open_store(config_arg: Option<&Path>) -> Result<(Config, Store)> {
+    let path = Config::locate(config_arg);
+    let config = Config::load(&path)?;
+    let store = Store::open(&config.gateway.data_dir)
+        .with_context(|| format!("opening the store of {}", path.display()))?;
+    Ok((config, store))
+}
+
+fn status(args: StatusArgs) -> Result<ExitCode> {
+    let (_config, store) = open_store(args.config.config.as_deref())?;
+    let rows = store.call_blocking(|c| crate::machine::history::current(c))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.machine.clone(),
+                r.state.to_string(),
+                r.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                r.reason.clone().unwrap_or_default(),
+                r.period
+                    .as_ref()
+                    .map(|p| format!("{:.0}", p.seconds.running))
+                    .unwrap_or_default(),
+                r.period
+                    .as_ref()
+                    .map(|p| p.counts.produced.to_string())
+                    .unwrap_or_default(),
+                table::percent(r.period.as_ref().and_then(|p| p.kpi.availability)),
+                table::percent(r.period.as_ref().and_then(|p| p.kpi.utilisation_efficiency)),
+                r.saved_at
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "machine",
+                "state",
+                "since",
+                "reason",
+                "period run s",
+                "parts",
+                "availability",
+                "utilisation",
+                "saved"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_time(s: Option<&str>, flag: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    s.map(|s| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .with_context(|| {
+                format!("{flag} {s:?} is not an RFC 3339 time like 2026-11-26T06:00:00Z")
+            })
+    })
+    .transpose()
+}
+
+fn report(args: ReportArgs) -> Result<ExitCode> {
+    let (_config, store) = open_store(args.config.config.as_deref())?;
+    let from = parse_time(args.from.as_deref(), "--from")?;
+    let to = parse_time(args.to.as_deref(), "--to")?;
+    let machine = args.machine.clone();
+    let periods = store.call_blocking(move |c| {
+        crate::machine::history::periods(c, machine.as_deref(), from, to)
+    })?;
+    if args.json {
+        for p in &periods {
+            println!(
+                "{}",
+                serde_json::to_string(&crate::uplink::message::period_message(p).body)?
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = periods
+        .iter()
+        .map(|p| {
+            vec![
+                p.machine.clone(),
+                match &p.kind {
+                    crate::machine::PeriodKind::Interval => "interval".into(),
+                    crate::machine::PeriodKind::Shift { name } => format!("shift {name}"),
+                },
+                p.start.to_rfc3339(),
+                p.end.to_rfc3339(),
+                format!("{:.0}", p.seconds.running),
+                format!("{:.0}", p.seconds.idle),
+                format!("{:.0}", p.seconds.down),
+                format!("{:.0}", p.seconds.offline),
+                p.counts.produced.to_string(),
+                table::percent(p.kpi.availability),
+                table::percent(p.kpi.oee),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "machine",
+                "period",
+                "start",
+                "end",
+                "run s",
+                "idle s",
+                "down s",
+                "offline s",
+                "parts",
+                "avail",
+                "oee"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn orders(args: OrdersArgs) -> Result<ExitCode> {
+    let (_config, store) = open_store(args.config.config.as_deref())?;
+    let machine = args.machine.clone();
+    let rows = store.call_blocking(move |c| crate::orders::book::list(c, machine.as_deref()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|o| {
+            vec![
+                o.order_id.clone(),
+                o.revision.to_string(),
+                o.machine.clone(),
+                o.product.clone(),
+                format!("{}/{}", o.progress.produced, o.quantity),
+                o.state.to_string(),
+                o.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &["order", "rev", "machine", "product", "produced", "state", "reason"],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate(args: SimulateArgs) -> Result<ExitCode> {
+    runtime()?.block_on(async {
+        let shutdown = CancellationToken::new();
+        agent::cancel_on_signals(shutdown.clone());
+        let line = crate::sim::serve(
+            crate::sim::SimOptions {
+                machines: args.machines,
+                base_port: args.base_port,
+                seed: args.seed,
+                speed: args.speed,
+                truth: args.truth.clone(),
+                honour_orders: true,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        for m in &line.machines {
+            println!("{} modbus tcp {}", m.id, m.addr);
+        }
+        if let Some(file) = &args.write_config {
+            std::fs::write(file, crate::sim::demo_config(&line, &args.data_dir))
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!("config written to {}", file.display());
+        }
+        match args.seconds {
+            Some(s) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(s)) => shutdown.cancel(),
+                }
+            }
+            None => shutdown.cancelled().await,
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
+    if args.no_table {
+        crate::systemd::init_logging(verbose);
+    }
+    let data_dir = tempfile_dir()?;
+    runtime()?.block_on(async {
+        let shutdown = CancellationToken::new();
+        agent::cancel_on_signals(shutdown.clone());
+        let line = crate::sim::serve(
+            crate::sim::SimOptions {
+                machines: args.machines,
+                base_port: 0,
+                seed: args.seed,
+                speed: args.speed,
+                truth: None,
+                honour_orders: true,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        let mut text = crate::sim::demo_config(&line, &data_dir);
+        if let Some(url) = &args.uplink {
+            text.push_str(&format!("\n[uplink]\nurl = {url:?}\n"));
+        }
+        let mut config = Config::from_toml(&text, Path::new("(demo line)"))?;
+        config.accounting.period_minutes = args.period_minutes;
+        let board: Board = Default::default();
+        let agent_stop = shutdown.child_token();
+        let agent = tokio::spawn(agent::run(
+            config,
+            RunOptions {
+                config_path: None,
+                board: Some(board.clone()),
+            },
+            agent_stop.clone(),
+        ));
+        let until = args
+            .seconds
+            .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if !args.no_table {
+                        print!("\x1b[2J\x1b[H{}", render_board(&board, &data_dir));
+                    }
+                    if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+                        break;
+                    }
+                }
+            }
+        }
+        if !args.no_table {
+            print!("\x1b[2J\x1b[H{}", render_board(&board, &data_dir));
+        }
+        agent_stop.cancel();
+        shutdown.cancel();
+        agent.await.context("agent task")??;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("linegate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn render_board(board: &Board, data_dir: &Path) -> String {
+    let Ok(board) = board.lock() else {
+        return String::new();
+    };
+    let now = chrono::Utc::now();
+    let rows: Vec<Vec<String>> = board
+        .iter()
+        .map(|(id, b)| {
+            let values: BTreeMap<&str, &str> = b
+                .values
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let shown = ["alarm_code", "mode", "part_count", "spindle_rpm"]
+                .iter()
+                .filter_map(|k| values.get(k).map(|v| format!("{k}={v}")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            vec![
+                id.clone(),
+                b.state.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                b.since
+                    .map(|s| format!("{:.0}s", (now - s).num_milliseconds() as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                b.reason.clone().unwrap_or_default(),
+                shown,
+                b.last_read
+                    .map(|t| format!("{}ms ago", (now - t).num_milliseconds()))
+                    .unwrap_or_else(|| "never".into()),
+                format!("{}/{}", b.failed_reads, b.reads),
+                b.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    format!(
+        "linegate demo — simulated line over Modbus TCP on loopback (Ctrl-C to stop)\nstore: {}\n\n{}",
+        data_dir.display(),
+        table::render(
+            &["machine", "state", "for", "reason", "values", "last read", "failed/reads", "error"],
+            &rows
+        )
+    )
+}
