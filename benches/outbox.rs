@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use linegate::config::{MqttVersion, UplinkConfig};
 use linegate::store::Store;
+use linegate::systemd::Liveness;
 use linegate::uplink::outbox::{self, MessageClass, OutboxPolicy, Outgoing};
 use linegate::uplink::{run_uplink, GatewayInfo, UplinkStats};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -141,6 +142,7 @@ fn start(url: String, store: Store) -> Running {
         wake.clone(),
         tx,
         stats.clone(),
+        Liveness::new().register("uplink"),
         shutdown.clone(),
     ));
     Running {

@@ -85,35 +85,86 @@ pub async fn run(
         "linegate started"
     );
     let started_at = Utc::now();
+    let mut hangup = Hangup::install();
+    // The watchdog pets systemd only while every loop of the running
+    // pipeline beats; it outlives reloads (each generation registers anew).
+    let liveness = match crate::systemd::watchdog_interval() {
+        Some(interval) => crate::systemd::Liveness::for_watchdog(interval),
+        None => crate::systemd::Liveness::new(),
+    };
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = crate::systemd::watchdog_interval().map(|interval| {
+        info!(
+            interval_ms = interval.as_millis() as u64,
+            "systemd watchdog enabled"
+        );
+        tokio::spawn(crate::systemd::run_watchdog(
+            liveness.clone(),
+            watchdog_stop.clone(),
+        ))
+    });
     'generation: loop {
         let generation = shutdown.child_token();
-        let pipeline = Pipeline::start(&config, &store, &options, started_at, generation.clone())?;
+        let pipeline = Pipeline::start(
+            &config,
+            &store,
+            &options,
+            &liveness,
+            started_at,
+            generation.clone(),
+        )?;
         crate::systemd::ready();
         loop {
-            if !wait_for_stop_or_reload(&shutdown).await {
+            if !wait_for_stop_or_reload(&shutdown, &mut hangup).await {
+                crate::systemd::stopping();
                 pipeline.stop(&generation).await;
                 break 'generation;
             }
+            crate::systemd::reloading();
             let Some(path) = options.config_path.as_deref() else {
                 warn!("SIGHUP: no config file to reload; the running config stays");
+                crate::systemd::ready();
                 continue;
             };
+            info!(file = %path.display(), "SIGHUP: reloading the config");
             match Config::load(path) {
                 Ok(new) => {
-                    crate::systemd::reloading();
                     pipeline.stop(&generation).await;
+                    // Every task of the old pipeline has ended or was aborted.
+                    liveness.forget_all();
+                    if new.gateway.data_dir != config.gateway.data_dir {
+                        warn!(
+                            store = %store.path().display(),
+                            "gateway.data_dir changed: the store moves only on a restart"
+                        );
+                    }
                     config = new;
                     configure_outbox(&store, &config).await?;
-                    info!(file = %path.display(), "config reloaded");
+                    info!(
+                        file = %path.display(),
+                        machines = config.machine.len(),
+                        "config reloaded"
+                    );
                     continue 'generation;
                 }
                 Err(e) => {
-                    error!(error = %e, "reload refused: the new config is invalid; the running config stays");
+                    // One line: the errors name the file and every bad key.
+                    let errors = e.to_string().replace('\n', "; ");
+                    error!(
+                        file = %path.display(),
+                        errors = %errors,
+                        "reload refused: the new config is invalid; the running config stays"
+                    );
+                    crate::systemd::ready();
+                    crate::systemd::status("running; last reload refused: invalid config");
                 }
             }
         }
     }
-    crate::systemd::stopping();
+    watchdog_stop.cancel();
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
     info!("linegate stopped");
     Ok(())
 }
@@ -126,30 +177,57 @@ async fn configure_outbox(store: &Store, config: &Config) -> Result<(), AgentErr
     Ok(())
 }
 
-/// Waits for a stop (false) or a SIGHUP (true).
-async fn wait_for_stop_or_reload(shutdown: &CancellationToken) -> bool {
+/// SIGHUP's handler, installed before READY=1 so an early `systemctl reload`
+/// cannot kill the process (SIGHUP's default action).
+struct Hangup {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let hup = signal(SignalKind::hangup());
-        if let Ok(mut hup) = hup {
-            return tokio::select! {
-                _ = shutdown.cancelled() => false,
-                _ = hup.recv() => true,
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangup {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signal = match signal(SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGHUP: reload is off");
+                    None
+                }
             };
+            Hangup { signal }
         }
+        #[cfg(not(unix))]
+        Hangup {}
     }
+}
+
+/// Waits for a stop (false) or a SIGHUP (true).
+async fn wait_for_stop_or_reload(shutdown: &CancellationToken, hangup: &mut Hangup) -> bool {
+    #[cfg(unix)]
+    if let Some(hup) = hangup.signal.as_mut() {
+        return tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = hup.recv() => true,
+        };
+    }
+    let _ = hangup;
     shutdown.cancelled().await;
     false
 }
 
-/// Cancel `token` on SIGTERM (systemd) or SIGINT (Ctrl-C).
+/// Cancel `token` on SIGTERM (systemd) or SIGINT (Ctrl-C). The SIGTERM
+/// handler is installed before this returns; call it inside the runtime.
 pub fn cancel_on_signals(token: CancellationToken) {
+    #[cfg(unix)]
+    let term = {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::terminate())
+    };
     tokio::spawn(async move {
         #[cfg(unix)]
         {
-            use tokio::signal::unix::{signal, SignalKind};
-            let term = signal(SignalKind::terminate());
             match term {
                 Ok(mut term) => {
                     tokio::select! {
@@ -183,6 +261,7 @@ impl Pipeline {
         config: &Config,
         store: &Store,
         options: &RunOptions,
+        liveness: &crate::systemd::Liveness,
         started_at: DateTime<Utc>,
         stop: CancellationToken,
     ) -> Result<Pipeline, AgentError> {
@@ -223,6 +302,7 @@ impl Pipeline {
                         sample_tx.clone(),
                         write_rx,
                         stats,
+                        liveness.register(format!("modbus bus {}", bus.id)),
                         stop.clone(),
                     ));
                 }
@@ -231,6 +311,7 @@ impl Pipeline {
                         bus.clone(),
                         machines,
                         sample_tx.clone(),
+                        liveness.register(format!("mqtt bus {}", bus.id)),
                         stop.clone(),
                     ));
                 }
@@ -254,6 +335,7 @@ impl Pipeline {
         {
             let config = config.clone();
             let store = store.clone();
+            let heartbeat = liveness.register("state engine");
             downstream.spawn(async move {
                 let resume = match store.call(|c| crate::machine::history::load_snapshots(c)).await {
                     Ok(s) => s,
@@ -269,6 +351,7 @@ impl Pipeline {
                     event_tx,
                     views_tx,
                     engine_commands,
+                    heartbeat,
                     engine_stop,
                 )
                 .await
@@ -318,10 +401,13 @@ impl Pipeline {
             let store = store.clone();
             let wake = wake.clone();
             let ustop = uplink_stop.clone();
+            let heartbeat = liveness.register("uplink");
             uplink.spawn(async move {
                 let stats = Arc::new(crate::uplink::UplinkStats::default());
-                if let Err(e) =
-                    crate::uplink::run_uplink(u, info, store, wake, order_tx, stats, ustop).await
+                if let Err(e) = crate::uplink::run_uplink(
+                    u, info, store, wake, order_tx, stats, heartbeat, ustop,
+                )
+                .await
                 {
                     error!(error = %e, "uplink stopped");
                 }
@@ -342,16 +428,26 @@ impl Pipeline {
     async fn stop(mut self, stop: &CancellationToken) {
         stop.cancel();
         let deadline = Duration::from_secs(8);
-        let _ = tokio::time::timeout(deadline, async {
+        let drained = tokio::time::timeout(deadline, async {
             while self.sources.join_next().await.is_some() {}
             while self.downstream.join_next().await.is_some() {}
         })
         .await;
+        if drained.is_err() {
+            warn!(
+                sources = self.sources.len(),
+                downstream = self.downstream.len(),
+                "tasks still running after {deadline:?}: aborted"
+            );
+        }
         self.uplink_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        let said_goodbye = tokio::time::timeout(Duration::from_secs(3), async {
             while self.uplink.join_next().await.is_some() {}
         })
         .await;
+        if said_goodbye.is_err() {
+            warn!("uplink still running after 3 s: aborted");
+        }
         self.sources.abort_all();
         self.downstream.abort_all();
         self.uplink.abort_all();
@@ -523,6 +619,15 @@ async fn record(
     let heartbeat_s = config.uplink.as_ref().map(|u| u.heartbeat_s).unwrap_or(60);
     let mut filter = crate::uplink::telemetry::TelemetryFilter::new(&config.machine, heartbeat_s);
     while let Some(event) = events.recv().await {
+        if let MachineEvent::State(change) = &event {
+            info!(
+                machine = %change.machine,
+                state = %change.state,
+                prev = change.prev.map(|p| p.as_str()).unwrap_or(""),
+                reason = change.reason.as_deref().unwrap_or(""),
+                "state change"
+            );
+        }
         let outgoing = match &event {
             _ if !uplink => None,
             MachineEvent::State(change) => Some(crate::uplink::message::state_message(change)),

@@ -74,10 +74,24 @@ struct Slot {
 }
 
 /// The ledger of every loop the watchdog watches. Cheap to clone (shared).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Liveness {
     slots: Arc<Mutex<Vec<Arc<Slot>>>>,
+    /// How often loops beat when they have nothing else to do.
+    beat_every: Duration,
 }
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            slots: Arc::default(),
+            beat_every: DEFAULT_BEAT_EVERY,
+        }
+    }
+}
+
+/// How often an idle loop beats when no watchdog interval says otherwise.
+const DEFAULT_BEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// A loop's handle on the ledger. Call [`beat`](Heartbeat::beat) every turn.
 #[derive(Debug)]
@@ -90,6 +104,16 @@ impl Heartbeat {
     /// This loop is alive now.
     pub fn beat(&self) {
         *lock(&self.slot.last_beat) = Instant::now();
+    }
+
+    /// A timer for the loop's `select!`: a loop that waits on traffic (a
+    /// quiet broker, silent machines) adds a branch on it and beats when it
+    /// fires, so it beats while idle but never while stuck in a branch body.
+    /// Missed ticks are delayed, not bunched.
+    pub fn ticker(&self) -> tokio::time::Interval {
+        let mut t = tokio::time::interval(self.liveness.beat_every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
     }
 
     /// The loop ends on purpose: stop watching it.
@@ -110,6 +134,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Liveness {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A ledger whose loops beat often enough for a watchdog of `interval`
+    /// (a quarter of it, between 10 ms and 1 s).
+    pub fn for_watchdog(interval: Duration) -> Self {
+        Liveness {
+            beat_every: (interval / 4).clamp(Duration::from_millis(10), DEFAULT_BEAT_EVERY),
+            ..Self::default()
+        }
+    }
+
+    /// Stop watching every loop, also the silent ones: for a pipeline that
+    /// was stopped as a whole (a reload), whose aborted tasks could not
+    /// retire their heartbeats.
+    pub fn forget_all(&self) {
+        lock(&self.slots).clear();
     }
 
     /// Watch one more loop, e.g. `"bus cell-a"` or `"uplink"`. It counts as
@@ -256,5 +296,22 @@ mod tests {
         drop(l.register("crashed loop"));
         l.register("finished loop").retire();
         assert_eq!(l.registered(), vec!["crashed loop".to_string()]);
+    }
+
+    #[test]
+    fn forgetting_all_heartbeats_leaves_nothing_silent() {
+        let l = Liveness::new();
+        drop(l.register("aborted loop"));
+        l.forget_all();
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(l.silent(later, Duration::from_secs(1)).is_empty());
+    }
+
+    #[tokio::test]
+    async fn loops_beat_four_times_per_watchdog_interval_but_at_least_every_second() {
+        let hb = Liveness::for_watchdog(Duration::from_secs(2)).register("bus a");
+        assert_eq!(hb.ticker().period(), Duration::from_millis(500));
+        let hb = Liveness::for_watchdog(Duration::from_secs(30)).register("bus a");
+        assert_eq!(hb.ticker().period(), Duration::from_secs(1));
     }
 }

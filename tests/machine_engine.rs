@@ -14,6 +14,7 @@ use linegate::machine::accounting::AccountSnapshot;
 use linegate::machine::engine::{engine_channel, machine_views, run_engine};
 use linegate::machine::{ClosedPeriod, MachineEvent, MachineState, StateSeconds};
 use linegate::source::{Sample, SampleContent, SignalError, Value};
+use linegate::systemd::Liveness;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -184,6 +185,7 @@ async fn the_engine_matches_a_seeded_schedule_within_one_poll_per_change() {
         event_tx,
         view_tx,
         commands,
+        Liveness::new().register("state engine"),
         shutdown.clone(),
     ));
     let collector = tokio::spawn(async move {
@@ -371,6 +373,7 @@ async fn a_restart_resumes_the_open_period_from_the_final_snapshot() {
                 event_tx,
                 view_tx,
                 commands,
+                Liveness::new().register("state engine"),
                 shutdown.clone(),
             ));
             let collector = tokio::spawn(async move {

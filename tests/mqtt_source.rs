@@ -10,6 +10,7 @@ use std::time::Duration;
 use linegate::config::Config;
 use linegate::source::mqtt::run_mqtt_bus;
 use linegate::source::{Sample, SampleContent, SignalError, Value};
+use linegate::systemd::Liveness;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +75,13 @@ fn start_bus(cfg: &Config, shutdown: &CancellationToken) -> mpsc::Receiver<Sampl
     let (tx, rx) = mpsc::channel(256);
     let bus = cfg.bus[0].clone();
     let machines = cfg.machine.clone();
-    tokio::spawn(run_mqtt_bus(bus, machines, tx, shutdown.clone()));
+    tokio::spawn(run_mqtt_bus(
+        bus,
+        machines,
+        tx,
+        Liveness::new().register("mqtt bus"),
+        shutdown.clone(),
+    ));
     rx
 }
 

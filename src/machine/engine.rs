@@ -33,6 +33,7 @@ use super::shift::ShiftCalendar;
 use super::{MachineEvent, MachineState, MachineView, Telemetry};
 use crate::config::{Config, MachineConfig, Transport};
 use crate::source::{Sample, SampleContent};
+use crate::systemd::Heartbeat;
 
 /// How often machines without samples are advanced.
 pub const TICK_MS: u64 = 1000;
@@ -349,13 +350,39 @@ fn publish(m: &Machine) {
 }
 
 /// Run the state engine until `shutdown`; returns the final snapshots.
+/// `heartbeat` beats on every turn of the loop (also while no sample
+/// arrives) and is retired when the engine ends cleanly; an engine that
+/// failed leaves it silent, so the watchdog notices.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_engine(
+    config: Arc<Config>,
+    resume: Vec<(String, AccountSnapshot)>,
+    samples: mpsc::Receiver<Sample>,
+    events: mpsc::Sender<MachineEvent>,
+    views: HashMap<String, watch::Sender<MachineView>>,
+    commands: mpsc::Receiver<EngineCommand>,
+    heartbeat: Heartbeat,
+    shutdown: CancellationToken,
+) -> Result<Vec<(String, AccountSnapshot)>, EngineError> {
+    let result = run_engine_loop(
+        config, resume, samples, events, views, commands, &heartbeat, shutdown,
+    )
+    .await;
+    if result.is_ok() {
+        heartbeat.retire();
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_engine_loop(
     config: Arc<Config>,
     resume: Vec<(String, AccountSnapshot)>,
     mut samples: mpsc::Receiver<Sample>,
     events: mpsc::Sender<MachineEvent>,
     mut views: HashMap<String, watch::Sender<MachineView>>,
     mut commands: mpsc::Receiver<EngineCommand>,
+    heartbeat: &Heartbeat,
     shutdown: CancellationToken,
 ) -> Result<Vec<(String, AccountSnapshot)>, EngineError> {
     let origin = Instant::now();
@@ -394,10 +421,13 @@ pub async fn run_engine(
     let mut samples_open = true;
     let mut commands_open = true;
     let mut unknown_warned: std::collections::HashSet<String> = Default::default();
+    let mut beat = heartbeat.ticker();
     loop {
+        heartbeat.beat();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = beat.tick() => {}
             sample = samples.recv(), if samples_open => match sample {
                 Some(sample) => {
                     let mono = mono_ms(origin, sample.mono);

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Reading, Sample, SampleContent, SignalError, Value};
 use crate::config::{BusConfig, DataType, MachineConfig, SignalConfig};
+use crate::systemd::Heartbeat;
 
 /// Largest payload accepted from the local broker (rumqttc's default of 10 KiB
 /// would drop the whole connection on a large PLC payload).
@@ -75,16 +76,20 @@ struct MqttBus {
 /// Run one MQTT bus until `shutdown`: connect, subscribe, decode, send samples.
 ///
 /// Never returns an error: a broker that is down is retried with backoff, and
-/// the machines on it go `Unreachable` once they are stale.
+/// the machines on it go `Unreachable` once they are stale. `heartbeat`
+/// beats on every turn of the loop and on its own timer (silent machines and
+/// a broker that is down still beat); it is retired when the task ends.
 pub async fn run_mqtt_bus(
     bus: BusConfig,
     machines: Vec<MachineConfig>,
     samples: mpsc::Sender<Sample>,
+    heartbeat: Heartbeat,
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("mqtt_bus", bus = %bus.id);
     let mut state = MqttBus::new(bus, &machines, samples);
-    tracing::Instrument::instrument(state.run(shutdown), span).await;
+    tracing::Instrument::instrument(state.run(&heartbeat, shutdown), span).await;
+    heartbeat.retire();
 }
 
 /// Parse `mqtt://host:port` (port defaults to 1883).
@@ -163,7 +168,7 @@ impl MqttBus {
         Ok(o)
     }
 
-    async fn run(&mut self, shutdown: CancellationToken) {
+    async fn run(&mut self, heartbeat: &Heartbeat, shutdown: CancellationToken) {
         let filters = self.filters();
         if filters.is_empty() {
             tracing::warn!("mqtt bus has no signal with a topic; nothing to subscribe to");
@@ -177,9 +182,12 @@ impl MqttBus {
         let mut retry_at = Instant::now();
         let mut stale_tick = tokio::time::interval((self.stale / 4).max(Duration::from_millis(10)));
         stale_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat = heartbeat.ticker();
 
         loop {
+            heartbeat.beat();
             tokio::select! {
+                _ = beat.tick() => {}
                 _ = shutdown.cancelled() => {
                     if let Some((client, mut events)) = conn.take() {
                         // Say goodbye politely, but never hang on a dead broker.

@@ -38,6 +38,7 @@ use super::{ConnectSettings, UplinkStats};
 use crate::config::MqttVersion;
 use crate::orders::OrderMessage;
 use crate::store::{Store, StoreError};
+use crate::systemd::Heartbeat;
 
 /// Most messages published and not yet PUBACKed at once.
 pub const WINDOW: usize = 128;
@@ -61,6 +62,8 @@ pub(super) struct Shared {
     pub shutdown: CancellationToken,
     /// PUBACKed seqs, deleted in batches by the deleter task.
     pub acked: mpsc::UnboundedSender<u64>,
+    /// Beats on every turn of the connection loops, for the watchdog.
+    pub heartbeat: Heartbeat,
 }
 
 /// How a connection ended.
@@ -424,8 +427,11 @@ impl Connection<'_> {
         status_seq: u64,
     ) -> Result<Result<(), Ended>, StoreError> {
         // CONNACK (the event loop connects on its first poll).
+        let mut beat = self.shared.heartbeat.ticker();
         loop {
+            self.shared.heartbeat.beat();
             tokio::select! {
+                _ = beat.tick() => {}
                 _ = self.shared.shutdown.cancelled() => return Ok(Err(Ended::Shutdown)),
                 ev = self.events.recv() => match ev {
                     Some(Ok(LinkEvent::ConnAck { session_present })) => {
@@ -454,6 +460,7 @@ impl Connection<'_> {
             .await?;
 
         loop {
+            self.shared.heartbeat.beat();
             self.refill().await?;
             let hist_waiting = self.historical_more
                 && self.historical_in_flight < HISTORICAL_WINDOW
@@ -490,6 +497,7 @@ impl Connection<'_> {
                     self.urgent = true;
                 }
                 _ = tokio::time::sleep_until(next_token), if hist_waiting => {}
+                _ = beat.tick() => {}
             }
         }
     }
@@ -680,6 +688,8 @@ impl Connection<'_> {
 
     /// Clean shutdown: `online: false` retained, a short wait for its PUBACK, DISCONNECT.
     async fn goodbye(&mut self, status_seq: u64) -> Result<(), Ended> {
+        // The goodbye waits at most GOODBYE_WAIT + 0.5 s, without beating.
+        self.shared.heartbeat.beat();
         let gw = &self.shared.gateway;
         let counts = status_counts(&self.shared.store).await.unwrap_or_default();
         let payload = message::offline_payload(gw, status_seq + 1, Utc::now(), counts);

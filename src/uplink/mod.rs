@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{MqttVersion, UplinkConfig};
 use crate::orders::OrderMessage;
 use crate::store::{Store, StoreError};
+use crate::systemd::Heartbeat;
 
 pub use connection::{MAX_PACKET_BYTES, WINDOW};
 pub use message::GatewayInfo;
@@ -201,6 +202,12 @@ pub fn check(cfg: &UplinkConfig) -> Result<(), UplinkError> {
 /// commit that enqueued rows. Returns an error at once for a bad config (URL,
 /// certificate, key or password file) and when the store has stopped;
 /// connection failures are logged, kept in `stats`, and retried.
+///
+/// `heartbeat` beats on every turn of the connection loops and on its own
+/// timer (also while waiting for a broker that is down, or in the reconnect
+/// backoff). It is retired on a clean end; an uplink that stopped with an
+/// error leaves it silent, so the watchdog notices.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_uplink(
     cfg: UplinkConfig,
     gateway: GatewayInfo,
@@ -208,6 +215,7 @@ pub async fn run_uplink(
     wake: Arc<Notify>,
     orders: mpsc::Sender<OrderMessage>,
     stats: Arc<UplinkStats>,
+    heartbeat: Heartbeat,
     shutdown: CancellationToken,
 ) -> Result<(), UplinkError> {
     let settings = ConnectSettings::new(&cfg, &gateway.id)?;
@@ -224,13 +232,21 @@ pub async fn run_uplink(
         stats: stats.clone(),
         shutdown: shutdown.clone(),
         acked: acked_tx,
+        heartbeat,
     };
     let result = serve(&shared, &cfg).await;
 
     stats.connected.store(false, Ordering::Relaxed);
-    drop(shared);
+    let connection::Shared {
+        heartbeat, acked, ..
+    } = shared;
+    // The deleter ends once its channel closes.
+    drop(acked);
     let _ = deleter.await;
     let _ = store.call(|c| outbox::set_link_up(c, false)).await;
+    if result.is_ok() {
+        heartbeat.retire();
+    }
     result
 }
 
@@ -284,9 +300,15 @@ async fn serve(shared: &connection::Shared, cfg: &UplinkConfig) -> Result<(), Up
             delay_ms = delay.as_millis() as u64,
             "uplink reconnect backoff"
         );
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
+        let retry_at = tokio::time::Instant::now() + delay;
+        let mut beat = shared.heartbeat.ticker();
+        loop {
+            shared.heartbeat.beat();
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(retry_at) => break,
+                _ = beat.tick() => {}
+            }
         }
     }
 }

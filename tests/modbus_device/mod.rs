@@ -18,6 +18,7 @@ use linegate::config::Config;
 use linegate::source::modbus::{run_bus, BusStats, WriteRequest};
 use linegate::source::Value;
 use linegate::source::{Reading, Sample};
+use linegate::systemd::Liveness;
 use std::collections::BTreeMap;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -504,6 +505,7 @@ pub fn start(config: &Config) -> Running {
             tx.clone(),
             wrx,
             s,
+            Liveness::new().register(format!("modbus bus {}", bus.id)),
             shutdown.clone(),
         )));
     }

@@ -12,6 +12,7 @@ use chrono::Utc;
 use linegate::config::{MqttVersion, UplinkConfig};
 use linegate::orders::OrderMessage;
 use linegate::store::Store;
+use linegate::systemd::Liveness;
 use linegate::uplink::outbox::{self, MessageClass, Outgoing};
 use linegate::uplink::{run_uplink, GatewayInfo, UplinkError, UplinkStats};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -261,6 +262,7 @@ impl Agent {
             wake.clone(),
             tx,
             stats.clone(),
+            Liveness::new().register("uplink"),
             shutdown.clone(),
         ));
         Agent {

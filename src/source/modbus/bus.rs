@@ -31,6 +31,7 @@ use super::plan::{plan_reads, ReadRequest};
 use super::{WriteError, WriteRequest};
 use crate::config::{BusConfig, MachineConfig, Transport};
 use crate::source::{Sample, SampleContent};
+use crate::systemd::Heartbeat;
 
 /// Counters of one bus, shared with whoever reports them.
 #[derive(Debug, Default)]
@@ -146,6 +147,10 @@ struct Scheduled {
 /// Poll the machines of one bus until `shutdown`; serve `writes` between
 /// polls. Machines of other buses in `machines` are ignored. On shutdown the
 /// request in flight is finished, then the task returns.
+///
+/// `heartbeat` beats on every turn of the loop (each poll, each write, and
+/// on its own timer while waiting for the next machine due) and is retired
+/// when the task ends.
 #[tracing::instrument(name = "bus", skip_all, fields(bus = %bus.id))]
 pub async fn run_bus(
     bus: BusConfig,
@@ -153,6 +158,7 @@ pub async fn run_bus(
     samples: mpsc::Sender<Sample>,
     mut writes: mpsc::Receiver<WriteRequest>,
     stats: Arc<BusStats>,
+    heartbeat: Heartbeat,
     shutdown: CancellationToken,
 ) {
     if bus.transport == Transport::Mqtt {
@@ -160,6 +166,7 @@ pub async fn run_bus(
             "bus {} is an mqtt bus; the Modbus poller leaves it alone",
             bus.id
         );
+        heartbeat.retire();
         return;
     }
     let start = Instant::now();
@@ -183,8 +190,10 @@ pub async fn run_bus(
     }
     let mut link = Link::new(bus, stats.clone());
     let mut writes_open = true;
+    let mut beat = heartbeat.ticker();
 
     loop {
+        heartbeat.beat();
         let next = schedule
             .iter()
             .enumerate()
@@ -213,8 +222,10 @@ pub async fn run_bus(
                     break;
                 }
             }
+            _ = beat.tick() => {}
         }
     }
+    heartbeat.retire();
     debug!("bus task stopped");
 }
 
