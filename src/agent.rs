@@ -623,8 +623,8 @@ async fn record(
             info!(
                 machine = %change.machine,
                 state = %change.state,
-                prev = change.prev.map(|p| p.as_str()).unwrap_or(""),
-                reason = change.reason.as_deref().unwrap_or(""),
+                prev = change.prev.map(|p| p.as_str()),
+                reason = change.reason.as_deref(),
                 "state change"
             );
         }

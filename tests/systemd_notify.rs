@@ -177,3 +177,157 @@ async fn the_silent_loop_is_named_in_the_status() {
     shutdown.cancel();
     watchdog.await.expect("watchdog task");
 }
+
+/// A gateway whose every peer is down: a Modbus device, an MQTT broker and
+/// the central broker, all on ports that were free a moment ago.
+fn config_with_everything_down(data_dir: &std::path::Path) -> linegate::config::Config {
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let text = format!(
+        r#"
+[gateway]
+id = "gw-beat"
+site = "plant1"
+data_dir = {data_dir:?}
+
+[uplink]
+url = "mqtt://127.0.0.1:{uplink}"
+backoff_min_ms = 2000
+backoff_max_ms = 2000
+
+[[bus]]
+id = "cell-a"
+transport = "tcp"
+address = "127.0.0.1:{modbus}"
+timeout_ms = 200
+backoff_min_ms = 2000
+backoff_max_ms = 2000
+
+[[bus]]
+id = "plc"
+transport = "mqtt"
+address = "mqtt://127.0.0.1:{mqtt}"
+stale_ms = 60000
+backoff_min_ms = 2000
+backoff_max_ms = 2000
+
+[[machine]]
+id = "press07"
+bus = "cell-a"
+unit = 1
+poll_ms = 5000
+
+[[machine.signal]]
+name = "count"
+type = "u16"
+area = "holding"
+address = 0
+
+[[machine]]
+id = "lathe03"
+bus = "plc"
+
+[[machine.signal]]
+name = "count"
+type = "u32"
+topic = "line2/lathe03/count"
+"#,
+        data_dir = data_dir.to_string_lossy(),
+        uplink = port(),
+        modbus = port(),
+        mqtt = port(),
+    );
+    linegate::config::Config::from_toml(&text, std::path::Path::new("beat-test.toml"))
+        .expect("test config is valid")
+}
+
+/// Loops that only wait (a dead device in backoff, a silent MQTT broker, an
+/// uplink between connection attempts) still beat on their own timers, and
+/// retire their heartbeats when they stop on purpose.
+#[tokio::test]
+async fn idle_loops_keep_beating_and_retire_when_they_stop() {
+    use linegate::source::modbus::{run_bus, BusStats};
+    use linegate::source::mqtt::run_mqtt_bus;
+    use linegate::uplink::{run_uplink, GatewayInfo, UplinkStats};
+    use std::sync::Arc;
+    use tokio::sync::{mpsc, Notify};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_with_everything_down(dir.path());
+    // Beats every 100 ms; each loop waits 2 s or more between attempts.
+    let liveness = Liveness::for_watchdog(Duration::from_millis(400));
+    let shutdown = CancellationToken::new();
+    let (samples, mut sample_rx) = mpsc::channel(64);
+    tokio::spawn(async move { while sample_rx.recv().await.is_some() {} });
+    let (_writes, write_rx) = mpsc::channel(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(run_bus(
+        config.bus[0].clone(),
+        config.machine.clone(),
+        samples.clone(),
+        write_rx,
+        Arc::new(BusStats::new("cell-a")),
+        liveness.register("modbus bus cell-a"),
+        shutdown.clone(),
+    ));
+    tasks.spawn(run_mqtt_bus(
+        config.bus[1].clone(),
+        config.machine.clone(),
+        samples,
+        liveness.register("mqtt bus plc"),
+        shutdown.clone(),
+    ));
+    let store = linegate::store::Store::open(dir.path()).expect("store");
+    let (orders, _order_rx) = mpsc::channel(1);
+    let uplink = liveness.register("uplink");
+    let gateway = GatewayInfo {
+        id: "gw-beat".into(),
+        prefix: "linegate/v1/plant1/gw-beat".into(),
+        version: "test".into(),
+        started_at: chrono::Utc::now(),
+        machines: vec!["press07".into(), "lathe03".into()],
+    };
+    let uplink_config = config.uplink.clone().expect("uplink config");
+    let uplink_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let result = run_uplink(
+            uplink_config,
+            gateway,
+            store,
+            Arc::new(Notify::new()),
+            orders,
+            Arc::new(UplinkStats::default()),
+            uplink,
+            uplink_shutdown,
+        )
+        .await;
+        assert!(result.is_ok(), "uplink ended with {result:?}");
+    });
+
+    // Over several backoff waits, no loop goes a whole second without a beat.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let silent = liveness.silent(tokio::time::Instant::now(), Duration::from_secs(1));
+        assert!(silent.is_empty(), "silent while waiting: {silent:?}");
+    }
+    let mut registered = liveness.registered();
+    registered.sort();
+    assert_eq!(
+        registered,
+        vec!["modbus bus cell-a", "mqtt bus plc", "uplink"]
+    );
+
+    shutdown.cancel();
+    while let Some(r) = tasks.join_next().await {
+        r.expect("task ended without panic");
+    }
+    assert!(
+        liveness.registered().is_empty(),
+        "heartbeats left after a clean stop: {:?}",
+        liveness.registered()
+    );
+}
