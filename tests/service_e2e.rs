@@ -462,3 +462,43 @@ fn sighup_refuses_an_invalid_config_and_applies_a_valid_one_without_losing_state
     assert_eq!(agent.wait_exit(Duration::from_secs(15)), Some(0));
     agent.notify.wait_for("STOPPING=1");
 }
+
+/// How the unit and the scripts pass settings: `LINEGATE_CONFIG` names the
+/// file, `LINEGATE_<SECTION>__<KEY>` overrides a key (the unit's
+/// `Environment=` does so for the data folder), and other `LINEGATE_*`
+/// variables are not mistaken for config keys.
+#[test]
+fn linegate_config_names_the_file_and_only_section_keys_override() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_sim, config) = simulate(dir.path(), 1);
+    let path = dir.path().join("linegate.toml");
+    fs::write(&path, config).expect("write config");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .env("LINEGATE_CONFIG", &path)
+        .env("LINEGATE_GATEWAY__ID", "gw-from-env")
+        .env("LINEGATE_SOMETHING_ELSE", "1")
+        .output()
+        .expect("run check-config");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "check-config failed: {stderr}");
+    assert!(
+        stdout.contains("gateway gw-from-env"),
+        "the override is applied: {stdout}"
+    );
+
+    // A bad override is an error naming the key.
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .env("LINEGATE_CONFIG", &path)
+        .env("LINEGATE_GATEWAY__COLOUR", "blue")
+        .output()
+        .expect("run check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unknown key is refused");
+    assert!(
+        stderr.contains("colour"),
+        "the error names the key: {stderr}"
+    );
+}

@@ -589,10 +589,22 @@ impl Config {
 
     /// Load a file with environment overrides, and validate it as a whole.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        // Only `LINEGATE_<SECTION>__<KEY>` is an override: every key lives in
+        // a section, so a variable without `__` (`LINEGATE_CONFIG`, the file
+        // to load) is not a config key and must not be refused as one.
+        let overrides: config::Map<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| {
+                k.strip_prefix(ENV_PREFIX)
+                    .and_then(|rest| rest.strip_prefix('_'))
+                    .is_some_and(|rest| rest.contains("__"))
+            })
+            .collect();
         let env = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("_")
             .separator("__")
-            .try_parsing(true);
+            .try_parsing(true)
+            .source(Some(overrides));
         Self::load_with(path, Some(env))
     }
 
