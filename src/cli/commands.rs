@@ -376,6 +376,10 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
         agent.await.context("agent task")??;
         anyhow::Ok(())
     })?;
+    // The demo's store is throwaway: nothing of a real line is in it.
+    if let Err(e) = std::fs::remove_dir_all(&data_dir) {
+        eprintln!("linegate: could not remove {}: {e}", data_dir.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
