@@ -298,9 +298,11 @@ async fn a_levelled_plan_is_released_in_turn_and_every_order_completes_on_the_si
         order("C1", "P-4713", 1),
     ];
     plan_orders[0]["ideal_cycle_s"] = json!(0.027);
-    p.send(json!({"type": "plan", "plan_id": "HJ-E2E", "machine": "sim01", "level": true,
-                  "orders": plan_orders}))
-        .await;
+    p.send(
+        json!({"type": "plan", "plan_id": "HJ-E2E", "machine": "sim01", "level": true,
+                  "orders": plan_orders}),
+    )
+    .await;
     // Two more orders for the same machine, after the plan: one is held
     // while queued, one cancelled while queued.
     let mut held = order("WO-H", "P-4712", 2);
@@ -382,7 +384,10 @@ async fn a_levelled_plan_is_released_in_turn_and_every_order_completes_on_the_si
             .expect("completed");
         let quantity = plan_quantity(id);
         let produced = done["produced"].as_u64().expect("produced");
-        assert!(produced >= quantity, "{id}: produced {produced} < {quantity}");
+        assert!(
+            produced >= quantity,
+            "{id}: produced {produced} < {quantity}"
+        );
         assert_eq!(
             done["good"].as_u64().unwrap_or(0) + done["scrap"].as_u64().unwrap_or(0),
             produced,
@@ -514,24 +519,36 @@ async fn bad_order_messages_over_mqtt_are_rejected_with_a_reason_and_nothing_is_
 
     let before = p.statuses().len();
     p.send_raw(b"this is not JSON {".to_vec()).await;
-    p.send(json!({"type": "order", "order_id": "WO-BAD-PRODUCT", "machine": "sim01",
-                  "product": "P-9999", "quantity": 5}))
-        .await;
-    p.send(json!({"type": "order", "order_id": "WO-BAD-MACHINE", "machine": "press99",
-                  "product": "P-4711", "quantity": 5}))
-        .await;
-    p.send(json!({"type": "order", "order_id": "WO-TOO-MANY", "machine": "sim01",
-                  "product": "P-4711", "quantity": 5001}))
-        .await;
-    p.send(json!({"type": "order", "order_id": "WO-NO-QTY", "machine": "sim01",
-                  "product": "P-4711"}))
-        .await;
-    p.send(json!({"type": "order", "order_id": "WO-TYPES", "machine": "sim01",
-                  "product": "P-4711", "quantity": "five"}))
-        .await;
-    p.send(json!({"type": "plan", "plan_id": "HJ-BAD", "machine": "sim01", "level": true,
-                  "orders": [order("P1", "P-4711", 2), order("P2", "P-0000", 2)]}))
-        .await;
+    p.send(
+        json!({"type": "order", "order_id": "WO-BAD-PRODUCT", "machine": "sim01",
+                  "product": "P-9999", "quantity": 5}),
+    )
+    .await;
+    p.send(
+        json!({"type": "order", "order_id": "WO-BAD-MACHINE", "machine": "press99",
+                  "product": "P-4711", "quantity": 5}),
+    )
+    .await;
+    p.send(
+        json!({"type": "order", "order_id": "WO-TOO-MANY", "machine": "sim01",
+                  "product": "P-4711", "quantity": 5001}),
+    )
+    .await;
+    p.send(
+        json!({"type": "order", "order_id": "WO-NO-QTY", "machine": "sim01",
+                  "product": "P-4711"}),
+    )
+    .await;
+    p.send(
+        json!({"type": "order", "order_id": "WO-TYPES", "machine": "sim01",
+                  "product": "P-4711", "quantity": "five"}),
+    )
+    .await;
+    p.send(
+        json!({"type": "plan", "plan_id": "HJ-BAD", "machine": "sim01", "level": true,
+                  "orders": [order("P1", "P-4711", 2), order("P2", "P-0000", 2)]}),
+    )
+    .await;
     p.wait("an answer to every bad message", LONG, |p| {
         p.statuses().len() >= before + 8
     })
@@ -572,7 +589,10 @@ async fn bad_order_messages_over_mqtt_are_rejected_with_a_reason_and_nothing_is_
     let p2 = reason_of(json!("P2"));
     assert!(p2.contains("P-0000"), "{p2}");
     for s in answers {
-        assert!(s["seq"].is_u64() && s["gateway"] == "gw-demo", "envelope: {s}");
+        assert!(
+            s["seq"].is_u64() && s["gateway"] == "gw-demo",
+            "envelope: {s}"
+        );
     }
 
     // Nothing was accepted, so nothing reaches the machine.
