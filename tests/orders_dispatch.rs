@@ -578,6 +578,13 @@ async fn an_orders_ideal_cycle_time_goes_to_the_engine_while_it_is_on_the_machin
         .await;
     rig.wait_for("WO-T", OrderState::Released).await;
     let told = |rig: &Rig| rig.ideal_cycles.lock().unwrap().clone();
+    // The engine is told just after the release is recorded.
+    for _ in 0..500 {
+        if !told(&rig).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(told(&rig), [("press07".to_string(), Some(9.5))]);
 
     rig.set_view(MachineState::Running, 102);
