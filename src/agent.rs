@@ -279,7 +279,7 @@ impl Pipeline {
             });
         }
         downstream.spawn(housekeeping(
-            engine,
+            engine.clone(),
             store.clone(),
             config.clone(),
             stop.clone(),
@@ -302,6 +302,7 @@ impl Pipeline {
             order_rx,
             views_rx,
             writers,
+            engine,
             wake.clone(),
             stop.clone(),
         ));
