@@ -344,7 +344,7 @@ impl ShiftCalendar {
         let first = self.local_date(at) - Duration::days(1);
         let mut best: Option<DateTime<Utc>> = None;
         let consider = |t: DateTime<Utc>, best: &mut Option<DateTime<Utc>>| {
-            if t > at && best.map_or(true, |b| t < b) {
+            if t > at && best.is_none_or(|b| t < b) {
                 *best = Some(t);
             }
         };

@@ -1169,7 +1169,7 @@ pub fn observe(
     } else if row != before {
         // Progress, or a new baseline after the totals went backwards.
         save(&tx, &row, now)?;
-        let due_report = row.reported_at.map_or(true, |t| now - t >= progress_every);
+        let due_report = row.reported_at.is_none_or(|t| now - t >= progress_every);
         if !reported && row.progress != before.progress && due_report {
             report(
                 &tx,

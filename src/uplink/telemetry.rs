@@ -79,7 +79,7 @@ impl TelemetryFilter {
                         .unwrap_or(0.0);
                     last.sent
                         .get(*name)
-                        .map_or(true, |prev| changed(prev, v, deadband))
+                        .is_none_or(|prev| changed(prev, v, deadband))
                 })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
