@@ -224,6 +224,7 @@ pub async fn run_uplink(
         stats: stats.clone(),
         shutdown: shutdown.clone(),
         acked: acked_tx,
+        retained: Default::default(),
     };
     let result = serve(&shared, &cfg).await;
 
