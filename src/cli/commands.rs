@@ -172,6 +172,14 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             &rows
         )
     );
+    let outbox = store.call_blocking(|c| crate::uplink::outbox::counts(c))?;
+    println!(
+        "\noutbox: {} message(s) waiting ({} KB of {} KB), {} telemetry message(s) dropped when full",
+        outbox.depth,
+        outbox.bytes / 1024,
+        outbox.max_bytes / 1024,
+        outbox.dropped
+    );
     Ok(ExitCode::SUCCESS)
 }
 
