@@ -362,7 +362,7 @@ impl Pipeline {
             });
         }
         downstream.spawn(housekeeping(
-            engine,
+            engine.clone(),
             store.clone(),
             config.clone(),
             stop.clone(),
@@ -385,6 +385,7 @@ impl Pipeline {
             order_rx,
             views_rx,
             writers,
+            engine,
             wake.clone(),
             stop.clone(),
         ));
@@ -618,44 +619,96 @@ async fn record(
     let uplink = config.uplink.is_some();
     let heartbeat_s = config.uplink.as_ref().map(|u| u.heartbeat_s).unwrap_or(60);
     let mut filter = crate::uplink::telemetry::TelemetryFilter::new(&config.machine, heartbeat_s);
-    while let Some(event) = events.recv().await {
-        if let MachineEvent::State(change) = &event {
-            info!(
-                machine = %change.machine,
-                state = %change.state,
-                prev = change.prev.map(|p| p.as_str()),
-                reason = change.reason.as_deref(),
-                "state change"
-            );
+    let mut batch = Vec::new();
+    while let Some(first) = events.recv().await {
+        // Everything already waiting goes into the same transaction: one
+        // fsync per batch, not per event.
+        batch.push(first);
+        while batch.len() < MAX_EVENTS_PER_COMMIT {
+            match events.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
         }
-        let outgoing = match &event {
-            _ if !uplink => None,
-            MachineEvent::State(change) => Some(crate::uplink::message::state_message(change)),
-            MachineEvent::Period(period) => Some(crate::uplink::message::period_message(period)),
-            MachineEvent::Telemetry(t) => filter
-                .offer(t, tokio::time::Instant::now())
-                .map(|t| crate::uplink::message::telemetry_message(&t)),
-        };
-        let machine_event = !matches!(event, MachineEvent::Telemetry(_));
-        let result = store
-            .call(move |conn| {
-                let tx = conn.transaction()?;
-                // A period closed again from an older snapshot after a crash is
-                // already stored (and sent): record() says so, and it is not sent twice.
-                let new = !machine_event || crate::machine::history::record(&tx, &event)?;
-                if let (true, Some(out)) = (new, &outgoing) {
-                    crate::uplink::outbox::enqueue(&tx, out)?;
+        let mut work: EventWork = Vec::with_capacity(batch.len());
+        for event in batch.drain(..) {
+            if let MachineEvent::State(change) = &event {
+                info!(
+                    machine = %change.machine,
+                    state = %change.state,
+                    prev = change.prev.map(|p| p.as_str()),
+                    reason = change.reason.as_deref(),
+                    "state change"
+                );
+            }
+            let outgoing = match &event {
+                _ if !uplink => None,
+                MachineEvent::State(change) => Some(crate::uplink::message::state_message(change)),
+                MachineEvent::Period(period) => {
+                    Some(crate::uplink::message::period_message(period))
                 }
-                tx.commit()?;
-                Ok(())
-            })
-            .await;
-        match result {
-            Ok(()) => wake.notify_one(),
-            Err(e) => error!(error = %e, "could not store a machine event"),
+                MachineEvent::Telemetry(t) => filter
+                    .offer(t, tokio::time::Instant::now())
+                    .map(|t| crate::uplink::message::telemetry_message(&t)),
+            };
+            let keep = !matches!(event, MachineEvent::Telemetry(_));
+            if keep || outgoing.is_some() {
+                work.push((keep.then_some(event), outgoing));
+            }
+        }
+        if work.is_empty() {
+            continue;
+        }
+        let enqueued = work.iter().any(|(_, o)| o.is_some());
+        // A failed commit (disk full, I/O error) is retried until it works:
+        // state changes and periods are never dropped. Meanwhile the engine
+        // waits for room and drops only telemetry.
+        let mut retry = Duration::from_millis(200);
+        loop {
+            let attempt = work.clone();
+            let result = store.call(move |conn| commit_events(conn, &attempt)).await;
+            match result {
+                Ok(()) => {
+                    if enqueued {
+                        wake.notify_one();
+                    }
+                    break;
+                }
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    error!(error = %e, retry_ms = retry.as_millis() as u64, "could not store machine events; retrying");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(30));
+                }
+            }
         }
     }
 }
+
+type EventWork = Vec<(
+    Option<MachineEvent>,
+    Option<crate::uplink::outbox::Outgoing>,
+)>;
+
+fn commit_events(conn: &mut rusqlite::Connection, work: &EventWork) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    for (event, outgoing) in work {
+        // A period closed again from an older snapshot after a crash is
+        // already stored (and sent): record() says so, and it is not sent twice.
+        let new = match event {
+            Some(e) => crate::machine::history::record(&tx, e)?,
+            None => true,
+        };
+        if let (true, Some(out)) = (new, outgoing) {
+            crate::uplink::outbox::enqueue(&tx, out)?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Most machine events committed in one transaction.
+const MAX_EVENTS_PER_COMMIT: usize = 512;
 
 async fn watch_view(mut rx: watch::Receiver<MachineView>, board: Board, stop: CancellationToken) {
     loop {

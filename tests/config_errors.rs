@@ -103,3 +103,38 @@ fn all_problems_are_reported_at_once() {
     assert!(e.contains("gateway.id"), "{e}");
     assert!(e.contains("machine[0].bus"), "{e}");
 }
+
+#[test]
+fn orders_on_a_machine_of_an_mqtt_bus_are_refused() {
+    let text = r#"
+[gateway]
+id = "gw"
+site = "s"
+
+[[bus]]
+id = "plc"
+transport = "mqtt"
+address = "mqtt://127.0.0.1:1883"
+
+[[machine]]
+id = "oven2"
+bus = "plc"
+
+[[machine.signal]]
+name = "count"
+topic = "plc/oven2/count"
+
+[machine.counters]
+produced = "count"
+
+[machine.orders]
+order_number = { area = "holding", address = 200, type = "u32" }
+product_code = { area = "holding", address = 202, map = { "P-1" = 1 } }
+quantity = { area = "holding", address = 203 }
+start = { area = "coil", address = 10 }
+max_quantity = 10
+"#;
+    let e = error_of(text);
+    assert!(e.contains("machine[0].orders"), "{e}");
+    assert!(e.contains("mqtt bus"), "{e}");
+}

@@ -1,8 +1,8 @@
 //! The order task against a real in-process Modbus TCP server standing in
-//! for a machine's order registers. A small bus loop written here serves
-//! `WriteRequest`s by writing through a real tokio-modbus client and
-//! reading back (the agent's own bus task replaces it); the machine's view
-//! is a `watch` channel the test drives.
+//! for a machine's order registers, written through the agent's own bus
+//! task (`run_bus`: write, read back, compare); the machine's view is a
+//! `watch` channel the test drives, and what the task tells the state
+//! engine is collected from the engine's command channel.
 
 mod orders_support;
 
@@ -14,12 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use linegate::config::Area;
+use linegate::config::Config;
+use linegate::machine::engine::{engine_channel, EngineCommand, EngineHandle};
 use linegate::machine::{MachineState, MachineView};
 use linegate::orders::book::{self, OrderState};
 use linegate::orders::{run_orders_with, DispatchOptions, OrderMessage};
-use linegate::source::modbus::{WriteData, WriteError, WriteRequest};
+use linegate::source::modbus::{run_bus, BusStats, WriteRequest};
 use linegate::store::Store;
+use linegate::systemd::Liveness;
 use orders_support::*;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -55,6 +57,9 @@ impl tokio_modbus::server::Service for MachineService {
                         .map(|i| h.get(&i).copied().unwrap_or(0))
                         .collect(),
                 ))
+            }
+            Request::ReadInputRegisters(_, n) => {
+                Ok(Response::ReadInputRegisters(vec![0; n.into()]))
             }
             Request::ReadCoils(a, n) => {
                 let c = r.coils.lock().unwrap();
@@ -95,77 +100,48 @@ async fn start_machine(regs: Arc<Registers>) -> SocketAddr {
     addr
 }
 
-/// Stand-in bus task: each write made through a real Modbus client, read
-/// back and compared, the answer on the request's oneshot.
-fn serve_bus(addr: SocketAddr, mut rx: mpsc::Receiver<WriteRequest>) {
-    tokio::spawn(async move {
-        while let Some(req) = rx.recv().await {
-            let result = write_batch(addr, &req).await;
-            let _ = req.reply.send(result);
-        }
-    });
+/// The agent's own bus task on the machine: it polls (the samples are
+/// drained here; the test drives the view) and serves the order task's
+/// writes between polls, each read back and compared.
+fn start_bus(
+    config: &Config,
+    writes: mpsc::Receiver<WriteRequest>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let bus = config.bus[0].clone();
+    let (sample_tx, mut sample_rx) = mpsc::channel(64);
+    tokio::spawn(async move { while sample_rx.recv().await.is_some() {} });
+    let stats = Arc::new(BusStats::new(&bus.id));
+    tokio::spawn(run_bus(
+        bus,
+        config.machine.clone(),
+        sample_tx,
+        writes,
+        stats,
+        Liveness::new().register("modbus bus"),
+        shutdown,
+    ))
 }
 
-async fn write_batch(addr: SocketAddr, req: &WriteRequest) -> Result<(), WriteError> {
-    let t = Duration::from_secs(2);
-    let fail = |area: Area, address: u16, reason: String| WriteError::Failed {
-        machine: req.machine.clone(),
-        area,
-        address,
-        reason,
-    };
-    let first = req
-        .writes
-        .first()
-        .map(|w| (w.area, w.address))
-        .unwrap_or((Area::Holding, 0));
-    let mut ctx = tokio::time::timeout(t, tcp::connect(addr))
-        .await
-        .map_err(|_| fail(first.0, first.1, "connect timed out".into()))?
-        .map_err(|e| fail(first.0, first.1, e.to_string()))?;
-    for w in &req.writes {
-        let (wanted, got) = match &w.data {
-            WriteData::Registers(words) => {
-                let r =
-                    tokio::time::timeout(t, ctx.write_multiple_registers(w.address, words)).await;
-                match r {
-                    Ok(Ok(Ok(()))) => {}
-                    other => return Err(fail(w.area, w.address, format!("{other:?}"))),
-                }
-                let back = tokio::time::timeout(
-                    t,
-                    ctx.read_holding_registers(w.address, words.len() as u16),
-                )
-                .await;
-                match back {
-                    Ok(Ok(Ok(v))) if v.len() == words.len() => (words.clone(), v),
-                    other => return Err(fail(w.area, w.address, format!("read back: {other:?}"))),
-                }
+/// What the order task told the state engine: (machine, ideal cycle time).
+type IdealCycles = Arc<Mutex<Vec<(String, Option<f64>)>>>;
+
+fn engine_listener() -> (EngineHandle, IdealCycles) {
+    let (handle, mut rx) = engine_channel();
+    let seen: IdealCycles = Arc::default();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Some(cmd) = rx.recv().await {
+            if let EngineCommand::IdealCycle {
+                machine,
+                ideal_cycle_s,
+            } = cmd
+            {
+                s.lock().unwrap().push((machine, ideal_cycle_s));
             }
-            WriteData::Coil(bit) => {
-                match tokio::time::timeout(t, ctx.write_single_coil(w.address, *bit)).await {
-                    Ok(Ok(Ok(()))) => {}
-                    other => return Err(fail(w.area, w.address, format!("{other:?}"))),
-                }
-                match tokio::time::timeout(t, ctx.read_coils(w.address, 1)).await {
-                    Ok(Ok(Ok(v))) if !v.is_empty() => {
-                        (vec![u16::from(*bit)], vec![u16::from(v[0])])
-                    }
-                    other => return Err(fail(w.area, w.address, format!("read back: {other:?}"))),
-                }
-            }
-        };
-        if wanted != got {
-            return Err(WriteError::Mismatch {
-                machine: req.machine.clone(),
-                area: w.area,
-                address: w.address,
-                wanted,
-                got,
-            });
         }
-    }
-    Ok(())
+    });
+    (handle, seen)
 }
 
 /// A running order task with its machine, view and inbox.
@@ -175,8 +151,10 @@ struct Rig {
     regs: Arc<Registers>,
     view: watch::Sender<MachineView>,
     inbox: mpsc::Sender<OrderMessage>,
+    ideal_cycles: IdealCycles,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    bus: tokio::task::JoinHandle<()>,
 }
 
 fn view(state: MachineState, produced: u64) -> MachineView {
@@ -212,8 +190,9 @@ impl Rig {
         let (view_tx, view_rx) = watch::channel(first_view);
         let (inbox_tx, inbox_rx) = mpsc::channel(8);
         let (bus_tx, bus_rx) = mpsc::channel(8);
-        serve_bus(addr, bus_rx);
         let shutdown = CancellationToken::new();
+        let bus = start_bus(&config, bus_rx, shutdown.clone());
+        let (engine, ideal_cycles) = engine_listener();
         let options = DispatchOptions {
             write_attempts: 3,
             backoff_min: Duration::from_millis(20),
@@ -221,6 +200,7 @@ impl Rig {
             write_timeout: Duration::from_secs(5),
             progress_every: Duration::ZERO,
             late_check: Duration::from_millis(50),
+            engine: Some(engine),
         };
         let task = tokio::spawn(run_orders_with(
             config,
@@ -239,8 +219,10 @@ impl Rig {
             regs,
             view: view_tx,
             inbox: inbox_tx,
+            ideal_cycles,
             shutdown,
             task,
+            bus,
         }
     }
 
@@ -316,6 +298,7 @@ impl Rig {
     async fn stop(self) -> (tempfile::TempDir, Arc<Registers>) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.bus).await;
         (self._dir, self.regs)
     }
 }
@@ -585,5 +568,46 @@ async fn an_order_on_the_machine_survives_a_restart_and_keeps_its_parts() {
         .filter(|e| e["state"] == "released")
         .count();
     assert_eq!(released, 1, "never released twice");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn an_orders_ideal_cycle_time_goes_to_the_engine_while_it_is_on_the_machine() {
+    let rig = Rig::start().await;
+    let mut timed = order("WO-T", "P-4711", 2, 1);
+    timed["ideal_cycle_s"] = json!(9.5);
+    rig.send(json!({"type": "plan", "plan_id": "HJ-T", "orders": [timed, order("WO-U", "P-4712", 1, 2)]}))
+        .await;
+    rig.wait_for("WO-T", OrderState::Released).await;
+    let told = |rig: &Rig| rig.ideal_cycles.lock().unwrap().clone();
+    // The engine is told just after the release is recorded.
+    for _ in 0..500 {
+        if !told(&rig).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(told(&rig), [("press07".to_string(), Some(9.5))]);
+
+    rig.set_view(MachineState::Running, 102);
+    rig.wait_for("WO-T", OrderState::Completed).await;
+    rig.set_view(MachineState::Idle, 102);
+    // WO-U has no cycle time of its own: the config's applies again.
+    rig.wait_for("WO-U", OrderState::Released).await;
+    for _ in 0..500 {
+        if told(&rig).len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        told(&rig),
+        [
+            ("press07".to_string(), Some(9.5)),
+            ("press07".to_string(), None),
+            ("press07".to_string(), None),
+        ],
+        "set at release, dropped at completion, none for an order without one"
+    );
     rig.stop().await;
 }

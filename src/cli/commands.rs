@@ -127,6 +127,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     let (_config, store) = open_store(args.config.config.as_deref())?;
     let rows = store.call_blocking(|c| crate::machine::history::current(c))?;
     if args.json {
+        let rows: Vec<serde_json::Value> = rows.iter().map(status_json).collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -171,7 +172,38 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             &rows
         )
     );
+    let outbox = store.call_blocking(|c| crate::uplink::outbox::counts(c))?;
+    println!(
+        "\noutbox: {} message(s) waiting ({} KB of {} KB), {} telemetry message(s) dropped when full",
+        outbox.depth,
+        outbox.bytes / 1024,
+        outbox.max_bytes / 1024,
+        outbox.dropped
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One machine of `status --json`: its state, and the current period so far
+/// in the contract's utilisation shape (`period` {kind, start, end},
+/// `seconds`, `counts`, `kpi`; `end` is how far it is attributed).
+fn status_json(s: &crate::machine::history::MachineStatus) -> serde_json::Value {
+    let ts = |t: chrono::DateTime<chrono::Utc>| crate::machine::history::ts(t);
+    let mut row = serde_json::json!({
+        "machine": s.machine,
+        "state": s.state,
+        "since": ts(s.since),
+        "reason": s.reason,
+        "saved_at": s.saved_at.map(ts),
+    });
+    if let (Some(p), Some(obj)) = (&s.period, row.as_object_mut()) {
+        let body = crate::uplink::message::period_message(p).body;
+        for key in ["period", "seconds", "counts", "kpi"] {
+            if let Some(v) = body.get(key) {
+                obj.insert(key.into(), v.clone());
+            }
+        }
+    }
+    row
 }
 
 fn parse_time(s: Option<&str>, flag: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
@@ -376,6 +408,10 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
         agent.await.context("agent task")??;
         anyhow::Ok(())
     })?;
+    // The demo's store is throwaway: nothing of a real line is in it.
+    if let Err(e) = std::fs::remove_dir_all(&data_dir) {
+        eprintln!("linegate: could not remove {}: {e}", data_dir.display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

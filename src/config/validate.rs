@@ -442,6 +442,15 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
         }
     }
 
+    if let (Some(_), Some(Transport::Mqtt)) = (&m.orders, transport) {
+        issues.push(
+            format!("machine[{i}].orders"),
+            format!(
+                "machine {:?} is on an mqtt bus, which cannot write order registers; orders need a tcp or rtu bus",
+                m.id
+            ),
+        );
+    }
     if let Some(o) = &m.orders {
         let regs: Vec<(String, &OrderRegister)> = [
             ("order_number".to_string(), &o.order_number),

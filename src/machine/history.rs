@@ -21,7 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::accounting::AccountSnapshot;
-use super::{ClosedPeriod, MachineEvent, MachineState, PeriodKind};
+use super::{ClosedPeriod, MachineEvent, MachineState, PeriodKind, StateChange};
 use crate::store::StoreError;
 
 /// Tables of machine history (migration "machine history").
@@ -68,6 +68,9 @@ const SELECT_PERIODS: &str = "SELECT json FROM period
 const SELECT_LAST_CHANGES: &str = "SELECT s.machine, s.state, s.since, s.reason FROM state_change s
      WHERE s.id = (SELECT MAX(id) FROM state_change t WHERE t.machine = s.machine)
      ORDER BY s.machine";
+const SELECT_STATE_CHANGES: &str = "SELECT machine, state, prev, since, reason FROM state_change
+     WHERE (?1 IS NULL OR machine = ?1) AND (?2 IS NULL OR since >= ?2) AND (?3 IS NULL OR since < ?3)
+     ORDER BY id";
 const DELETE_OLD_STATES: &str = "DELETE FROM state_change WHERE since < ?1";
 const DELETE_OLD_PERIODS: &str = "DELETE FROM period WHERE end_at < ?1";
 
@@ -184,6 +187,47 @@ pub fn periods(
     Ok(out)
 }
 
+/// Stored state changes in the order they were recorded, with `since` in
+/// `[from, to)`; `machine` narrows to one. A row that cannot be read (an
+/// unknown state name) is skipped with a warning.
+pub fn state_changes(
+    conn: &Connection,
+    machine: Option<&str>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> Result<Vec<StateChange>, StoreError> {
+    let mut stmt = conn.prepare_cached(SELECT_STATE_CHANGES)?;
+    let rows = stmt.query_map(params![machine, from.map(ts), to.map(ts)], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (machine, state, prev, since, reason) = row?;
+        let since = DateTime::parse_from_rfc3339(&since)
+            .ok()
+            .map(|t| t.with_timezone(&Utc));
+        match (parse_state(&state), since) {
+            (Some(state), Some(since)) => out.push(StateChange {
+                machine,
+                state,
+                prev: prev.as_deref().and_then(parse_state),
+                since,
+                reason,
+            }),
+            _ => {
+                tracing::warn!(machine = %machine, state = %state, "unreadable state change row skipped")
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// What `linegate status` shows about one machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MachineStatus {
@@ -291,7 +335,6 @@ pub fn last_state(
 mod tests {
     use super::*;
     use crate::machine::accounting::{Account, AccountSettings, Observation, Observed};
-    use crate::machine::StateChange;
     use crate::store::Store;
 
     fn t(s: &str) -> DateTime<Utc> {
@@ -444,6 +487,24 @@ mod tests {
             .unwrap();
         assert_eq!(status.len(), 1);
         assert_eq!(status[0].state, MachineState::Down);
+        let changes = store
+            .call_blocking(|c| state_changes(c, Some("lathe2"), None, None))
+            .unwrap();
+        assert_eq!(
+            changes
+                .iter()
+                .map(|c| (c.state, c.since))
+                .collect::<Vec<_>>(),
+            vec![
+                (MachineState::Running, t("2026-03-02T10:00:00Z")),
+                (MachineState::Down, t("2026-03-02T10:03:00Z")),
+            ]
+        );
+        let later = store
+            .call_blocking(|c| state_changes(c, None, Some(t("2026-03-02T10:01:00Z")), None))
+            .unwrap();
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].reason.as_deref(), Some("alarm_code 17: door open"));
         assert_eq!(
             status[0].reason.as_deref(),
             Some("alarm_code 17: door open")

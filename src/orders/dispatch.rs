@@ -19,6 +19,10 @@
 //! A message is acknowledged (`committed` fires) only after its answer is
 //! committed; if the store fails, `committed` is dropped and the broker
 //! delivers the message again.
+//!
+//! While an order is on its machine, its `ideal_cycle_s` (or none: the
+//! config's) is handed to the state engine for the performance KPI; when
+//! it leaves (completed, held, cancelled) the config's applies again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::machine::engine::EngineHandle;
 use crate::machine::{MachineState, MachineView};
 use crate::orders::book::{self, AuditEntry, Counts, Enqueue, StopRequest};
 use crate::orders::command::{self, NamedWrite};
@@ -37,7 +42,7 @@ use crate::orders::OrderMessage;
 use crate::source::modbus::{WriteError, WriteRequest};
 use crate::store::Store;
 
-/// Timing of the order task.
+/// Timing of the order task, and where ideal cycle times go.
 #[derive(Debug, Clone)]
 pub struct DispatchOptions {
     /// Attempts of one write batch before the order is aborted.
@@ -51,6 +56,9 @@ pub struct DispatchOptions {
     pub progress_every: Duration,
     /// How often due dates are checked for `late`.
     pub late_check: Duration,
+    /// The state engine, told the ideal cycle time of the order on each
+    /// machine (performance KPI). `None`: order cycle times go nowhere.
+    pub engine: Option<EngineHandle>,
 }
 
 impl Default for DispatchOptions {
@@ -62,11 +70,13 @@ impl Default for DispatchOptions {
             write_timeout: Duration::from_secs(10),
             progress_every: Duration::from_secs(30),
             late_check: Duration::from_secs(5),
+            engine: None,
         }
     }
 }
 
-/// The order task of the agent: statuses go to the real outbox.
+/// The order task of the agent: statuses go to the real outbox, order
+/// cycle times to the state engine.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_orders(
     config: Arc<Config>,
@@ -74,6 +84,7 @@ pub async fn run_orders(
     inbox: mpsc::Receiver<OrderMessage>,
     views: HashMap<String, watch::Receiver<MachineView>>,
     writers: HashMap<String, mpsc::Sender<WriteRequest>>,
+    engine: EngineHandle,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
@@ -86,7 +97,10 @@ pub async fn run_orders(
         wake,
         shutdown,
         crate::uplink::outbox::enqueue,
-        DispatchOptions::default(),
+        DispatchOptions {
+            engine: Some(engine),
+            ..DispatchOptions::default()
+        },
     )
     .await
 }
@@ -191,7 +205,15 @@ pub async fn run_orders_with(
         done_tx,
     };
     match d.store.call(|c| book::machines_with_orders(c)).await {
-        Ok(m) if !m.is_empty() => info!(machines = ?m, "orders reloaded from the store"),
+        Ok(m) if !m.is_empty() => {
+            info!(machines = ?m, "orders reloaded from the store");
+            for machine in m {
+                let id = machine.clone();
+                if let Ok(Some(on)) = d.store.call(move |c| book::current(c, &id)).await {
+                    d.ideal_cycle(&machine, on.ideal_cycle_s).await;
+                }
+            }
+        }
         Ok(_) => {}
         Err(e) => error!(error = %e, "cannot read the order book"),
     }
@@ -301,6 +323,7 @@ impl Dispatcher {
             Ok(Some(done)) => {
                 info!(machine = %machine, order = %done.order_id, produced = done.progress.produced, "order completed");
                 self.wake.notify_one();
+                self.ideal_cycle(&machine, None).await;
             }
             Ok(None) => self.wake.notify_one(),
             Err(e) => error!(machine = %machine, error = %e, "cannot record order progress"),
@@ -489,8 +512,12 @@ impl Dispatcher {
                         book::mark_released(c, enqueue, &order_id, revision, baseline, now)
                     })
                     .await;
-                if let Err(e) = r {
-                    error!(machine = %machine, error = %e, "cannot record a released order");
+                match r {
+                    Ok(Some(row)) => self.ideal_cycle(&machine, row.ideal_cycle_s).await,
+                    Ok(None) => {}
+                    Err(e) => {
+                        error!(machine = %machine, error = %e, "cannot record a released order")
+                    }
                 }
                 self.wake.notify_one();
                 // The machine may already have moved on while we wrote.
@@ -517,6 +544,7 @@ impl Dispatcher {
             WriteDone::Stop { stop, result } => {
                 let totals = self.latest.get(&stop.machine).map(Counts::of_view);
                 let machine = stop.machine.clone();
+                let stopped = result.is_ok();
                 let r = self
                     .store
                     .call(move |c| book::finish_stop(c, enqueue, &stop, totals, result, now))
@@ -525,6 +553,19 @@ impl Dispatcher {
                     error!(machine = %machine, error = %e, "cannot record a hold or cancel");
                 }
                 self.wake.notify_one();
+                if stopped {
+                    self.ideal_cycle(&machine, None).await;
+                }
+            }
+        }
+    }
+
+    /// Tell the engine the ideal cycle time of the order now on `machine`
+    /// (`None`: the config's again).
+    async fn ideal_cycle(&self, machine: &str, ideal_cycle_s: Option<f64>) {
+        if let Some(engine) = &self.options.engine {
+            if !engine.set_ideal_cycle(machine, ideal_cycle_s).await {
+                debug!(machine = %machine, "state engine gone; ideal cycle time not passed on");
             }
         }
     }

@@ -145,7 +145,8 @@ pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 5000;",
+         PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -1024;",
     )
     .map_err(|source| StoreError::Open {
         path: path.to_path_buf(),

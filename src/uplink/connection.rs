@@ -10,7 +10,11 @@
 //! ("historical", sent with `historical: true`) go in `seq` order too, paced
 //! by `historical_per_s` and limited to three quarters of the window, so a
 //! new state change never waits behind a week of stored telemetry. Each
-//! stream is ordered by `seq`; the two interleave.
+//! stream is ordered by `seq`; the two interleave. Because they interleave, a
+//! retained row (a machine's state) is published with the retain flag only
+//! if no newer row of its topic was handed over before it in this run of the
+//! agent: a stale state from the backlog must not replace the retained
+//! latest one on the broker.
 //!
 //! Packet ids: rumqttc takes requests from its channel in order and reports
 //! `Outgoing::Publish(pkid)` for each publish in the same order, so a FIFO of
@@ -64,6 +68,27 @@ pub(super) struct Shared {
     pub acked: mpsc::UnboundedSender<u64>,
     /// Beats on every turn of the connection loops, for the watchdog.
     pub heartbeat: Heartbeat,
+    /// Topic suffix → newest seq handed over with the retain flag, across
+    /// connections: an older row of the same topic goes without retain.
+    pub retained: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+impl Shared {
+    /// Whether the row `seq` of `topic_suffix` may replace the broker's
+    /// retained message: true unless a newer one was handed over already
+    /// (the live stream overtook the backlog). Notes it when true.
+    fn newest_retained(&self, topic_suffix: &str, seq: u64) -> bool {
+        let Ok(mut newest) = self.retained.lock() else {
+            return true;
+        };
+        match newest.get(topic_suffix) {
+            Some(&n) if n > seq => false,
+            _ => {
+                newest.insert(topic_suffix.to_string(), seq);
+                true
+            }
+        }
+    }
 }
 
 /// How a connection ended.
@@ -579,7 +604,8 @@ impl Connection<'_> {
             }
         };
         let topic = format!("{}/{}", self.prefix, row.topic_suffix);
-        match self.client.publish(topic, row.retain, payload) {
+        let retain = row.retain && self.shared.newest_retained(&row.topic_suffix, seq);
+        match self.client.publish(topic, retain, payload) {
             Ok(()) => {
                 self.handed.push_back(Tag::Row {
                     seq,

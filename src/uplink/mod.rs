@@ -233,6 +233,7 @@ pub async fn run_uplink(
         shutdown: shutdown.clone(),
         acked: acked_tx,
         heartbeat,
+        retained: Default::default(),
     };
     let result = serve(&shared, &cfg).await;
 

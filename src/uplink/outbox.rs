@@ -263,12 +263,17 @@ fn enforce_cap(conn: &Connection, max_bytes: i64) -> Result<(), StoreError> {
     }
     if dropped > 0 {
         conn.prepare_cached(COUNT_DROP)?.execute(params![dropped])?;
-        tracing::debug!(
-            dropped,
-            bytes,
-            max_bytes,
-            "outbox full: dropped oldest telemetry"
-        );
+        // Logged at the first drop and then every 1000, not on every enqueue.
+        let total = counts(conn)?.dropped;
+        let dropped_now = dropped as u64;
+        if total == dropped_now || total / 1000 != total.saturating_sub(dropped_now) / 1000 {
+            tracing::warn!(
+                dropped_total = total,
+                bytes,
+                max_bytes,
+                "outbox full: oldest telemetry dropped (state changes, periods and order statuses are kept; raise store.outbox_max_mb to keep more)"
+            );
+        }
     }
     let still_over = bytes > max_bytes;
     if still_over != over_cap {
