@@ -198,7 +198,13 @@ async fn wrong_password_is_refused(protocol: MqttVersion) {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let snap = agent.stats.snapshot();
     assert!(!snap.connected);
-    assert_eq!(agent.stats.connects.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        agent
+            .stats
+            .connects
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     assert_eq!(snap.sent, 0);
     assert_eq!(snap.depth, 1, "the message waits in the outbox");
     let error = snap.last_error.unwrap();
@@ -231,7 +237,9 @@ async fn a_missing_password_file_stops_the_uplink_with_the_key_and_the_path() {
         .await
         .expect("run_uplink returns at once")
         .unwrap();
-    let error = result.expect_err("a missing password file is an error").to_string();
+    let error = result
+        .expect_err("a missing password file is an error")
+        .to_string();
     assert!(error.contains("uplink.password_file"), "{error}");
     assert!(
         error.contains(&missing.display().to_string()),

@@ -186,10 +186,12 @@ impl ConnectSettings {
             }
             (Some(u), None, None) => format!("uplink.username {u:?}, no password set"),
         };
-        let describe_error: DescribeError = Arc::new(move |e: &str, kind: ErrorKind| match kind {
+        let describe_error: DescribeError = Arc::new(move |e: &str, kind: ErrorKind| {
+            match kind {
             ErrorKind::Tls => format!("TLS with broker {where_} failed: {e} (trusted CA: {ca}; check the broker's certificate, its host name and uplink.client_cert_file)"),
             ErrorKind::Credentials => format!("broker {where_} refused the credentials: {e} ({login}; check uplink.username and the password)"),
             ErrorKind::Other => format!("broker {where_}: {e}"),
+        }
         });
         Ok(ConnectSettings {
             addr,
