@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::message::{self, GatewayInfo, StatusCounts, ORDERS_CMD_SUFFIX, STATUS_SUFFIX};
 use super::outbox::{self, OutboxRow, Stream};
 use super::pacing::RateLimit;
-use super::{ConnectSettings, UplinkStats};
+use super::{ConnectSettings, ErrorKind, UplinkStats};
 use crate::config::MqttVersion;
 use crate::orders::OrderMessage;
 use crate::store::{Store, StoreError};
@@ -276,7 +276,7 @@ fn open(
                     let stop = ev.is_err();
                     let ev = ev
                         .map(v4_event)
-                        .map_err(|e| describe(&e.to_string(), is_tls_v4(&e)));
+                        .map_err(|e| describe(&e.to_string(), kind_v4(&e)));
                     if tx.send(ev).await.is_err() || stop {
                         break;
                     }
@@ -313,7 +313,7 @@ fn open(
                     let stop = ev.is_err();
                     let ev = ev
                         .map(v5_event)
-                        .map_err(|e| describe(&e.to_string(), is_tls_v5(&e)));
+                        .map_err(|e| describe(&e.to_string(), kind_v5(&e)));
                     if tx.send(ev).await.is_err() || stop {
                         break;
                     }
@@ -324,12 +324,25 @@ fn open(
     }
 }
 
-fn is_tls_v4(e: &rumqttc::ConnectionError) -> bool {
-    matches!(e, rumqttc::ConnectionError::Tls(_))
+fn kind_v4(e: &rumqttc::ConnectionError) -> ErrorKind {
+    use rumqttc::{ConnectReturnCode as C, ConnectionError as E};
+    match e {
+        E::Tls(_) => ErrorKind::Tls,
+        E::ConnectionRefused(C::BadUserNamePassword | C::NotAuthorized) => ErrorKind::Credentials,
+        _ => ErrorKind::Other,
+    }
 }
 
-fn is_tls_v5(e: &v5::ConnectionError) -> bool {
-    matches!(e, v5::ConnectionError::Tls(_))
+fn kind_v5(e: &v5::ConnectionError) -> ErrorKind {
+    use v5::mqttbytes::v5::ConnectReturnCode as C;
+    use v5::ConnectionError as E;
+    match e {
+        E::Tls(_) => ErrorKind::Tls,
+        E::ConnectionRefused(
+            C::BadUserNamePassword | C::NotAuthorized | C::BadAuthenticationMethod,
+        ) => ErrorKind::Credentials,
+        _ => ErrorKind::Other,
+    }
 }
 
 // ---------------------------------------------------------------------------

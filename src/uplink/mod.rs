@@ -130,8 +130,17 @@ impl UplinkStats {
     }
 }
 
+/// What went wrong with a connection, for its description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    Tls,
+    /// The CONNACK refused the username/password (or their absence).
+    Credentials,
+    Other,
+}
+
 /// Turns a connection error into a message a user can act on.
-type DescribeError = Arc<dyn Fn(&str, bool) -> String + Send + Sync>;
+type DescribeError = Arc<dyn Fn(&str, ErrorKind) -> String + Send + Sync>;
 
 /// Everything needed to open a connection, checked once at start.
 #[derive(Clone)]
@@ -166,12 +175,23 @@ impl ConnectSettings {
         };
         let where_ = format!("{}:{}", addr.host, addr.port);
         let ca = tls::ca_description(cfg);
-        let describe_error: DescribeError = Arc::new(move |e: &str, is_tls: bool| {
-            if is_tls {
-                format!("TLS with broker {where_} failed: {e} (trusted CA: {ca}; check the broker's certificate, its host name and uplink.client_cert_file)")
-            } else {
-                format!("broker {where_}: {e}")
+        let login = match (&cfg.username, &cfg.password_file, &cfg.password_env) {
+            (None, _, _) => "no uplink.username set".to_string(),
+            (Some(u), Some(path), _) => format!(
+                "uplink.username {u:?}, password from uplink.password_file {}",
+                path.display()
+            ),
+            (Some(u), None, Some(name)) => {
+                format!("uplink.username {u:?}, password from uplink.password_env {name}")
             }
+            (Some(u), None, None) => format!("uplink.username {u:?}, no password set"),
+        };
+        let describe_error: DescribeError = Arc::new(move |e: &str, kind: ErrorKind| {
+            match kind {
+            ErrorKind::Tls => format!("TLS with broker {where_} failed: {e} (trusted CA: {ca}; check the broker's certificate, its host name and uplink.client_cert_file)"),
+            ErrorKind::Credentials => format!("broker {where_} refused the credentials: {e} ({login}; check uplink.username and the password)"),
+            ErrorKind::Other => format!("broker {where_}: {e}"),
+        }
         });
         Ok(ConnectSettings {
             addr,

@@ -1,0 +1,262 @@
+//! `linegate orders` as a planner uses it, on a store that holds orders put
+//! there through the library (intake, release, progress): the table, `--json`,
+//! `--machine`, and a config file that does not exist.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use chrono::{DateTime, Utc};
+use linegate::config::Config;
+use linegate::machine::{MachineState, MachineView};
+use linegate::orders::book::{self, Counts};
+use linegate::orders::command;
+use linegate::store::Store;
+use linegate::uplink::outbox::{self, OutboxPolicy};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_linegate");
+
+/// Two machines that take orders, on one bus nobody has to serve.
+fn config_text(data_dir: &Path) -> String {
+    let orders = r#"
+[machine.counters]
+produced = "parts"
+[machine.orders]
+order_number = { area = "holding", address = 200, type = "u32" }
+product_code = { area = "holding", address = 202, type = "u16", map = { "P-4711" = 11, "P-4712" = 12 } }
+quantity     = { area = "holding", address = 203, type = "u16", max = 5000 }
+start        = { area = "coil", address = 10 }
+max_quantity = 5000
+"#;
+    let machine = |id: &str| {
+        format!(
+            "[[machine]]\nid = \"{id}\"\nbus = \"line1\"\n[[machine.signal]]\nname = \"parts\"\narea = \"input\"\naddress = 0\ntype = \"u32\"\n{orders}"
+        )
+    };
+    format!(
+        "[gateway]\nid = \"gw1\"\nsite = \"plant\"\ndata_dir = {:?}\n\n[[bus]]\nid = \"line1\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:5020\"\n\n{}\n{}",
+        data_dir.display().to_string(),
+        machine("press07"),
+        machine("press08"),
+    )
+}
+
+fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-26T08:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn order(id: &str, machine: &str, product: &str, quantity: u32, sequence: i64) -> Value {
+    json!({"type": "order", "order_id": id, "revision": 1, "machine": machine,
+           "product": product, "quantity": quantity, "due": "2026-11-26T14:00:00Z",
+           "sequence": sequence})
+}
+
+/// A config file and a store holding three orders:
+/// WO-1 on press07 running at 37/120, WO-2 queued behind it, WO-3 queued on press08.
+struct Line {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+fn line() -> Line {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let text = config_text(&data_dir);
+    let config_path = dir.path().join("line.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let config = Config::from_toml(&text, &config_path).expect("test config is valid");
+
+    let store = Store::open(&config.gateway.data_dir).unwrap();
+    store
+        .call_blocking(|c| outbox::configure(c, OutboxPolicy::from_mb(64)))
+        .unwrap();
+    for o in [
+        order("WO-1", "press07", "P-4711", 120, 1),
+        order("WO-2", "press07", "P-4712", 40, 2),
+        order("WO-3", "press08", "P-4712", 300, 1),
+    ] {
+        let parsed = command::parse(o.to_string().as_bytes(), &config);
+        store
+            .call_blocking(move |c| book::intake(c, outbox::enqueue, parsed, &|_| false, now()))
+            .unwrap();
+    }
+    // WO-1 goes onto press07 at a part total of 1000 and has made 37 since.
+    let released = now() + chrono::Duration::minutes(1);
+    store
+        .call_blocking(move |c| {
+            let base = Counts {
+                produced: 1000,
+                good: 1000,
+                scrap: 0,
+            };
+            book::mark_released(c, outbox::enqueue, "WO-1", 1, base, released)
+        })
+        .unwrap()
+        .expect("WO-1 is in the book");
+    let view = MachineView {
+        machine: "press07".into(),
+        state: MachineState::Running,
+        since: released,
+        reason: None,
+        produced_total: 1037,
+        good_total: 1035,
+        scrap_total: 2,
+    };
+    store
+        .call_blocking(move |c| {
+            book::observe(
+                c,
+                outbox::enqueue,
+                &view,
+                chrono::Duration::seconds(30),
+                released + chrono::Duration::minutes(5),
+            )
+        })
+        .unwrap();
+    drop(store);
+    Line {
+        _dir: dir,
+        config: config_path,
+    }
+}
+
+fn linegate(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("LINEGATE_CONFIG")
+        .output()
+        .expect("the linegate binary runs")
+}
+
+fn stdout_of(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}, stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).expect("UTF-8 output")
+}
+
+/// The table line that starts with `order_id`.
+fn row<'a>(table: &'a str, order_id: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(order_id))
+        .unwrap_or_else(|| panic!("no row for {order_id} in:\n{table}"))
+        .split_whitespace()
+        .collect()
+}
+
+#[test]
+fn the_table_lists_every_order_with_machine_product_progress_and_state() {
+    let line = line();
+    let table = stdout_of(&linegate(&["orders", "-c", line.config.to_str().unwrap()]));
+    let header = table.lines().next().unwrap_or_default();
+    for column in ["order", "machine", "product", "produced", "state"] {
+        assert!(header.contains(column), "{column} in header: {header}");
+    }
+    for (id, machine, product, progress, state) in [
+        ("WO-1", "press07", "P-4711", "37/120", "running"),
+        ("WO-2", "press07", "P-4712", "0/40", "queued"),
+        ("WO-3", "press08", "P-4712", "0/300", "queued"),
+    ] {
+        let cells = row(&table, id);
+        for want in [machine, product, progress, state] {
+            assert!(
+                cells.contains(&want),
+                "{want} in the row of {id}: {cells:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn json_output_is_an_array_of_orders_with_their_fields() {
+    let line = line();
+    let text = stdout_of(&linegate(&[
+        "orders",
+        "-c",
+        line.config.to_str().unwrap(),
+        "--json",
+    ]));
+    let rows: Value = serde_json::from_str(&text).expect("--json prints valid JSON");
+    let rows = rows.as_array().expect("a JSON array");
+    assert_eq!(rows.len(), 3);
+    let wo1 = rows
+        .iter()
+        .find(|r| r["order_id"] == "WO-1")
+        .expect("WO-1 listed");
+    assert_eq!(wo1["machine"], "press07");
+    assert_eq!(wo1["product"], "P-4711");
+    assert_eq!(wo1["quantity"], 120);
+    assert_eq!(wo1["state"], "running");
+    assert_eq!(wo1["progress"]["produced"], 37);
+    assert_eq!(wo1["progress"]["scrap"], 2);
+    let wo3 = rows
+        .iter()
+        .find(|r| r["order_id"] == "WO-3")
+        .expect("WO-3 listed");
+    assert_eq!(wo3["machine"], "press08");
+    assert_eq!(wo3["quantity"], 300);
+    assert_eq!(wo3["state"], "queued");
+    assert_eq!(wo3["progress"]["produced"], 0);
+}
+
+#[test]
+fn machine_filter_lists_only_that_machines_orders() {
+    let line = line();
+    let config = line.config.to_str().unwrap();
+    let table = stdout_of(&linegate(&["orders", "-c", config, "--machine", "press08"]));
+    assert!(row(&table, "WO-3").contains(&"press08"), "{table}");
+    assert!(
+        !table.contains("WO-1") && !table.contains("WO-2"),
+        "{table}"
+    );
+
+    let text = stdout_of(&linegate(&[
+        "orders",
+        "-c",
+        config,
+        "--machine",
+        "press07",
+        "--json",
+    ]));
+    let rows: Value = serde_json::from_str(&text).expect("valid JSON");
+    let ids: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["WO-1", "WO-2"], "press07's orders in their sequence");
+
+    let none = stdout_of(&linegate(&[
+        "orders",
+        "-c",
+        config,
+        "--machine",
+        "nosuch",
+        "--json",
+    ]));
+    let rows: Value = serde_json::from_str(&none).expect("valid JSON");
+    assert_eq!(rows, json!([]));
+}
+
+#[test]
+fn an_unknown_config_file_is_a_clear_error_and_a_failing_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere.toml");
+    let out = linegate(&["orders", "-c", missing.to_str().unwrap()]);
+    assert!(!out.status.success(), "exit {:?}", out.status);
+    assert_ne!(out.status.code(), Some(101), "an error, not a panic");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&missing.display().to_string()),
+        "the error names the file: {stderr}"
+    );
+    assert!(stderr.contains("config file"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+}
