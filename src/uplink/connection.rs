@@ -50,6 +50,14 @@ pub const WINDOW: usize = 128;
 const HISTORICAL_WINDOW: usize = WINDOW * 3 / 4;
 /// Biggest packet either way; a bigger outbox row is dropped with an error.
 pub const MAX_PACKET_BYTES: usize = 4 * 1024 * 1024;
+/// Biggest packet accepted from the broker over MQTT 3.1.1. MQTT 3.1.1 cannot
+/// tell the broker a limit, and a packet above the client's limit breaks the
+/// connection: the broker would then redeliver that one message on every
+/// connect (persistent session) and stall the uplink. So the limit is far
+/// above any real order message: an oversized order arrives, is answered
+/// `rejected` (orders' own limit is 64 KiB) and acknowledged. (MQTT 5
+/// announces MAX_PACKET_BYTES in CONNECT and the broker drops bigger ones.)
+const MAX_INCOMING_V311_BYTES: usize = 64 * 1024 * 1024;
 /// How long a clean shutdown waits for the PUBACK of `online: false`.
 const GOODBYE_WAIT: Duration = Duration::from_secs(2);
 /// MQTT 5 session expiry: orders sent while we are away wait this long.
@@ -256,7 +264,7 @@ fn open(
                 .set_manual_acks(true)
                 .set_inflight(WINDOW as u16)
                 .set_request_channel_capacity(capacity)
-                .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+                .set_max_packet_size(MAX_INCOMING_V311_BYTES, MAX_PACKET_BYTES)
                 .set_last_will(rumqttc::LastWill::new(
                     status_topic,
                     will_payload,
