@@ -54,9 +54,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    // One thread is plenty: 1000 machines at 1 Hz take ~6 % of a core, and the
-    // store has its own thread. Fewer threads, less memory on a small gateway.
-    tokio::runtime::Builder::new_current_thread()
+    // Two workers (the controllers have 2-4 cores); the store has its own
+    // thread. Measured: a current-thread runtime used more CPU, not less
+    // (BENCHMARKS.md).
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")
