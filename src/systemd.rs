@@ -227,26 +227,41 @@ pub async fn run_watchdog_every(
 
 /// Set up logging to stderr. Under systemd's journal (`JOURNAL_STREAM` names
 /// our stderr) lines carry no colours and no timestamps: journald adds its
-/// own. `verbosity`: 0 = info, 1 = debug, 2+ = trace; `RUST_LOG` wins when set.
+/// own. `verbosity`: 0 = info, 1 = debug, 2+ = trace; `RUST_LOG` wins when
+/// set (`debug`, or per module: `info,linegate::source=debug`); one it cannot
+/// read is reported in the log, and the level from `verbosity` applies.
 /// Calling it twice keeps the first setup.
 pub fn init_logging(verbosity: u8) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
     let level = match verbosity {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+        0 => LevelFilter::INFO,
+        1 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if stderr_is_journal() {
-        builder.with_ansi(false).without_time().try_init()
+    let mut unreadable = None;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => match text.parse::<Targets>() {
+            Ok(targets) => targets,
+            Err(e) => {
+                unreadable = Some((text, e));
+                Targets::new().with_default(level)
+            }
+        },
+        _ => Targets::new().with_default(level),
+    };
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let installed = if stderr_is_journal() {
+        let layer = layer.with_ansi(false).without_time().with_filter(filter);
+        tracing_subscriber::registry().with(layer).try_init()
     } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init()
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let layer = layer.with_ansi(ansi).with_filter(filter);
+        tracing_subscriber::registry().with(layer).try_init()
     };
+    if let (Ok(()), Some((text, e))) = (installed, unreadable) {
+        tracing::warn!("RUST_LOG={text:?} is not a log filter ({e}); logging at {level}");
+    }
 }
 
 /// True when `JOURNAL_STREAM` (`<device>:<inode>`) is our stderr, as

@@ -172,7 +172,9 @@ fn ms(x: f64) -> i64 {
 
 #[tokio::test(start_paused = true)]
 async fn the_engine_matches_a_seeded_schedule_within_one_poll_per_change() {
-    let config = Arc::new(Config::from_toml(CONFIG, Path::new("line2.toml")).unwrap());
+    // With an uplink (never connected here), so telemetry is made too.
+    let text = format!("{CONFIG}\n[uplink]\nurl = \"mqtt://127.0.0.1:1883\"\n");
+    let config = Arc::new(Config::from_toml(&text, Path::new("line2.toml")).unwrap());
     let (sample_tx, sample_rx) = mpsc::channel(64);
     let (event_tx, mut event_rx) = mpsc::channel(4096);
     let (view_tx, view_rx) = machine_views(&config, Utc::now());
@@ -406,6 +408,12 @@ async fn a_restart_resumes_the_open_period_from_the_final_snapshot() {
     let (finals, _) = run(Vec::new(), 5).await;
     let first = finals[0].1.clone();
     let (_, events) = run(finals, 5).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, MachineEvent::Telemetry(_))),
+        "no uplink: no telemetry is made"
+    );
     let states: Vec<MachineState> = events
         .iter()
         .filter_map(|e| match e {

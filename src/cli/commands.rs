@@ -54,11 +54,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    // Two workers (the controllers have 2-4 cores); the store has its own
-    // thread. Measured: a current-thread runtime used more CPU, not less
-    // (BENCHMARKS.md).
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread does all the async work (the store has its own thread).
+    // The agent mostly waits: at 50 machines a multi-thread runtime spent
+    // its time waking and parking workers, and two more threads cost their
+    // stacks and malloc arenas (BENCHMARKS.md, "Polling").
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -58,6 +58,8 @@ pub struct MachineTracker {
     counters: MachineCounters,
     /// Silence longer than this makes the machine offline.
     stale_ms: i64,
+    /// Telemetry events are made only when an uplink will send them.
+    telemetry: bool,
 }
 
 /// Staleness time of a machine: how long without any sample means offline.
@@ -125,6 +127,7 @@ impl MachineTracker {
             values: SignalValues::new(&machine.signal),
             counters,
             stale_ms: stale_ms(config, machine),
+            telemetry: config.uplink.is_some(),
         })
     }
 
@@ -167,6 +170,7 @@ impl MachineTracker {
                 };
                 let good: BTreeMap<_, _> = readings
                     .iter()
+                    .filter(|_| self.telemetry)
                     .filter_map(|(n, r)| r.as_ref().ok().map(|v| (n.clone(), v.clone())))
                     .collect();
                 if !good.is_empty() {
@@ -206,6 +210,19 @@ impl MachineTracker {
             good_total: self.counters.good_total,
             scrap_total: self.counters.scrap_total(),
         }
+    }
+
+    /// Whether `view` is what [`MachineTracker::view`] would return now
+    /// (checked on every sample without building a new view).
+    pub fn view_is(&self, view: &MachineView) -> bool {
+        let (state, since, reason) = self.account.state();
+        view.state == state
+            && view.since == since
+            && view.reason.as_deref() == reason
+            && view.produced_total == self.counters.produced_total()
+            && view.good_total == self.counters.good_total
+            && view.scrap_total == self.counters.scrap_total()
+            && view.machine == self.account.machine()
     }
 
     pub fn snapshot(&self, saved_at: DateTime<Utc>) -> AccountSnapshot {
@@ -337,13 +354,12 @@ async fn deliver(
 
 fn publish(m: &Machine) {
     if let Some(tx) = &m.view {
-        let view = m.tracker.view();
         tx.send_if_modified(|v| {
-            if *v != view {
-                *v = view;
-                true
-            } else {
+            if m.tracker.view_is(v) {
                 false
+            } else {
+                *v = m.tracker.view();
+                true
             }
         });
     }
@@ -390,7 +406,8 @@ async fn run_engine_loop(
     let calendar = calendar(&config)?;
     let resume: HashMap<String, AccountSnapshot> = resume.into_iter().collect();
     let mut out = Vec::new();
-    let mut machines: HashMap<String, Machine> = HashMap::new();
+    // Looked up for every sample; keyed by the config's machine ids.
+    let mut machines: rustc_hash::FxHashMap<String, Machine> = Default::default();
     for m in &config.machine {
         let span = tracing::info_span!("machine", machine = %m.id);
         let tracker = {

@@ -19,7 +19,9 @@
 //!
 //! Never reads devices or clocks; pure functions of config and values.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use evalexpr::{
     build_operator_tree, Context, DefaultNumericTypes, EvalexprError, EvalexprResult, Node,
@@ -116,8 +118,10 @@ impl EvalKind {
 /// A signal whose last read failed has no value (rules that use it are unknown).
 #[derive(Debug, Clone, Default)]
 pub struct SignalValues {
-    kinds: HashMap<String, EvalKind>,
-    values: HashMap<String, EvalValue>,
+    // Looked up for every signal of every sample: a fast hash (the keys are
+    // the config's signal names, not input from outside).
+    kinds: FxHashMap<String, EvalKind>,
+    values: FxHashMap<String, EvalValue>,
 }
 
 impl SignalValues {
@@ -127,7 +131,7 @@ impl SignalValues {
                 .iter()
                 .map(|s| (s.name.clone(), EvalKind::of(s)))
                 .collect(),
-            values: HashMap::new(),
+            values: FxHashMap::default(),
         }
     }
 

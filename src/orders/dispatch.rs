@@ -162,8 +162,23 @@ pub async fn run_orders_with(
     enqueue: Enqueue,
     options: DispatchOptions,
 ) {
+    // Orders still in the book (also of machines whose config no longer
+    // takes any: they are aborted with the reason on their first turn).
+    let in_book = match store.call(|c| book::machines_with_orders(c)).await {
+        Ok(m) => m,
+        Err(e) => {
+            error!(error = %e, "cannot read the order book");
+            Vec::new()
+        }
+    };
     // One forwarder per machine view, so the loop waits on a single channel.
+    // Only machines that take orders (or have some in the book) are
+    // followed: the others can never get one, and following them would
+    // cost a store query on every change of their view.
     let (view_tx, mut view_rx) = mpsc::channel::<MachineView>(64);
+    let views = views.into_iter().filter(|(machine, _)| {
+        config.machine(machine).is_some_and(|m| m.orders.is_some()) || in_book.contains(machine)
+    });
     for (machine, mut rx) in views {
         let tx = view_tx.clone();
         let stop = shutdown.clone();
@@ -204,18 +219,14 @@ pub async fn run_orders_with(
         busy: HashMap::new(),
         done_tx,
     };
-    match d.store.call(|c| book::machines_with_orders(c)).await {
-        Ok(m) if !m.is_empty() => {
-            info!(machines = ?m, "orders reloaded from the store");
-            for machine in m {
-                let id = machine.clone();
-                if let Ok(Some(on)) = d.store.call(move |c| book::current(c, &id)).await {
-                    d.ideal_cycle(&machine, on.ideal_cycle_s).await;
-                }
+    if !in_book.is_empty() {
+        info!(machines = ?in_book, "orders reloaded from the store");
+        for machine in in_book {
+            let id = machine.clone();
+            if let Ok(Some(on)) = d.store.call(move |c| book::current(c, &id)).await {
+                d.ideal_cycle(&machine, on.ideal_cycle_s).await;
             }
         }
-        Ok(_) => {}
-        Err(e) => error!(error = %e, "cannot read the order book"),
     }
     d.late().await;
 

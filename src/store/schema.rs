@@ -9,7 +9,8 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
-/// Last value and error of each signal (written by the agent, read by `status`).
+/// Last value and error of each signal. The agent writes what changed every
+/// 5 s; the `read_at` of a value that does not change is refreshed every minute.
 pub const SIGNALS_V1: &str = "
 CREATE TABLE signal_value (
     machine    TEXT NOT NULL,

@@ -70,6 +70,26 @@ fn big_endian_bytes(words: &[u16], word_order: Endian, byte_order: Endian) -> Ve
         .collect()
 }
 
+/// [`big_endian_bytes`] for the at most four registers of a number, without
+/// allocating (this runs for every numeric signal of every poll).
+fn number_bytes(words: &[u16], word_order: Endian, byte_order: Endian) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    let words = &words[..words.len().min(4)];
+    let n = words.len();
+    for (i, &w) in words.iter().enumerate() {
+        let slot = match word_order {
+            Endian::Big => i,
+            Endian::Little => n - 1 - i,
+        };
+        let pair = match byte_order {
+            Endian::Big => w.to_be_bytes(),
+            Endian::Little => w.to_le_bytes(),
+        };
+        out[2 * slot..2 * slot + 2].copy_from_slice(&pair);
+    }
+    out
+}
+
 /// The registers of a value given as big-endian bytes, in the device's orders.
 fn words_from_big_endian(bytes: &[u8], word_order: Endian, byte_order: Endian) -> Vec<u16> {
     let mut words: Vec<u16> = bytes
@@ -128,7 +148,7 @@ pub fn decode_registers(signal: &SignalConfig, words: &[u16]) -> Reading {
         )));
     };
     let (wo, bo) = (signal.word_order, signal.byte_order);
-    let bytes = big_endian_bytes(words, wo, bo);
+    let bytes = number_bytes(words, wo, bo);
     match t {
         DataType::Bool => {
             let word = words[0];
@@ -289,6 +309,21 @@ mod tests {
 
     const BIG: Endian = Endian::Big;
     const LITTLE: Endian = Endian::Little;
+
+    #[test]
+    fn number_bytes_match_big_endian_bytes_for_every_order_and_width() {
+        let words = [0x0102, 0x0304, 0x0506, 0x0708];
+        for n in 1..=4 {
+            for wo in [BIG, LITTLE] {
+                for bo in [BIG, LITTLE] {
+                    let want = big_endian_bytes(&words[..n], wo, bo);
+                    let got = number_bytes(&words[..n], wo, bo);
+                    assert_eq!(&got[..2 * n], &want[..], "{n} words, {wo:?}/{bo:?}");
+                    assert!(got[2 * n..].iter().all(|&b| b == 0));
+                }
+            }
+        }
+    }
 
     fn sig(data_type: DataType, word_order: Endian, byte_order: Endian) -> SignalConfig {
         SignalConfig {
