@@ -72,10 +72,12 @@ pub struct RunOptions {
 /// `handle_signals`). SIGHUP reloads the config file: an invalid new config is
 /// refused with its errors logged and the old one keeps running.
 pub async fn run(
-    mut config: Config,
+    config: Config,
     options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    // One copy of the config, shared by every task of the running pipeline.
+    let mut config = Arc::new(config);
     let store = Store::open(&config.gateway.data_dir)?;
     configure_outbox(&store, &config).await?;
     info!(
@@ -138,7 +140,7 @@ pub async fn run(
                             "gateway.data_dir changed: the store moves only on a restart"
                         );
                     }
-                    config = new;
+                    config = Arc::new(new);
                     configure_outbox(&store, &config).await?;
                     info!(
                         file = %path.display(),
@@ -258,14 +260,14 @@ struct Pipeline {
 
 impl Pipeline {
     fn start(
-        config: &Config,
+        config: &Arc<Config>,
         store: &Store,
         options: &RunOptions,
         liveness: &crate::systemd::Liveness,
         started_at: DateTime<Utc>,
         stop: CancellationToken,
     ) -> Result<Pipeline, AgentError> {
-        let config = Arc::new(config.clone());
+        let config = config.clone();
         let wake = Arc::new(Notify::new());
         let mut sources = JoinSet::new();
         let mut downstream = JoinSet::new();

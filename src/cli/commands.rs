@@ -19,6 +19,7 @@ use crate::store::Store;
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(c) => {
+            share_one_malloc_arena();
             crate::systemd::init_logging(cli.verbose);
             let path = Config::locate(c.config.as_deref());
             let config = Config::load(&path)?;
@@ -50,6 +51,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => status(args),
         Command::Report(args) => report(args),
         Command::Orders(args) => orders(args),
+    }
+}
+
+/// glibc gives every thread that allocates an arena of its own, each
+/// keeping freed memory for itself; the agent's threads (async work, the
+/// store, the odd DNS lookup) are few and not busy, so they share one.
+/// Call before any thread starts.
+fn share_one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of glibc's malloc, and no other
+    // thread exists yet to race with it.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
