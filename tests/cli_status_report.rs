@@ -508,3 +508,31 @@ fn read_once_against_a_dead_address_fails_with_an_error_per_signal() {
         assert!(!err.is_empty(), "{name}");
     }
 }
+
+/// `linegate check-config | head -1` must not panic when `head` has gone:
+/// the command ends quietly with the status of a pipe-killed tool.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_instead_of_panicking() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe() writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe()");
+    // SAFETY: both descriptors were just made by pipe() and are owned here only.
+    let (reader, writer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(reader); // nobody will read: every write gets EPIPE
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
+    let out = Command::new(BIN)
+        .args(["check-config", "-c"])
+        .arg(&reference)
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run linegate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.is_empty(),
+        "nothing to say about a closed pipe: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(141), "{:?}", out.status);
+}

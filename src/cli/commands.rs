@@ -16,6 +16,25 @@ use crate::agent::{self, Board, RunOptions};
 use crate::config::Config;
 use crate::store::Store;
 
+/// `println!` / `print!` for command output. When whoever reads our stdout
+/// has gone (`linegate status | head`), the command ends quietly with the
+/// status a pipe-killed Unix tool has (141), instead of panicking.
+macro_rules! say {
+    (@write $w:ident, $($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let result = $w!(out, $($arg)*).and_then(|()| out.flush());
+        if let Err(e) = result {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(141);
+            }
+            return Err(anyhow::Error::from(e).context("cannot write to stdout"));
+        }
+    }};
+    (line $($arg:tt)*) => { say!(@write writeln, $($arg)*) };
+    (text $($arg:tt)*) => { say!(@write write, $($arg)*) };
+}
+
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(c) => {
@@ -80,8 +99,8 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn check_config(path: &Path) -> Result<ExitCode> {
     let config = Config::load(path)?;
-    println!("{}: ok", path.display());
-    println!(
+    say!(line "{}: ok", path.display());
+    say!(line
         "gateway {} at site {}, {} bus(es), {} machine(s), topics under {}",
         config.gateway.id,
         config.gateway.site,
@@ -89,13 +108,13 @@ fn check_config(path: &Path) -> Result<ExitCode> {
         config.machine.len(),
         config.topic_prefix()
     );
-    println!("read plan:");
+    say!(line "read plan:");
     for m in &config.machine {
         let Some(bus) = config.bus(&m.bus) else {
             continue;
         };
         let plan = crate::source::modbus::plan::plan_reads(m, bus);
-        println!(
+        say!(line
             "  {}",
             crate::source::modbus::plan::describe_plan(m, &plan).replace('\n', "\n  ")
         );
@@ -121,7 +140,7 @@ fn read(args: ReadArgs) -> Result<ExitCode> {
         args.machine.as_deref(),
     ))?;
     let failed = readouts.values().any(|r| r.failed());
-    println!(
+    say!(line
         "{}",
         serde_json::to_string_pretty(&crate::source::modbus::readouts_to_json(&readouts))?
     );
@@ -145,7 +164,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     let rows = store.call_blocking(|c| crate::machine::history::current(c))?;
     if args.json {
         let rows: Vec<serde_json::Value> = rows.iter().map(status_json).collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        say!(line "{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = rows
@@ -172,7 +191,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    say!(text
         "{}",
         table::render(
             &[
@@ -190,7 +209,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         )
     );
     let outbox = store.call_blocking(|c| crate::uplink::outbox::counts(c))?;
-    println!(
+    say!(line
         "\noutbox: {} message(s) waiting ({} KB of {} KB), {} telemetry message(s) dropped when full",
         outbox.depth,
         outbox.bytes / 1024,
@@ -244,7 +263,7 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
     })?;
     if args.json {
         for p in &periods {
-            println!(
+            say!(line
                 "{}",
                 serde_json::to_string(&crate::uplink::message::period_message(p).body)?
             );
@@ -272,7 +291,7 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    say!(text
         "{}",
         table::render(
             &[
@@ -299,7 +318,7 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
     let machine = args.machine.clone();
     let rows = store.call_blocking(move |c| crate::orders::book::list(c, machine.as_deref()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        say!(line "{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = rows
@@ -316,7 +335,7 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    say!(text
         "{}",
         table::render(
             &["order", "rev", "machine", "product", "produced", "state", "reason"],
@@ -343,12 +362,12 @@ fn simulate(args: SimulateArgs) -> Result<ExitCode> {
         )
         .await?;
         for m in &line.machines {
-            println!("{} modbus tcp {}", m.id, m.addr);
+            say!(line "{} modbus tcp {}", m.id, m.addr);
         }
         if let Some(file) = &args.write_config {
             std::fs::write(file, crate::sim::demo_config(&line, &args.data_dir))
                 .with_context(|| format!("writing {}", file.display()))?;
-            println!("config written to {}", file.display());
+            say!(line "config written to {}", file.display());
         }
         match args.seconds {
             Some(s) => {
@@ -409,7 +428,7 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     if !args.no_table {
-                        print!("\x1b[2J\x1b[H{}", render_board(&board, &data_dir));
+                        say!(text "\x1b[2J\x1b[H{}", render_board(&board, &data_dir));
                     }
                     if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
                         break;
@@ -418,7 +437,7 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
             }
         }
         if !args.no_table {
-            print!("\x1b[2J\x1b[H{}", render_board(&board, &data_dir));
+            say!(text "\x1b[2J\x1b[H{}", render_board(&board, &data_dir));
         }
         agent_stop.cancel();
         shutdown.cancel();
