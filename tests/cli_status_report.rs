@@ -536,3 +536,42 @@ fn output_into_a_closed_pipe_ends_quietly_instead_of_panicking() {
     );
     assert_eq!(out.status.code(), Some(141), "{:?}", out.status);
 }
+
+/// RUST_LOG is outside input too: a filter it can read applies, one it
+/// cannot is named in the log and the default level applies.
+#[test]
+fn rust_log_is_applied_or_reported_when_it_cannot_be_read() {
+    let simulate = |rust_log: &str| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = Command::new(BIN)
+            .args(["simulate", "--machines", "1", "--seconds", "1"])
+            .args(["--base-port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", rust_log)
+            .env_remove("JOURNAL_STREAM")
+            .output()
+            .expect("run linegate simulate");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let bad = simulate("linegate=loud");
+    assert!(
+        bad.contains(r#"RUST_LOG="linegate=loud" is not a log filter"#),
+        "{bad}"
+    );
+    assert!(bad.contains("logging at info"), "{bad}");
+    assert!(
+        bad.contains("simulated machine listening"),
+        "info applies: {bad}"
+    );
+
+    let quiet = simulate("linegate=warn");
+    assert!(!quiet.contains("simulated machine listening"), "{quiet}");
+    assert!(!quiet.contains("is not a log filter"), "{quiet}");
+}

@@ -168,17 +168,18 @@ impl MachineTracker {
                         Derived::Unknown => Observed::Unknown,
                     },
                 };
-                let good: BTreeMap<_, _> = readings
-                    .iter()
-                    .filter(|_| self.telemetry)
-                    .filter_map(|(n, r)| r.as_ref().ok().map(|v| (n.clone(), v.clone())))
-                    .collect();
-                if !good.is_empty() {
-                    out.push(MachineEvent::Telemetry(Telemetry {
-                        machine: sample.machine.clone(),
-                        at: sample.at,
-                        values: good,
-                    }));
+                if self.telemetry {
+                    let good: BTreeMap<_, _> = readings
+                        .iter()
+                        .filter_map(|(n, r)| r.as_ref().ok().map(|v| (n.clone(), v.clone())))
+                        .collect();
+                    if !good.is_empty() {
+                        out.push(MachineEvent::Telemetry(Telemetry {
+                            machine: sample.machine.clone(),
+                            at: sample.at,
+                            values: good,
+                        }));
+                    }
                 }
                 (observed, self.counters.observe(readings))
             }
