@@ -5,14 +5,13 @@
 //! accounting, as the engine does) through one machine tracker and prints
 //! nanoseconds per sample, and the size of one machine's state.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant as StdInstant;
 
 use chrono::Utc;
 use linegate::config::Config;
 use linegate::machine::engine::MachineTracker;
-use linegate::source::{Sample, SampleContent, Value};
+use linegate::source::{Readings, Sample, SampleContent, Value};
 
 const CONFIG: &str = r#"
 [gateway]
@@ -91,7 +90,7 @@ fn main() {
     let mut samples = Vec::with_capacity(1024);
     for i in 0..1024i64 {
         let phase = (i / 64) % 4;
-        let readings: BTreeMap<String, _> = [
+        let readings: Readings = [
             ("cycle_active".to_string(), Ok(Value::Bool(phase == 0))),
             (
                 "spindle_rpm".to_string(),
@@ -107,7 +106,8 @@ fn main() {
             ),
             ("part_count".to_string(), Ok(Value::Int(i / 3))),
         ]
-        .into();
+        .into_iter()
+        .collect();
         samples.push(SampleContent::Signals(readings));
     }
     let mut events = 0usize;

@@ -544,11 +544,14 @@ async fn tap(
 /// agent's CPU.
 #[derive(Default)]
 struct LastValues {
-    /// Machine → signal → its last reading.
-    signals: HashMap<String, BTreeMap<String, Noted<crate::source::Reading>>>,
+    /// Machine → each signal's last reading, in the order first read.
+    signals: HashMap<String, Vec<NotedSignal>>,
     /// Machine → why its last poll failed.
     unreachable: HashMap<String, Noted<String>>,
 }
+
+/// A signal's name and its last reading.
+type NotedSignal = (Arc<str>, Noted<crate::source::Reading>);
 
 /// How stale `signal_value.read_at` may get for a value that does not change.
 const UNCHANGED_REFRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
@@ -607,19 +610,18 @@ impl LastValues {
                     Some(s) => s,
                     None => self.signals.entry(sample.machine.clone()).or_default(),
                 };
-                // Both maps are sorted by name: walk them side by side
-                // instead of searching for every signal.
-                let mut known = signals.iter_mut().peekable();
-                let mut new = Vec::new();
-                for (name, r) in readings {
-                    while known.next_if(|(k, _)| k.as_str() < name.as_str()).is_some() {}
-                    match known.next_if(|(k, _)| *k == name) {
-                        Some((_, n)) => n.update(sample.at, r),
-                        None => new.push((name, r)),
+                // A bus reads a machine's signals in the same order every
+                // poll: look where the last poll had the signal first, and
+                // search only when that is another one (MQTT's partial updates).
+                for (i, (name, r)) in readings.iter().enumerate() {
+                    let known = match signals.get_mut(i) {
+                        Some((k, n)) if k == name => Some(n),
+                        _ => signals.iter_mut().find(|(k, _)| k == name).map(|(_, n)| n),
+                    };
+                    match known {
+                        Some(n) => n.update(sample.at, r),
+                        None => signals.push((name.clone(), Noted::new(sample.at, r))),
                     }
-                }
-                for (name, r) in new {
-                    signals.insert(name.clone(), Noted::new(sample.at, r));
                 }
             }
             SampleContent::Unreachable { reason } => {
@@ -647,7 +649,7 @@ impl LastValues {
                     Ok(v) => (serde_json::to_string(v).ok(), None),
                     Err(e) => (None, Some(e.to_string())),
                 };
-                rows.push((machine.clone(), name.clone(), v, e, stamp(&n.at)));
+                rows.push((machine.clone(), name.to_string(), v, e, stamp(&n.at)));
             }
         }
         for (machine, n) in self.unreachable.iter_mut() {
@@ -670,12 +672,12 @@ fn note(sample: &Sample, board: Option<&Board>, pending: &mut LastValues) {
         SampleContent::Signals(readings) => {
             b.last_read = Some(sample.at);
             b.last_error = None;
-            for (name, r) in readings {
+            for (name, r) in readings.iter() {
                 let text = match r {
                     Ok(v) => v.to_string(),
                     Err(e) => format!("error: {e}"),
                 };
-                b.values.insert(name.clone(), text);
+                b.values.insert(name.to_string(), text);
             }
         }
         SampleContent::Unreachable { reason } => {
@@ -943,8 +945,10 @@ mod tests {
             90,
             &[("aa", Ok(Value::Int(7))), ("b", Ok(Value::Int(6)))],
         ));
+        let mut rows = last.take_rows();
+        rows.sort();
         assert_eq!(
-            last.take_rows(),
+            rows,
             vec![
                 ("m1".into(), "aa".into(), Some("7".into()), None, at(90)),
                 ("m1".into(), "b".into(), Some("6".into()), None, at(90)),

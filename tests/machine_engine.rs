@@ -3,7 +3,7 @@
 //! time); the engine's seconds per state must match the schedule within one
 //! poll interval per change, and every period must add up exactly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use linegate::config::Config;
 use linegate::machine::accounting::AccountSnapshot;
 use linegate::machine::engine::{engine_channel, machine_views, run_engine};
 use linegate::machine::{ClosedPeriod, MachineEvent, MachineState, StateSeconds};
-use linegate::source::{Sample, SampleContent, SignalError, Value};
+use linegate::source::{Readings, Sample, SampleContent, Value};
 use linegate::systemd::Liveness;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -128,7 +128,7 @@ fn schedule(seed: u64, spells: usize) -> Vec<(Truth, u64)> {
     out
 }
 
-fn signals(truth: Truth, parts: u16) -> BTreeMap<String, Result<Value, SignalError>> {
+fn signals(truth: Truth, parts: u16) -> Readings {
     let b = |v: bool| Ok(Value::Bool(v));
     let i = |v: i64| Ok(Value::Int(v));
     [
@@ -143,7 +143,8 @@ fn signals(truth: Truth, parts: u16) -> BTreeMap<String, Result<Value, SignalErr
         ),
         ("part_count".to_string(), i(i64::from(parts))),
     ]
-    .into()
+    .into_iter()
+    .collect()
 }
 
 fn add(total: &mut StateSeconds, s: &StateSeconds) {

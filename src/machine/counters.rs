@@ -13,12 +13,10 @@
 //! Pure: values in, counts out. The state survives restarts in the snapshot,
 //! so parts made while the agent was down are counted at its first read.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CountersConfig, DataType, SignalConfig};
-use crate::source::{Reading, Value};
+use crate::source::{Readings, Value};
 
 /// What one new counter value meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +165,7 @@ impl MachineCounters {
     }
 
     /// Count what the counting signals in one sample say.
-    pub fn observe(&mut self, readings: &BTreeMap<String, Reading>) -> CountDelta {
+    pub fn observe(&mut self, readings: &Readings) -> CountDelta {
         let Some((p, g, s)) = &self.signals else {
             return CountDelta::default();
         };
@@ -271,12 +269,10 @@ mod tests {
             ideal_cycle_s: None,
         };
         let mut m = MachineCounters::new(Some(&cfg), &[sig("parts"), sig("scrap")]);
-        let read = |p: i64, s: i64| -> BTreeMap<String, Reading> {
-            [
-                ("parts".to_string(), Ok(Value::Int(p))),
-                ("scrap".to_string(), Ok(Value::Int(s))),
-            ]
-            .into()
+        let read = |p: i64, s: i64| -> Readings {
+            [("parts", Ok(Value::Int(p))), ("scrap", Ok(Value::Int(s)))]
+                .into_iter()
+                .collect()
         };
         m.observe(&read(100, 5));
         let d = m.observe(&read(110, 6));

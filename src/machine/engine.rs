@@ -144,7 +144,7 @@ impl MachineTracker {
                 )
             }
             SampleContent::Signals(readings) => {
-                for (name, reading) in readings {
+                for (name, reading) in readings.iter() {
                     self.values.update(name, reading);
                 }
                 let first_error = readings
@@ -171,7 +171,7 @@ impl MachineTracker {
                 if self.telemetry {
                     let good: BTreeMap<_, _> = readings
                         .iter()
-                        .filter_map(|(n, r)| r.as_ref().ok().map(|v| (n.clone(), v.clone())))
+                        .filter_map(|(n, r)| r.as_ref().ok().map(|v| (n.to_string(), v.clone())))
                         .collect();
                     if !good.is_empty() {
                         out.push(MachineEvent::Telemetry(Telemetry {

@@ -7,8 +7,8 @@
 pub mod modbus;
 pub mod mqtt;
 
-use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -90,7 +90,102 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SampleContent {
     /// Signals read in this poll. A partial update (MQTT) holds only the signals that arrived.
-    Signals(BTreeMap<String, Reading>),
+    Signals(Readings),
     /// The machine could not be read at all: it is offline from its last good read.
     Unreachable { reason: String },
+}
+
+/// The signals of one sample, each with its reading, in the order the source
+/// read them; a name appears at most once.
+///
+/// Names are shared [`Arc<str>`]s: a Modbus bus hands out the same names on
+/// every poll instead of allocating them again, and consumers that keep
+/// per-signal state can match a sample to the last one position by
+/// position. (A map of owned names, built and dropped 50 times a second,
+/// was a quarter of the agent's work at 50 machines x 20 signals.)
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Readings(Vec<(Arc<str>, Reading)>);
+
+impl Readings {
+    pub fn with_capacity(n: usize) -> Self {
+        Readings(Vec::with_capacity(n))
+    }
+
+    /// Set the reading of `name`, replacing one already there.
+    pub fn insert(&mut self, name: Arc<str>, reading: Reading) {
+        match self.0.iter_mut().find(|(n, _)| **n == *name) {
+            Some((_, r)) => *r = reading,
+            None => self.0.push((name, reading)),
+        }
+    }
+
+    /// Add the reading of a signal not in here yet (a source that reads
+    /// each signal once per sample saves the search of [`Readings::insert`]).
+    pub(crate) fn push(&mut self, name: Arc<str>, reading: Reading) {
+        debug_assert!(self.get(&name).is_none(), "signal {name:?} read twice");
+        self.0.push((name, reading));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Reading> {
+        self.0.iter().find(|(n, _)| &**n == name).map(|(_, r)| r)
+    }
+
+    /// Name and reading of each signal, in the order read.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Reading)> {
+        self.0.iter().map(|(n, r)| (n, r))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Reading> {
+        self.0.iter().map(|(_, r)| r)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<N: Into<Arc<str>>> FromIterator<(N, Reading)> for Readings {
+    fn from_iter<I: IntoIterator<Item = (N, Reading)>>(iter: I) -> Self {
+        let mut readings = Readings::default();
+        for (name, reading) in iter {
+            readings.insert(name.into(), reading);
+        }
+        readings
+    }
+}
+
+/// `readings["name"]`, for tests and other places where the name is known
+/// to be there; panics like a map's index when it is not.
+impl std::ops::Index<&str> for Readings {
+    type Output = Reading;
+
+    fn index(&self, name: &str) -> &Reading {
+        match self.get(name) {
+            Some(r) => r,
+            None => panic!("no reading of signal {name:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readings_keep_their_order_and_one_reading_per_name() {
+        let mut r: Readings = [("b", Ok(Value::Int(1))), ("a", Ok(Value::Int(2)))]
+            .into_iter()
+            .collect();
+        r.insert("b".into(), Ok(Value::Int(3)));
+        let names: Vec<&str> = r.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(names, ["b", "a"]);
+        assert_eq!(r.get("b"), Some(&Ok(Value::Int(3))));
+        assert_eq!(r["a"], Ok(Value::Int(2)));
+        assert_eq!(r.get("c"), None);
+        assert_eq!(r.len(), 2);
+    }
 }

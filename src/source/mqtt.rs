@@ -19,6 +19,7 @@
 //! before the next attempt.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -31,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{Reading, Sample, SampleContent, SignalError, Value};
+use super::{Reading, Readings, Sample, SampleContent, SignalError, Value};
 use crate::config::{BusConfig, DataType, MachineConfig, SignalConfig};
 use crate::systemd::Heartbeat;
 
@@ -50,6 +51,8 @@ struct Route {
     /// Index into [`MqttBus::machines`].
     machine: usize,
     signal: SignalConfig,
+    /// The signal's name, shared by every sample that carries it.
+    name: Arc<str>,
 }
 
 /// A machine's staleness clock.
@@ -126,6 +129,7 @@ impl MqttBus {
                         filter: topic.clone(),
                         machine: i,
                         signal: s.clone(),
+                        name: Arc::from(s.name.as_str()),
                     });
                 }
             }
@@ -259,7 +263,7 @@ impl MqttBus {
     /// one partial sample per machine. `Err` = the engine has gone away.
     async fn on_publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), ()> {
         let now = Instant::now();
-        let mut per_machine: BTreeMap<usize, BTreeMap<String, Reading>> = BTreeMap::new();
+        let mut per_machine: BTreeMap<usize, Readings> = BTreeMap::new();
         for r in &self.routes {
             if r.filter == topic || rumqttc::matches(topic, &r.filter) {
                 let reading = decode_payload(&r.signal, topic, payload);
@@ -269,7 +273,7 @@ impl MqttBus {
                 per_machine
                     .entry(r.machine)
                     .or_default()
-                    .insert(r.signal.name.clone(), reading);
+                    .insert(r.name.clone(), reading);
             }
         }
         for (i, signals) in per_machine {

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::link::{poll_machine, write_verified, Link, LinkError};
+use super::link::{poll_machine, signal_names, write_verified, Link, LinkError};
 use super::plan::{plan_reads, ReadRequest};
 use super::{WriteError, WriteRequest};
 use crate::config::{BusConfig, MachineConfig, Transport};
@@ -135,6 +135,8 @@ pub fn next_due(due: Instant, poll: Duration, now: Instant) -> Instant {
 struct Scheduled {
     config: MachineConfig,
     plan: Vec<ReadRequest>,
+    /// Its signal names, shared by the readings of every poll.
+    names: Vec<Arc<str>>,
     poll: Duration,
     /// When its next poll (or retry) is due.
     due: Instant,
@@ -180,6 +182,7 @@ pub async fn run_bus(
                 due: start,
                 failures: 0,
                 exceptions: vec![None; plan.len()],
+                names: signal_names(&m),
                 plan,
                 config: m,
             }
@@ -237,7 +240,7 @@ async fn poll_once(
     shutdown: &CancellationToken,
 ) -> Option<Sample> {
     let id = m.config.id.clone();
-    let result = poll_machine(link, &m.config, &m.plan, Some(shutdown)).await;
+    let result = poll_machine(link, &m.config, &m.plan, &m.names, Some(shutdown)).await;
     let now = Instant::now();
     let content = match result {
         Err(LinkError::Cancelled) => return None,

@@ -11,7 +11,6 @@
 //! that both the bus task and `read --once` use. It never schedules, never
 //! retries and never sends samples.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +26,7 @@ use super::decode::{decode_bit, decode_registers, exception_name};
 use super::plan::ReadRequest;
 use super::{RegisterWrite, WriteData, WriteError};
 use crate::config::{Area, BusConfig, MachineConfig, Parity, Transport};
-use crate::source::{Reading, SignalError};
+use crate::source::{Readings, SignalError};
 
 /// Why a request got no usable reply; the machine counts as not answering.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -277,13 +276,23 @@ async fn read(link: &mut Link, unit: u8, req: &ReadRequest) -> Result<ReadReply,
 /// The result of polling one machine once.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Poll {
-    /// Every Modbus signal of the machine by name: a value or why not.
-    pub(crate) readings: BTreeMap<String, Reading>,
+    /// Every Modbus signal of the machine, in plan order: a value or why not.
+    pub(crate) readings: Readings,
     /// Per request of the plan: the exception code it got, if any.
     pub(crate) exceptions: Vec<Option<u8>>,
 }
 
-/// Poll `machine` once by `plan`. A request that gets no reply (timeout,
+/// The names of `machine`'s signals, indexed like `machine.signal`: made
+/// once per machine and shared by the readings of every poll.
+pub(crate) fn signal_names(machine: &MachineConfig) -> Vec<Arc<str>> {
+    machine
+        .signal
+        .iter()
+        .map(|s| Arc::from(s.name.as_str()))
+        .collect()
+}
+
+/// Poll `machine` once by `plan`; `names` are its [`signal_names`]. A request that gets no reply (timeout,
 /// I/O or protocol error) ends the poll at once, so a dead device costs its
 /// bus at most one timeout per poll. Exception and malformed replies only
 /// affect the signals of their request. Between requests the poll stops if
@@ -292,9 +301,10 @@ pub(crate) async fn poll_machine(
     link: &mut Link,
     machine: &MachineConfig,
     plan: &[ReadRequest],
+    names: &[Arc<str>],
     shutdown: Option<&CancellationToken>,
 ) -> Result<Poll, LinkError> {
-    let mut readings = BTreeMap::new();
+    let mut readings = Readings::with_capacity(names.len());
     let mut exceptions = Vec::with_capacity(plan.len());
     for (i, req) in plan.iter().enumerate() {
         if i > 0 && shutdown.is_some_and(CancellationToken::is_cancelled) {
@@ -306,7 +316,7 @@ pub(crate) async fn poll_machine(
             _ => None,
         });
         for &index in &req.signals {
-            let Some(signal) = machine.signal.get(index) else {
+            let (Some(signal), Some(name)) = (machine.signal.get(index), names.get(index)) else {
                 continue;
             };
             let start = usize::from(signal.address.unwrap_or(req.address))
@@ -324,7 +334,8 @@ pub(crate) async fn poll_machine(
                 }),
                 ReadReply::Malformed(why) => Err(SignalError::BadValue(why.clone())),
             };
-            readings.insert(signal.name.clone(), reading);
+            // A plan reads each signal once: no need to search for it.
+            readings.push(name.clone(), reading);
         }
     }
     Ok(Poll {

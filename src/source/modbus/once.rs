@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value as Json};
 
 use super::bus::BusStats;
-use super::link::{poll_machine, Link};
+use super::link::{poll_machine, signal_names, Link};
 use super::plan::plan_reads;
 use crate::config::{Config, MachineConfig, Transport};
 use crate::source::{Reading, SignalError};
@@ -109,10 +109,15 @@ pub async fn read_once(
             let mut out = Vec::new();
             for m in machines {
                 let plan = plan_reads(m, bus);
-                let readout = match poll_machine(&mut link, m, &plan, None).await {
+                let readout = match poll_machine(&mut link, m, &plan, &signal_names(m), None).await
+                {
                     Ok(poll) => MachineReadout {
                         error: None,
-                        signals: poll.readings,
+                        signals: poll
+                            .readings
+                            .iter()
+                            .map(|(name, r)| (name.to_string(), r.clone()))
+                            .collect(),
                     },
                     Err(e) => {
                         let reason = e.to_string();
