@@ -116,6 +116,13 @@ impl Heartbeat {
         t
     }
 
+    /// How often the loop must beat while it waits: for a loop that already
+    /// wakes on its own timer (a poll schedule) and can bound that wait
+    /// instead of adding a [`ticker`](Heartbeat::ticker).
+    pub fn beat_every(&self) -> Duration {
+        self.liveness.beat_every
+    }
+
     /// The loop ends on purpose: stop watching it.
     pub fn retire(self) {
         lock(&self.liveness.slots).retain(|s| !Arc::ptr_eq(s, &self.slot));
@@ -250,14 +257,23 @@ pub fn init_logging(verbosity: u8) {
         },
         _ => Targets::new().with_default(level),
     };
+    // One output, so the filter applies to the whole subscriber: spans it
+    // rejects are never made, and entering the ones it keeps (every bus task
+    // enters its span on each wake-up) skips per-layer filter bookkeeping.
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let installed = if stderr_is_journal() {
-        let layer = layer.with_ansi(false).without_time().with_filter(filter);
-        tracing_subscriber::registry().with(layer).try_init()
+        let layer = layer.with_ansi(false).without_time();
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .try_init()
     } else {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let layer = layer.with_ansi(ansi).with_filter(filter);
-        tracing_subscriber::registry().with(layer).try_init()
+        let layer = layer.with_ansi(ansi);
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .try_init()
     };
     if let (Ok(()), Some((text, e))) = (installed, unreadable) {
         tracing::warn!("RUST_LOG={text:?} is not a log filter ({e}); logging at {level}");
@@ -328,5 +344,6 @@ mod tests {
         assert_eq!(hb.ticker().period(), Duration::from_millis(500));
         let hb = Liveness::for_watchdog(Duration::from_secs(30)).register("bus a");
         assert_eq!(hb.ticker().period(), Duration::from_secs(1));
+        assert_eq!(hb.beat_every(), Duration::from_secs(1));
     }
 }

@@ -193,7 +193,15 @@ pub async fn run_bus(
     }
     let mut link = Link::new(bus, stats.clone());
     let mut writes_open = true;
-    let mut beat = heartbeat.ticker();
+    // One timer, moved on each turn, serves both the schedule and the
+    // heartbeat: it fires when the next machine is due, or when the loop
+    // must beat if that comes first. (A separate beat timer, and a new timer
+    // and shutdown listener on every turn, doubled the wake-ups of a bus
+    // polling at 1 Hz.)
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep_until(start);
+    tokio::pin!(timer);
 
     loop {
         heartbeat.beat();
@@ -202,21 +210,21 @@ pub async fn run_bus(
             .enumerate()
             .min_by_key(|(_, m)| m.due)
             .map(|(i, m)| (i, m.due));
-        let wait = async {
-            match next {
-                Some((_, at)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let beat_at = Instant::now() + heartbeat.beat_every();
+        let wake = next.map_or(beat_at, |(_, due)| due.min(beat_at));
+        if timer.deadline() != wake || timer.is_elapsed() {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => break,
+            () = &mut cancelled => break,
             request = writes.recv(), if writes_open => match request {
                 Some(request) => serve_writes(&mut link, &schedule, request).await,
                 None => writes_open = false,
             },
-            () = wait => {
-                let Some((i, _)) = next else { continue };
+            () = &mut timer => {
+                // Woken only to beat: nobody is due yet.
+                let Some((i, _)) = next.filter(|&(_, due)| due <= wake) else { continue };
                 let Some(sample) = poll_once(&mut link, &mut schedule[i], &stats, &shutdown).await else {
                     continue;
                 };
@@ -225,7 +233,6 @@ pub async fn run_bus(
                     break;
                 }
             }
-            _ = beat.tick() => {}
         }
     }
     heartbeat.retire();
