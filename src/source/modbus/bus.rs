@@ -195,9 +195,9 @@ pub async fn run_bus(
     let mut writes_open = true;
     // One timer, moved on each turn, serves both the schedule and the
     // heartbeat: it fires when the next machine is due, or when the loop
-    // must beat if that comes first. (A separate beat timer, and a new timer
-    // and shutdown listener on every turn, doubled the wake-ups of a bus
-    // polling at 1 Hz.)
+    // must beat if that comes first. (A separate beat timer woke every bus
+    // task once more a second, and each turn made a new timer and shutdown
+    // listener.)
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     let timer = tokio::time::sleep_until(start);
