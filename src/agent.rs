@@ -562,8 +562,10 @@ struct Noted<T> {
     what: T,
     /// `what` differs from the row in the store (or there is none).
     changed: bool,
-    /// `at` of the row last written.
-    written_at: Option<DateTime<Utc>>,
+    /// When the row last written goes stale: its `at` plus
+    /// [`UNCHANGED_REFRESH`] (kept as a deadline, so that a flush compares
+    /// times instead of subtracting them for every signal).
+    stale_at: Option<DateTime<Utc>>,
 }
 
 impl<T: PartialEq + Clone> Noted<T> {
@@ -572,7 +574,7 @@ impl<T: PartialEq + Clone> Noted<T> {
             at,
             what: what.clone(),
             changed: true,
-            written_at: None,
+            stale_at: None,
         }
     }
 
@@ -586,14 +588,12 @@ impl<T: PartialEq + Clone> Noted<T> {
 
     /// Whether the next flush writes it; if so, it counts as written.
     fn take_due(&mut self) -> bool {
-        let stale = self
-            .written_at
-            .is_some_and(|w| w != self.at && self.at - w >= UNCHANGED_REFRESH);
+        let stale = self.stale_at.is_some_and(|s| self.at >= s);
         if !(self.changed || stale) {
             return false;
         }
         self.changed = false;
-        self.written_at = Some(self.at);
+        self.stale_at = self.at.checked_add_signed(UNCHANGED_REFRESH);
         true
     }
 }

@@ -118,58 +118,53 @@ impl EvalKind {
 /// A signal whose last read failed has no value (rules that use it are unknown).
 #[derive(Debug, Clone, Default)]
 pub struct SignalValues {
-    // Looked up for every signal of every sample: a fast hash (the keys are
-    // the config's signal names, not input from outside).
-    kinds: FxHashMap<String, EvalKind>,
-    values: FxHashMap<String, EvalValue>,
+    // Looked up for every signal of every sample, once: a fast hash (the
+    // keys are the config's signal names, not input from outside). Each
+    // signal's kind and its last value share one entry.
+    signals: FxHashMap<String, (EvalKind, Option<EvalValue>)>,
 }
 
 impl SignalValues {
     pub fn new(signals: &[SignalConfig]) -> Self {
         SignalValues {
-            kinds: signals
+            signals: signals
                 .iter()
-                .map(|s| (s.name.clone(), EvalKind::of(s)))
+                .map(|s| (s.name.clone(), (EvalKind::of(s), None)))
                 .collect(),
-            values: FxHashMap::default(),
         }
     }
 
     /// Take one reading: a value replaces the last one, an error forgets it.
     /// Signals the config does not know are ignored.
     pub fn update(&mut self, name: &str, reading: &Reading) {
-        let Some(kind) = self.kinds.get(name) else {
+        let Some((kind, value)) = self.signals.get_mut(name) else {
             return;
         };
-        match reading.as_ref().ok().and_then(|v| kind.convert(v)) {
-            Some(v) => {
-                if let Some(slot) = self.values.get_mut(name) {
-                    *slot = v;
-                } else {
-                    self.values.insert(name.to_string(), v);
-                }
-            }
-            None => {
-                self.values.remove(name);
-            }
-        }
+        *value = reading.as_ref().ok().and_then(|v| kind.convert(v));
     }
 
     pub fn get(&self, name: &str) -> Option<&EvalValue> {
-        self.values.get(name)
+        self.signals.get(name).and_then(|(_, v)| v.as_ref())
     }
 
     /// Forget every value (the machine went offline).
     pub fn clear(&mut self) {
-        self.values.clear();
+        for (_, value) in self.signals.values_mut() {
+            *value = None;
+        }
+    }
+
+    /// Set a signal's value as if read (for probing rules).
+    fn set(&mut self, name: &str, v: EvalValue) {
+        if let Some((_, value)) = self.signals.get_mut(name) {
+            *value = Some(v);
+        }
     }
 
     /// Approximate heap bytes held (for the memory benchmark).
     pub fn heap_bytes(&self) -> usize {
-        let per = std::mem::size_of::<String>() + std::mem::size_of::<EvalValue>() + 16;
-        self.kinds.capacity() * (per + std::mem::size_of::<EvalKind>())
-            + self.values.capacity() * per
-            + self.kinds.keys().map(|k| 2 * k.len()).sum::<usize>()
+        let per = std::mem::size_of::<(String, (EvalKind, Option<EvalValue>))>() + 1;
+        self.signals.capacity() * per + self.signals.keys().map(|k| k.len()).sum::<usize>()
     }
 }
 
@@ -177,7 +172,7 @@ impl Context for SignalValues {
     type NumericTypes = DefaultNumericTypes;
 
     fn get_value(&self, identifier: &str) -> Option<&EvalValue> {
-        self.values.get(identifier)
+        self.get(identifier)
     }
 
     fn call_function(&self, identifier: &str, _argument: &EvalValue) -> EvalexprResult<EvalValue> {
@@ -290,8 +285,8 @@ impl StateRules {
         let mut one = SignalValues::new(signals);
         for s in signals {
             let kind = EvalKind::of(s);
-            zero.values.insert(s.name.clone(), kind.probe(false));
-            one.values.insert(s.name.clone(), kind.probe(true));
+            zero.set(&s.name, kind.probe(false));
+            one.set(&s.name, kind.probe(true));
         }
 
         let mut rules = Vec::new();
