@@ -939,6 +939,9 @@ impl Account {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::config::{ShiftCalendarConfig, ShiftConfig};
+
     #[test]
     fn snapshot_timestamps_are_written_as_chrono_writes_them() {
         for text in [
@@ -949,15 +952,12 @@ mod tests {
         ] {
             let t: chrono::DateTime<chrono::Utc> = text.parse().unwrap();
             let mut ours = serde_json::Serializer::new(Vec::new());
-            super::rfc3339::serialize(&t, &mut ours).unwrap();
+            rfc3339::serialize(&t, &mut ours).unwrap();
             let ours = String::from_utf8(ours.into_inner()).unwrap();
             assert_eq!(ours, serde_json::to_string(&t).unwrap());
             assert_eq!(ours, format!("{text:?}"));
         }
     }
-
-    use super::*;
-    use crate::config::{ShiftCalendarConfig, ShiftConfig};
 
     const S: i64 = 1000;
     const MIN: i64 = 60 * S;
