@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -545,9 +546,10 @@ async fn tap(
 #[derive(Default)]
 struct LastValues {
     /// Machine → each signal's last reading, in the order first read.
-    signals: HashMap<String, Vec<NotedSignal>>,
+    /// (Looked up for every sample: a fast hash of the machine's id.)
+    signals: FxHashMap<String, Vec<NotedSignal>>,
     /// Machine → why its last poll failed.
-    unreachable: HashMap<String, Noted<String>>,
+    unreachable: FxHashMap<String, Noted<String>>,
 }
 
 /// A signal's name and its last reading.

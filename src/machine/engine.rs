@@ -121,10 +121,11 @@ impl MachineTracker {
             }
             None => Account::new(settings, at, mono_ms, out),
         };
+        let values = SignalValues::read_by(&machine.signal, &rules);
         Ok(MachineTracker {
             account,
+            values,
             rules,
-            values: SignalValues::new(&machine.signal),
             counters,
             stale_ms: stale_ms(config, machine),
             telemetry: config.uplink.is_some(),
@@ -144,8 +145,10 @@ impl MachineTracker {
                 )
             }
             SampleContent::Signals(readings) => {
-                for (name, reading) in readings.iter() {
-                    self.values.update(name, reading);
+                if !self.values.is_empty() {
+                    for (name, reading) in readings.iter() {
+                        self.values.update(name, reading);
+                    }
                 }
                 let first_error = readings
                     .iter()

@@ -125,7 +125,21 @@ pub fn record(conn: &Connection, event: &MachineEvent) -> Result<bool, StoreErro
 
 /// Save the open period of one machine (replaces the previous one).
 pub fn save_snapshot(conn: &Connection, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
-    let json = serde_json::to_string(snapshot).map_err(json_err)?;
+    save_snapshot_in(conn, snapshot, &mut Vec::new())
+}
+
+/// [`save_snapshot`], writing the JSON into `buf` (cleared first), so that
+/// saving many reuses one buffer instead of growing a new one for each.
+fn save_snapshot_in(
+    conn: &Connection,
+    snapshot: &AccountSnapshot,
+    buf: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    buf.clear();
+    serde_json::to_writer(&mut *buf, snapshot).map_err(json_err)?;
+    // serde_json writes UTF-8 only; checked rather than assumed.
+    let json =
+        std::str::from_utf8(buf).map_err(|e| StoreError::Sql(rusqlite::Error::Utf8Error(e)))?;
     conn.prepare_cached(UPSERT_SNAPSHOT)?.execute(params![
         snapshot.machine,
         json,
@@ -140,8 +154,9 @@ pub fn save_snapshots(
     snapshots: &[(String, AccountSnapshot)],
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
+    let mut buf = Vec::with_capacity(1024);
     for (_, s) in snapshots {
-        save_snapshot(&tx, s)?;
+        save_snapshot_in(&tx, s, &mut buf)?;
     }
     tx.commit()?;
     Ok(())

@@ -134,8 +134,26 @@ impl SignalValues {
         }
     }
 
+    /// Like [`SignalValues::new`], keeping only the signals `rules` read:
+    /// the others would be converted and stored on every poll for nothing.
+    pub fn read_by(signals: &[SignalConfig], rules: &StateRules) -> Self {
+        let read = rules.signals_read();
+        SignalValues {
+            signals: signals
+                .iter()
+                .filter(|s| read.contains(s.name.as_str()))
+                .map(|s| (s.name.clone(), (EvalKind::of(s), None)))
+                .collect(),
+        }
+    }
+
+    /// Whether it keeps no signal at all (the rules read none).
+    pub fn is_empty(&self) -> bool {
+        self.signals.is_empty()
+    }
+
     /// Take one reading: a value replaces the last one, an error forgets it.
-    /// Signals the config does not know are ignored.
+    /// Signals it does not keep are ignored.
     pub fn update(&mut self, name: &str, reading: &Reading) {
         let Some((kind, value)) = self.signals.get_mut(name) else {
             return;
@@ -392,6 +410,15 @@ impl StateRules {
         }
     }
 
+    /// The names of the signals the rules and the reason read.
+    pub fn signals_read(&self) -> std::collections::BTreeSet<&str> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.tree.iter_read_variable_identifiers())
+            .chain(self.reason.as_ref().map(|r| r.signal.as_str()))
+            .collect()
+    }
+
     /// The state the signals show now (without offline and planned stop,
     /// which the accounting adds).
     pub fn derive(&self, values: &SignalValues) -> Derived {
@@ -597,6 +624,46 @@ mod tests {
             &signals()
         )
         .is_empty());
+    }
+
+    #[test]
+    fn only_the_signals_the_rules_read_are_kept() {
+        let mut all = signals();
+        all.push(sig("coolant_temp", DataType::U16));
+        // `mode` is read by no rule and is not the reason signal.
+        let cfg = rules(
+            "cycle_active && spindle_rpm > 0",
+            "alarm_code != 0",
+            "false",
+        );
+        let r = StateRules::compile(Some(&cfg), &all).unwrap();
+        assert_eq!(
+            r.signals_read().into_iter().collect::<Vec<_>>(),
+            ["alarm_code", "cycle_active", "spindle_rpm"]
+        );
+        let mut v = SignalValues::read_by(&all, &r);
+        for name in [
+            "cycle_active",
+            "spindle_rpm",
+            "alarm_code",
+            "mode",
+            "coolant_temp",
+        ] {
+            set(&mut v, name, Value::Int(1));
+        }
+        assert!(v.get("mode").is_none() && v.get("coolant_temp").is_none());
+        assert_eq!(v.get("alarm_code"), Some(&EvalValue::Int(1)));
+        // Kept values are enough to derive the state.
+        assert!(matches!(
+            r.derive(&v),
+            Derived::Known {
+                state: MachineState::Down,
+                ..
+            }
+        ));
+        // Without rules, nothing is kept.
+        let none = StateRules::compile(None, &all).unwrap();
+        assert!(SignalValues::read_by(&all, &none).is_empty());
     }
 
     #[test]

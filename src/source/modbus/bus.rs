@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::link::{poll_machine, signal_names, write_verified, Link, LinkError};
 use super::plan::{plan_reads, ReadRequest};
@@ -93,19 +93,29 @@ impl BusStats {
         self.machines.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn record_ok(&self, machine: &str) {
-        let mut all = self.health();
-        let h = all.entry(machine.to_owned()).or_default();
-        h.last_ok = Some(Utc::now());
-        h.failures = 0;
+    fn record_ok(&self, machine: &str, at: DateTime<Utc>) {
+        self.update_health(machine, |h| {
+            h.last_ok = Some(at);
+            h.failures = 0;
+        });
     }
 
-    fn record_error(&self, machine: &str, reason: &str) {
+    fn record_error(&self, machine: &str, reason: &str, at: DateTime<Utc>) {
+        self.update_health(machine, |h| {
+            h.last_error = Some(reason.to_owned());
+            h.last_error_at = Some(at);
+            h.failures = h.failures.saturating_add(1);
+        });
+    }
+
+    /// Change one machine's health (its entry made on first use; the
+    /// machine's id is copied only then, not on every poll).
+    fn update_health(&self, machine: &str, change: impl FnOnce(&mut MachineHealth)) {
         let mut all = self.health();
-        let h = all.entry(machine.to_owned()).or_default();
-        h.last_error = Some(reason.to_owned());
-        h.last_error_at = Some(Utc::now());
-        h.failures = h.failures.saturating_add(1);
+        match all.get_mut(machine) {
+            Some(h) => change(h),
+            None => change(all.entry(machine.to_owned()).or_default()),
+        }
     }
 }
 
@@ -153,7 +163,11 @@ struct Scheduled {
 /// `heartbeat` beats on every turn of the loop (each poll, each write, and
 /// on its own timer while waiting for the next machine due) and is retired
 /// when the task ends.
-#[tracing::instrument(name = "bus", skip_all, fields(bus = %bus.id))]
+///
+/// What it logs is in a `bus` span. The span is entered only where a log
+/// line can come from, not around the whole task: entering it on every
+/// wake-up of every bus task was a twentieth of the agent's work at 50
+/// machines (BENCHMARKS.md, "Polling").
 pub async fn run_bus(
     bus: BusConfig,
     machines: Vec<MachineConfig>,
@@ -163,11 +177,14 @@ pub async fn run_bus(
     heartbeat: Heartbeat,
     shutdown: CancellationToken,
 ) {
+    let span = tracing::info_span!("bus", bus = %bus.id);
     if bus.transport == Transport::Mqtt {
-        warn!(
-            "bus {} is an mqtt bus; the Modbus poller leaves it alone",
-            bus.id
-        );
+        span.in_scope(|| {
+            warn!(
+                "bus {} is an mqtt bus; the Modbus poller leaves it alone",
+                bus.id
+            )
+        });
         heartbeat.retire();
         return;
     }
@@ -219,36 +236,55 @@ pub async fn run_bus(
             biased;
             () = &mut cancelled => break,
             request = writes.recv(), if writes_open => match request {
-                Some(request) => serve_writes(&mut link, &schedule, request).await,
+                Some(request) => {
+                    serve_writes(&mut link, &schedule, request).instrument(span.clone()).await
+                }
                 None => writes_open = false,
             },
             () = &mut timer => {
                 // Woken only to beat: nobody is due yet.
                 let Some((i, _)) = next.filter(|&(_, due)| due <= wake) else { continue };
-                let Some(sample) = poll_once(&mut link, &mut schedule[i], &stats, &shutdown).await else {
+                let Some(sample) = poll_once(&mut link, &mut schedule[i], &stats, &span, &shutdown).await else {
                     continue;
                 };
                 if samples.send(sample).await.is_err() {
-                    debug!("sample receiver gone; bus task ends");
+                    span.in_scope(|| debug!("sample receiver gone; bus task ends"));
                     break;
                 }
             }
         }
     }
     heartbeat.retire();
-    debug!("bus task stopped");
+    span.in_scope(|| debug!("bus task stopped"));
 }
 
-/// Poll one machine and move its schedule on; `None` if shutdown cut the poll short.
+/// Poll one machine and move its schedule on; `None` if shutdown cut the
+/// poll short. What it logs is logged in `span`.
 async fn poll_once(
     link: &mut Link,
     m: &mut Scheduled,
     stats: &BusStats,
+    span: &tracing::Span,
     shutdown: &CancellationToken,
 ) -> Option<Sample> {
-    let id = m.config.id.clone();
     let result = poll_machine(link, &m.config, &m.plan, &m.names, Some(shutdown)).await;
     let now = Instant::now();
+    let at = Utc::now();
+    let bus = link.bus();
+    span.in_scope(|| settle_poll(m, result, bus, stats, now, at))
+}
+
+/// The bookkeeping after one poll of `m`: its schedule, its logs, the bus
+/// counters, and the sample to send.
+fn settle_poll(
+    m: &mut Scheduled,
+    result: Result<super::link::Poll, LinkError>,
+    bus: &BusConfig,
+    stats: &BusStats,
+    now: Instant,
+    at: DateTime<Utc>,
+) -> Option<Sample> {
+    let id = m.config.id.clone();
     let content = match result {
         Err(LinkError::Cancelled) => return None,
         Ok(poll) => {
@@ -258,12 +294,11 @@ async fn poll_once(
             m.failures = 0;
             m.due = next_due(m.due, m.poll, now);
             log_exception_changes(m, &poll.exceptions);
-            stats.record_ok(&id);
+            stats.record_ok(&id, at);
             SampleContent::Signals(poll.readings)
         }
         Err(e) => {
             m.failures = m.failures.saturating_add(1);
-            let bus = link.bus();
             let jitter: f64 = rand::rng().random_range(0.0..=1.0);
             let delay = backoff_delay(m.failures, bus.backoff_min_ms, bus.backoff_max_ms, jitter);
             m.due = now + delay.max(m.poll);
@@ -273,13 +308,13 @@ async fn poll_once(
             } else {
                 debug!(machine = %id, failures = m.failures, "still not answering: {reason}; next try in {delay:?}");
             }
-            stats.record_error(&id, &reason);
+            stats.record_error(&id, &reason, at);
             SampleContent::Unreachable { reason }
         }
     };
     Some(Sample {
         machine: id,
-        at: Utc::now(),
+        at,
         mono: now,
         content,
     })
@@ -401,9 +436,10 @@ mod tests {
     fn stats_snapshot_shows_counters_and_machine_health() {
         let stats = BusStats::new("cell-a");
         stats.requests.fetch_add(3, Ordering::Relaxed);
-        stats.record_error("press07", "no reply");
-        stats.record_error("press07", "no reply");
-        stats.record_ok("mill02");
+        let at = Utc::now();
+        stats.record_error("press07", "no reply", at);
+        stats.record_error("press07", "no reply", at);
+        stats.record_ok("mill02", at);
         let s = stats.snapshot();
         assert_eq!(s.requests, 3);
         assert_eq!(s.machines["press07"].failures, 2);
@@ -411,6 +447,7 @@ mod tests {
             s.machines["press07"].last_error.as_deref(),
             Some("no reply")
         );
-        assert!(s.machines["mill02"].last_ok.is_some());
+        assert_eq!(s.machines["mill02"].last_ok, Some(at));
+        assert_eq!(s.machines["press07"].last_error_at, Some(at));
     }
 }

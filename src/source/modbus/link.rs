@@ -55,7 +55,8 @@ pub(crate) struct Link {
     /// `None` until the first request and after any failure.
     ctx: Option<Context>,
     stats: Arc<BusStats>,
-    /// `delay_ms` after the previous request ended: the earliest next request.
+    /// `delay_ms` after the previous request ended: the earliest next
+    /// request (`None` while `delay_ms` is 0: no pause to keep).
     next_request_at: Option<Instant>,
     /// Whether a connection was ever opened, so later ones count as reconnects.
     connected_before: bool,
@@ -127,10 +128,14 @@ impl Link {
         request: Request<'_>,
     ) -> Result<Reply, LinkError> {
         if let Some(at) = self.next_request_at {
-            tokio::time::sleep_until(at).await;
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
         }
         let result = self.call_now(unit, request).await;
-        self.next_request_at = Some(Instant::now() + Duration::from_millis(self.bus.delay_ms));
+        if self.bus.delay_ms > 0 {
+            self.next_request_at = Some(Instant::now() + Duration::from_millis(self.bus.delay_ms));
+        }
         if result.is_err() {
             self.drop_connection();
         }
@@ -142,10 +147,10 @@ impl Link {
             self.connect().await?;
         }
         let timeout = self.timeout();
-        let target = self.target();
+        // The target is named only in errors: made when one happens.
         let Some(ctx) = self.ctx.as_mut() else {
             return Err(LinkError::Io {
-                target,
+                target: self.target(),
                 reason: "not connected".into(),
             });
         };
@@ -156,14 +161,14 @@ impl Link {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 Err(LinkError::Timeout {
-                    target,
+                    target: self.target(),
                     timeout_ms: self.bus.timeout_ms,
                 })
             }
             Ok(Err(e)) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 Err(LinkError::Io {
-                    target,
+                    target: self.target(),
                     reason: e.to_string(),
                 })
             }
