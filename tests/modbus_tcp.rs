@@ -248,15 +248,20 @@ async fn exception_replies_are_reported_per_signal_by_name() {
         };
         assert_eq!(r["running"], Ok(Value::Bool(true)));
         match &r["count"] {
-            Err(SignalError::Exception {
-                code,
-                name,
-                area,
-                address,
-            }) => {
+            Err(
+                e @ SignalError::Exception {
+                    code,
+                    area,
+                    address,
+                },
+            ) => {
                 assert_eq!(
-                    (*code, name.as_str(), area.as_str(), *address),
-                    (2, "IllegalDataAddress", "holding", 0)
+                    (*code, *area, *address),
+                    (2, linegate::config::Area::Holding, 0)
+                );
+                assert_eq!(
+                    e.to_string(),
+                    "modbus exception 0x02 (IllegalDataAddress) reading holding 0"
                 );
             }
             other => panic!("expected an exception, got {other:?}"),

@@ -53,12 +53,13 @@ impl fmt::Display for Value {
 /// Why one signal has no value in a sample.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum SignalError {
-    /// The device answered with a Modbus exception.
-    #[error("modbus exception {code:#04x} ({name}) reading {area} {address}")]
+    /// The device answered with a Modbus exception. (The code's name is
+    /// looked up when shown, so that a reading stays small: a poll's
+    /// readings then fit the allocator's per-thread cache.)
+    #[error("modbus exception {code:#04x} ({}) reading {area} {address}", modbus::exception_name(*.code))]
     Exception {
         code: u8,
-        name: String,
-        area: String,
+        area: crate::config::Area,
         address: u16,
     },
     /// The registers decode to no usable value (NaN, infinity, bad UTF-8, ...).
@@ -74,6 +75,12 @@ pub enum SignalError {
 
 /// Result of reading one signal.
 pub type Reading = Result<Value, SignalError>;
+
+// A poll's readings are one allocation per sample; kept at 32 bytes a
+// reading, the 20 signals of a typical machine (48 bytes each with the
+// name) fit glibc's per-thread cache (chunks up to 1032 bytes), which
+// hands the same memory back poll after poll (BENCHMARKS.md, "Polling").
+const _: () = assert!(std::mem::size_of::<Reading>() <= 32);
 
 /// What one poll (or one MQTT message) of a machine produced.
 #[derive(Debug, Clone, PartialEq)]

@@ -333,8 +333,7 @@ pub(crate) async fn poll_machine(
                 ReadReply::Bits(bits) => decode_bit(signal, bits.get(start..).unwrap_or(&[])),
                 ReadReply::Exception(code) => Err(SignalError::Exception {
                     code: *code,
-                    name: exception_name(*code).to_owned(),
-                    area: req.area.to_string(),
+                    area: req.area,
                     address: signal.address.unwrap_or(req.address),
                 }),
                 ReadReply::Malformed(why) => Err(SignalError::BadValue(why.clone())),
