@@ -615,9 +615,11 @@ impl LastValues {
                 // A bus reads a machine's signals in the same order every
                 // poll: look where the last poll had the signal first, and
                 // search only when that is another one (MQTT's partial updates).
+                // The names are the bus's own, shared: the same pointer
+                // says the same name without comparing the text.
                 for (i, (name, r)) in readings.iter().enumerate() {
                     let known = match signals.get_mut(i) {
-                        Some((k, n)) if k == name => Some(n),
+                        Some((k, n)) if Arc::ptr_eq(k, name) || k == name => Some(n),
                         _ => signals.iter_mut().find(|(k, _)| k == name).map(|(_, n)| n),
                     };
                     match known {
