@@ -166,8 +166,8 @@ struct Scheduled {
 ///
 /// What it logs is in a `bus` span. The span is entered only where a log
 /// line can come from, not around the whole task: entering it on every
-/// wake-up of every bus task was a twentieth of the agent's work at 50
-/// machines (BENCHMARKS.md, "Polling").
+/// wake-up of every bus task was about 3 % of the agent's instructions at
+/// 50 machines (BENCHMARKS.md, "Polling").
 pub async fn run_bus(
     bus: BusConfig,
     machines: Vec<MachineConfig>,
