@@ -54,6 +54,7 @@ pub enum EngineError {
 pub struct MachineTracker {
     pub account: Account,
     rules: StateRules,
+    /// The last values of the signals the rules read (no others).
     values: SignalValues,
     counters: MachineCounters,
     /// Silence longer than this makes the machine offline.

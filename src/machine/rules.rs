@@ -114,7 +114,8 @@ impl EvalKind {
     }
 }
 
-/// The latest known value of each signal of one machine, as rules see them.
+/// The latest known value of each signal of one machine, as rules see them
+/// (the engine keeps only the signals its rules read: [`SignalValues::read_by`]).
 /// A signal whose last read failed has no value (rules that use it are unknown).
 #[derive(Debug, Clone, Default)]
 pub struct SignalValues {
