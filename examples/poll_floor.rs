@@ -6,7 +6,8 @@
 //!
 //!   cargo run --release --example poll_floor -- BASE_PORT MACHINES SECONDS
 //!
-//! Prints the replies it got, so a run that read nothing is seen as such.
+//! Prints the replies it got (every 10 s so far, and at the end), so a run
+//! that read nothing is seen as such.
 //! Used by `BENCH_FLOOR=1 scripts/bench-poll`.
 
 use std::io::{Read, Write};
@@ -39,6 +40,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         due += Duration::from_secs(1);
         transaction = transaction.wrapping_add(1);
+        if transaction % 10 == 0 {
+            // Seen by `BENCH_ALONGSIDE=1 scripts/bench-poll`, which stops it
+            // before it ends.
+            println!("replies so far: {replies} in {} rounds", transaction - 1);
+        }
         let t = transaction.to_be_bytes();
         let request: [u8; REQUEST_LEN] = [t[0], t[1], 0, 0, 0, 6, 1, 3, 0, 0, 0, 20];
         for link in &mut links {
