@@ -105,53 +105,112 @@ pub enum SampleContent {
 /// The signals of one sample, each with its reading, in the order the source
 /// read them; a name appears at most once.
 ///
-/// Names are shared [`Arc<str>`]s: a Modbus bus hands out the same names on
-/// every poll instead of allocating them again, and consumers that keep
-/// per-signal state can match a sample to the last one position by
+/// Names are shared [`Arc<str>`]s in a table the source keeps for a machine:
+/// a Modbus bus hands the same table to every poll, so a sample costs one
+/// pointer for its names instead of a name per reading, and consumers that
+/// keep per-signal state can match a sample to the last one position by
 /// position. (A map of owned names, built and dropped with every poll, was
-/// nearly a third of the agent's instructions at 50 machines x 20 signals.)
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Readings(Vec<(Arc<str>, Reading)>);
+/// nearly a third of the agent's instructions at 50 machines x 20 signals;
+/// a shared name per reading still touched 20 cold names a poll.)
+#[derive(Clone, Default)]
+pub struct Readings {
+    /// Signal names; readings refer to them by position. A source's table
+    /// may name signals this sample did not read.
+    names: SignalNames,
+    /// (position in `names`, reading), in the order read.
+    values: Vec<(u32, Reading)>,
+}
+
+/// The names of a machine's signals, shared by its samples' [`Readings`].
+pub type SignalNames = Arc<Vec<Arc<str>>>;
 
 impl Readings {
     pub fn with_capacity(n: usize) -> Self {
-        Readings(Vec::with_capacity(n))
+        Readings {
+            names: SignalNames::default(),
+            values: Vec::with_capacity(n),
+        }
+    }
+
+    /// Readings of signals named in `names`, added with [`Readings::push_at`].
+    pub(crate) fn of_signals(names: SignalNames) -> Self {
+        let values = Vec::with_capacity(names.len());
+        Readings { names, values }
     }
 
     /// Set the reading of `name`, replacing one already there.
     pub fn insert(&mut self, name: Arc<str>, reading: Reading) {
-        match self.0.iter_mut().find(|(n, _)| **n == *name) {
+        let at = match self.names.iter().position(|n| **n == *name) {
+            Some(at) => at,
+            None => {
+                let names = Arc::make_mut(&mut self.names);
+                names.push(name);
+                names.len() - 1
+            }
+        };
+        // A machine has far fewer than 2^32 signals: its config says so.
+        let at = u32::try_from(at).unwrap_or(u32::MAX);
+        match self.values.iter_mut().find(|(p, _)| *p == at) {
             Some((_, r)) => *r = reading,
-            None => self.0.push((name, reading)),
+            None => self.values.push((at, reading)),
         }
     }
 
-    /// Add the reading of a signal not in here yet (a source that reads
-    /// each signal once per sample saves the search of [`Readings::insert`]).
-    pub(crate) fn push(&mut self, name: Arc<str>, reading: Reading) {
-        debug_assert!(self.get(&name).is_none(), "signal {name:?} read twice");
-        self.0.push((name, reading));
+    /// Add the reading of the signal at `position` in the names this was
+    /// made [`of_signals`](Readings::of_signals), not read yet in this
+    /// sample (a source that reads each signal once per sample saves the
+    /// search of [`Readings::insert`]).
+    pub(crate) fn push_at(&mut self, position: u32, reading: Reading) {
+        debug_assert!(
+            (position as usize) < self.names.len(),
+            "no signal {position}"
+        );
+        debug_assert!(
+            self.values.iter().all(|(p, _)| *p != position),
+            "signal {position} read twice"
+        );
+        self.values.push((position, reading));
     }
 
     pub fn get(&self, name: &str) -> Option<&Reading> {
-        self.0.iter().find(|(n, _)| &**n == name).map(|(_, r)| r)
+        self.iter().find(|(n, _)| &***n == name).map(|(_, r)| r)
     }
 
     /// Name and reading of each signal, in the order read.
     pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Reading)> {
-        self.0.iter().map(|(n, r)| (n, r))
+        self.values
+            .iter()
+            .filter_map(|(p, r)| self.names.get(*p as usize).map(|n| (n, r)))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Reading> {
-        self.0.iter().map(|(_, r)| r)
+        self.values.iter().map(|(_, r)| r)
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.values.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.values.is_empty()
+    }
+}
+
+/// The same signals with the same readings in the same order, whatever the
+/// names tables behind them hold.
+impl PartialEq for Readings {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .iter()
+                .zip(other.iter())
+                .all(|((a, x), (b, y))| a == b && x == y)
+    }
+}
+
+impl std::fmt::Debug for Readings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -194,5 +253,38 @@ mod tests {
         assert_eq!(r["a"], Ok(Value::Int(2)));
         assert_eq!(r.get("c"), None);
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn readings_of_a_shared_names_table_leave_the_table_alone() {
+        let names: SignalNames = Arc::new(vec!["speed".into(), "state".into(), "count".into()]);
+        let mut r = Readings::of_signals(names.clone());
+        r.push_at(2, Ok(Value::Int(7)));
+        r.push_at(0, Ok(Value::Float(1.5)));
+        // Read order, not table order; the signal not read is not there.
+        let read: Vec<&str> = r.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(read, ["count", "speed"]);
+        assert_eq!(r.get("state"), None);
+        // The readings share the source's names, pointer for pointer.
+        assert!(r
+            .iter()
+            .all(|(n, _)| names.iter().any(|k| Arc::ptr_eq(k, n))));
+        // A name the table lacks is added to this sample's copy only.
+        r.insert("extra".into(), Ok(Value::Bool(true)));
+        r.insert("count".into(), Ok(Value::Int(8)));
+        assert_eq!(names.len(), 3);
+        assert_eq!(r["extra"], Ok(Value::Bool(true)));
+        assert_eq!(r["count"], Ok(Value::Int(8)));
+        // Equal means the same names and readings in the same order,
+        // whatever tables are behind them.
+        let same: Readings = [
+            ("count", Ok(Value::Int(8))),
+            ("speed", Ok(Value::Float(1.5))),
+            ("extra", Ok(Value::Bool(true))),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(r, same);
+        assert_eq!(format!("{same:?}"), format!("{r:?}"));
     }
 }

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use super::link::{poll_machine, signal_names, write_verified, Link, LinkError};
-use super::plan::{plan_reads, ReadRequest};
+use super::link::{poll_machine, write_verified, Link, LinkError, PollPlan};
+use super::plan::plan_reads;
 use super::{WriteError, WriteRequest};
 use crate::config::{BusConfig, MachineConfig, Transport};
 use crate::source::{Sample, SampleContent};
@@ -144,9 +144,7 @@ pub fn next_due(due: Instant, poll: Duration, now: Instant) -> Instant {
 /// One machine on the bus and where its schedule stands.
 struct Scheduled {
     config: MachineConfig,
-    plan: Vec<ReadRequest>,
-    /// Its signal names, shared by the readings of every poll.
-    names: Vec<Arc<str>>,
+    plan: PollPlan,
     poll: Duration,
     /// When its next poll (or retry) is due.
     due: Instant,
@@ -193,13 +191,12 @@ pub async fn run_bus(
         .into_iter()
         .filter(|m| m.bus == bus.id)
         .map(|m| {
-            let plan = plan_reads(&m, &bus);
+            let plan = PollPlan::new(&m, plan_reads(&m, &bus));
             Scheduled {
                 poll: Duration::from_millis(m.poll_ms.max(1)),
                 due: start,
                 failures: 0,
-                exceptions: vec![None; plan.len()],
-                names: signal_names(&m),
+                exceptions: vec![None; plan.requests().len()],
                 plan,
                 config: m,
             }
@@ -267,7 +264,7 @@ async fn poll_once(
     span: &tracing::Span,
     shutdown: &CancellationToken,
 ) -> Option<Sample> {
-    let result = poll_machine(link, &m.config, &m.plan, &m.names, Some(shutdown)).await;
+    let result = poll_machine(link, &m.plan, Some(shutdown)).await;
     let now = Instant::now();
     let at = Utc::now();
     let bus = link.bus();
@@ -335,7 +332,9 @@ fn exception_changes(last: &mut [Option<u8>], now: &[Option<u8>]) -> Vec<(usize,
 
 fn log_exception_changes(m: &mut Scheduled, seen: &[Option<u8>]) {
     for (i, code) in exception_changes(&mut m.exceptions, seen) {
-        let Some(req) = m.plan.get(i) else { continue };
+        let Some(req) = m.plan.requests().get(i) else {
+            continue;
+        };
         match code {
             Some(code) => warn!(
                 machine = %m.config.id,

@@ -22,11 +22,11 @@ use tokio_modbus::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
 use super::bus::BusStats;
-use super::decode::{decode_bit, decode_registers, exception_name};
+use super::decode::{decode_bit, decode_words, exception_name, Decoding};
 use super::plan::ReadRequest;
 use super::{RegisterWrite, WriteData, WriteError};
 use crate::config::{Area, BusConfig, MachineConfig, Parity, Transport};
-use crate::source::{Readings, SignalError};
+use crate::source::{Readings, SignalError, SignalNames};
 
 /// Why a request got no usable reply; the machine counts as not answering.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -287,59 +287,112 @@ pub(crate) struct Poll {
     pub(crate) exceptions: Vec<Option<u8>>,
 }
 
-/// The names of `machine`'s signals, indexed like `machine.signal`: made
-/// once per machine and shared by the readings of every poll.
-pub(crate) fn signal_names(machine: &MachineConfig) -> Vec<Arc<str>> {
-    machine
-        .signal
-        .iter()
-        .map(|s| Arc::from(s.name.as_str()))
-        .collect()
+/// A machine's poll, made once from its config and read plan and used for
+/// every poll: the requests, and for each signal they read, in the order
+/// read, where its value sits in the reply and how to decode it.
+pub(crate) struct PollPlan {
+    unit: u8,
+    requests: Vec<ReadRequest>,
+    /// Per request: how many of `signals` it reads.
+    counts: Vec<usize>,
+    /// The signals of request 0, then those of request 1, and so on.
+    signals: Vec<PlannedSignal>,
+    /// The machine's signal names, indexed like `machine.signal`.
+    names: SignalNames,
 }
 
-/// Poll `machine` once by `plan`; `names` are its [`signal_names`]. A request that gets no reply (timeout,
+/// One signal of a [`PollPlan`]: 40 bytes, side by side with the others of
+/// its machine (see [`Decoding`]).
+#[derive(Debug, Clone, Copy)]
+struct PlannedSignal {
+    /// Position in `machine.signal` and in the plan's names.
+    position: u32,
+    /// Its first register (or bit), and where that is in its request's reply.
+    address: u16,
+    start: u16,
+    decoding: Decoding,
+}
+
+impl PollPlan {
+    pub(crate) fn new(machine: &MachineConfig, requests: Vec<ReadRequest>) -> Self {
+        let names: Vec<Arc<str>> = machine
+            .signal
+            .iter()
+            .map(|s| Arc::from(s.name.as_str()))
+            .collect();
+        let mut signals = Vec::new();
+        let mut counts = Vec::with_capacity(requests.len());
+        for req in &requests {
+            let before = signals.len();
+            for &index in &req.signals {
+                let (Some(signal), Ok(position)) =
+                    (machine.signal.get(index), u32::try_from(index))
+                else {
+                    continue;
+                };
+                let address = signal.address.unwrap_or(req.address);
+                signals.push(PlannedSignal {
+                    position,
+                    address,
+                    start: address.saturating_sub(req.address),
+                    decoding: Decoding::from(signal),
+                });
+            }
+            counts.push(signals.len() - before);
+        }
+        PollPlan {
+            unit: machine.unit,
+            requests,
+            counts,
+            signals,
+            names: Arc::new(names),
+        }
+    }
+
+    /// The read requests of a poll, in order.
+    pub(crate) fn requests(&self) -> &[ReadRequest] {
+        &self.requests
+    }
+}
+
+/// Poll a machine once by its `plan`. A request that gets no reply (timeout,
 /// I/O or protocol error) ends the poll at once, so a dead device costs its
 /// bus at most one timeout per poll. Exception and malformed replies only
 /// affect the signals of their request. Between requests the poll stops if
 /// `shutdown` is cancelled.
 pub(crate) async fn poll_machine(
     link: &mut Link,
-    machine: &MachineConfig,
-    plan: &[ReadRequest],
-    names: &[Arc<str>],
+    plan: &PollPlan,
     shutdown: Option<&CancellationToken>,
 ) -> Result<Poll, LinkError> {
-    let mut readings = Readings::with_capacity(names.len());
-    let mut exceptions = Vec::with_capacity(plan.len());
-    for (i, req) in plan.iter().enumerate() {
+    let mut readings = Readings::of_signals(plan.names.clone());
+    let mut exceptions = Vec::with_capacity(plan.requests.len());
+    let mut signals = plan.signals.iter();
+    for (i, (req, &count)) in plan.requests.iter().zip(&plan.counts).enumerate() {
         if i > 0 && shutdown.is_some_and(CancellationToken::is_cancelled) {
             return Err(LinkError::Cancelled);
         }
-        let reply = read(link, machine.unit, req).await?;
+        let reply = read(link, plan.unit, req).await?;
         exceptions.push(match reply {
             ReadReply::Exception(code) => Some(code),
             _ => None,
         });
-        for &index in &req.signals {
-            let (Some(signal), Some(name)) = (machine.signal.get(index), names.get(index)) else {
-                continue;
-            };
-            let start = usize::from(signal.address.unwrap_or(req.address))
-                .saturating_sub(usize::from(req.address));
+        for signal in signals.by_ref().take(count) {
+            let start = usize::from(signal.start);
             let reading = match &reply {
                 ReadReply::Words(words) => {
-                    decode_registers(signal, words.get(start..).unwrap_or(&[]))
+                    decode_words(&signal.decoding, words.get(start..).unwrap_or(&[]))
                 }
-                ReadReply::Bits(bits) => decode_bit(signal, bits.get(start..).unwrap_or(&[])),
+                ReadReply::Bits(bits) => decode_bit(bits.get(start..).unwrap_or(&[])),
                 ReadReply::Exception(code) => Err(SignalError::Exception {
                     code: *code,
                     area: req.area,
-                    address: signal.address.unwrap_or(req.address),
+                    address: signal.address,
                 }),
                 ReadReply::Malformed(why) => Err(SignalError::BadValue(why.clone())),
             };
             // A plan reads each signal once: no need to search for it.
-            readings.push(name.clone(), reading);
+            readings.push_at(signal.position, reading);
         }
     }
     Ok(Poll {

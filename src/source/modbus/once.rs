@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value as Json};
 
 use super::bus::BusStats;
-use super::link::{poll_machine, signal_names, Link};
+use super::link::{poll_machine, Link, PollPlan};
 use super::plan::plan_reads;
 use crate::config::{Config, MachineConfig, Transport};
 use crate::source::{Reading, SignalError};
@@ -108,9 +108,8 @@ pub async fn read_once(
             let mut link = Link::new(bus.clone(), Arc::new(BusStats::new(&bus.id)));
             let mut out = Vec::new();
             for m in machines {
-                let plan = plan_reads(m, bus);
-                let readout = match poll_machine(&mut link, m, &plan, &signal_names(m), None).await
-                {
+                let plan = PollPlan::new(m, plan_reads(m, bus));
+                let readout = match poll_machine(&mut link, &plan, None).await {
                     Ok(poll) => MachineReadout {
                         error: None,
                         signals: poll
@@ -123,6 +122,7 @@ pub async fn read_once(
                         let reason = e.to_string();
                         MachineReadout {
                             signals: plan
+                                .requests()
                                 .iter()
                                 .flat_map(|r| r.signals.iter())
                                 .filter_map(|&i| m.signal.get(i))
