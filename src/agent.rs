@@ -30,7 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, Transport};
 use crate::machine::{MachineEvent, MachineState, MachineView};
-use crate::source::{Sample, SampleContent};
+use crate::source::{Sample, SampleContent, SignalError};
 use crate::store::{Store, StoreError};
 
 /// Why the agent could not start or stopped with an error.
@@ -545,29 +545,126 @@ async fn tap(
 /// agent's CPU.
 #[derive(Default)]
 struct LastValues {
-    /// Machine → each signal's last reading, in the order first read.
+    /// Machine → its signals' last readings.
     /// (Looked up for every sample: a fast hash of the machine's id.)
-    signals: FxHashMap<String, Vec<NotedSignal>>,
+    signals: FxHashMap<String, NotedSignals>,
     /// Machine → why its last poll failed.
     unreachable: FxHashMap<String, Noted<String>>,
 }
 
-/// A signal's name and its last reading.
-type NotedSignal = (Arc<str>, Noted<crate::source::Reading>);
+/// One machine's signals as last noted, in the order first read, column by
+/// column. Every poll reads each last reading (has it changed?) and writes
+/// each read time, so those two are columns of their own, apart from what
+/// only a change or a flush touches: a poll touches a few cache lines of a
+/// machine that has gone cold in the second since its last poll
+/// (BENCHMARKS.md, "Polling"), not a whole row per signal.
+#[derive(Default)]
+struct NotedSignals {
+    /// The names table of the last sample, and for each of its positions
+    /// the column of that signal (`NO_COLUMN` until seen). A bus hands
+    /// every poll of a machine the same table, so a poll finds its columns
+    /// without comparing, or even reading, names.
+    table: crate::source::SignalNames,
+    columns: Vec<u32>,
+    names: Vec<Arc<str>>,
+    at: Vec<DateTime<Utc>>,
+    what: Vec<crate::source::Reading>,
+    due: Vec<Due>,
+}
+
+const NO_COLUMN: u32 = u32::MAX;
+
+impl NotedSignals {
+    fn note(&mut self, at: DateTime<Utc>, readings: &crate::source::Readings) {
+        if !Arc::ptr_eq(&self.table, readings.names()) {
+            // Another table (an MQTT message, or the first poll): learn it.
+            self.table = readings.names().clone();
+            self.columns.clear();
+            self.columns.resize(self.table.len(), NO_COLUMN);
+        }
+        for (position, r) in readings.positions() {
+            let column = match self.columns.get(position) {
+                Some(&c) if c != NO_COLUMN => c as usize,
+                _ => self.column_of(position),
+            };
+            if let (Some(t), Some(what), Some(due)) = (
+                self.at.get_mut(column),
+                self.what.get_mut(column),
+                self.due.get_mut(column),
+            ) {
+                *t = at;
+                if what != r {
+                    *what = r.clone();
+                    due.changed = true;
+                }
+            }
+        }
+    }
+
+    /// The column of the signal at `position` in the table, found by name
+    /// or made (its first reading is then due), and remembered.
+    fn column_of(&mut self, position: usize) -> usize {
+        let Some(name) = self.table.get(position) else {
+            return usize::MAX;
+        };
+        let column = match self.names.iter().position(|k| k == name) {
+            Some(c) => c,
+            None => {
+                self.names.push(name.clone());
+                // Not read yet: the caller's reading replaces it, as a change.
+                self.at.push(DateTime::<Utc>::MIN_UTC);
+                self.what.push(Err(SignalError::NoReply(String::new())));
+                self.due.push(Due::new());
+                self.names.len() - 1
+            }
+        };
+        if let (Some(slot), Ok(c)) = (self.columns.get_mut(position), u32::try_from(column)) {
+            *slot = c;
+        }
+        column
+    }
+}
 
 /// How stale `signal_value.read_at` may get for a value that does not change.
 const UNCHANGED_REFRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// Whether a noted value is due to be written.
+#[derive(Debug, Clone, Copy)]
+struct Due {
+    /// The value differs from the row in the store (or there is none).
+    changed: bool,
+    /// When the row last written goes stale: its read time plus
+    /// [`UNCHANGED_REFRESH`] (kept as a deadline, so that a flush compares
+    /// times instead of subtracting them for every signal).
+    stale_at: Option<DateTime<Utc>>,
+}
+
+impl Due {
+    fn new() -> Self {
+        Due {
+            changed: true,
+            stale_at: None,
+        }
+    }
+
+    /// Whether the next flush writes the value read at `at`; if so, it
+    /// counts as written.
+    fn take(&mut self, at: DateTime<Utc>) -> bool {
+        let stale = self.stale_at.is_some_and(|s| at >= s);
+        if !(self.changed || stale) {
+            return false;
+        }
+        self.changed = false;
+        self.stale_at = at.checked_add_signed(UNCHANGED_REFRESH);
+        true
+    }
+}
 
 /// Something last read at `at`.
 struct Noted<T> {
     at: DateTime<Utc>,
     what: T,
-    /// `what` differs from the row in the store (or there is none).
-    changed: bool,
-    /// When the row last written goes stale: its `at` plus
-    /// [`UNCHANGED_REFRESH`] (kept as a deadline, so that a flush compares
-    /// times instead of subtracting them for every signal).
-    stale_at: Option<DateTime<Utc>>,
+    due: Due,
 }
 
 impl<T: PartialEq + Clone> Noted<T> {
@@ -575,8 +672,7 @@ impl<T: PartialEq + Clone> Noted<T> {
         Self {
             at,
             what: what.clone(),
-            changed: true,
-            stale_at: None,
+            due: Due::new(),
         }
     }
 
@@ -584,19 +680,8 @@ impl<T: PartialEq + Clone> Noted<T> {
         self.at = at;
         if self.what != *what {
             self.what = what.clone();
-            self.changed = true;
+            self.due.changed = true;
         }
-    }
-
-    /// Whether the next flush writes it; if so, it counts as written.
-    fn take_due(&mut self) -> bool {
-        let stale = self.stale_at.is_some_and(|s| self.at >= s);
-        if !(self.changed || stale) {
-            return false;
-        }
-        self.changed = false;
-        self.stale_at = self.at.checked_add_signed(UNCHANGED_REFRESH);
-        true
     }
 }
 
@@ -607,27 +692,14 @@ type SignalRow = (String, String, Option<String>, Option<String>, String);
 impl LastValues {
     fn note(&mut self, sample: &Sample) {
         match &sample.content {
-            SampleContent::Signals(readings) => {
-                let signals = match self.signals.get_mut(&sample.machine) {
-                    Some(s) => s,
-                    None => self.signals.entry(sample.machine.clone()).or_default(),
-                };
-                // A bus reads a machine's signals in the same order every
-                // poll: look where the last poll had the signal first, and
-                // search only when that is another one (MQTT's partial updates).
-                // The names are the bus's own, shared: the same pointer
-                // says the same name without comparing the text.
-                for (i, (name, r)) in readings.iter().enumerate() {
-                    let known = match signals.get_mut(i) {
-                        Some((k, n)) if Arc::ptr_eq(k, name) || k == name => Some(n),
-                        _ => signals.iter_mut().find(|(k, _)| k == name).map(|(_, n)| n),
-                    };
-                    match known {
-                        Some(n) => n.update(sample.at, r),
-                        None => signals.push((name.clone(), Noted::new(sample.at, r))),
-                    }
+            SampleContent::Signals(readings) => match self.signals.get_mut(&sample.machine) {
+                Some(s) => s.note(sample.at, readings),
+                None => {
+                    let mut s = NotedSignals::default();
+                    s.note(sample.at, readings);
+                    self.signals.insert(sample.machine.clone(), s);
                 }
-            }
+            },
             SampleContent::Unreachable { reason } => {
                 match self.unreachable.get_mut(&sample.machine) {
                     Some(n) => n.update(sample.at, reason),
@@ -645,19 +717,26 @@ impl LastValues {
         let stamp = |at: &DateTime<Utc>| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut rows = Vec::new();
         for (machine, signals) in &mut self.signals {
-            for (name, n) in signals.iter_mut() {
-                if !n.take_due() {
+            let NotedSignals {
+                names,
+                at,
+                what,
+                due,
+                ..
+            } = signals;
+            for (((name, at), what), due) in names.iter().zip(&*at).zip(&*what).zip(due) {
+                if !due.take(*at) {
                     continue;
                 }
-                let (v, e) = match &n.what {
+                let (v, e) = match what {
                     Ok(v) => (serde_json::to_string(v).ok(), None),
                     Err(e) => (None, Some(e.to_string())),
                 };
-                rows.push((machine.clone(), name.to_string(), v, e, stamp(&n.at)));
+                rows.push((machine.clone(), name.to_string(), v, e, stamp(at)));
             }
         }
         for (machine, n) in self.unreachable.iter_mut() {
-            if n.take_due() {
+            if n.due.take(n.at) {
                 let why = Some(n.what.clone());
                 rows.push((machine.clone(), String::new(), None, why, stamp(&n.at)));
             }
@@ -844,7 +923,7 @@ async fn watch_view(mut rx: watch::Receiver<MachineView>, board: Board, stop: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{SignalError, Value};
+    use crate::source::Value;
 
     fn signals(machine: &str, at_s: i64, readings: &[(&str, crate::source::Reading)]) -> Sample {
         Sample {
@@ -858,6 +937,50 @@ mod tests {
                     .collect(),
             ),
         }
+    }
+
+    #[test]
+    fn last_values_follow_a_bus_names_table_by_position_and_other_samples_by_name() {
+        use crate::source::{Readings, SignalNames};
+        let table: SignalNames = Arc::new(vec!["a".into(), "b".into(), "c".into()]);
+        // A bus reads in plan order, not in the table's.
+        let poll = |at_s: i64, a: i64, b: i64, c: i64| {
+            let mut r = Readings::of_signals(table.clone());
+            r.push_at(2, Ok(Value::Int(c)));
+            r.push_at(0, Ok(Value::Int(a)));
+            r.push_at(1, Ok(Value::Int(b)));
+            Sample {
+                machine: "m1".into(),
+                at: DateTime::from_timestamp(at_s, 0).unwrap(),
+                mono: tokio::time::Instant::now(),
+                content: SampleContent::Signals(r),
+            }
+        };
+        let at = |s: i64| {
+            DateTime::from_timestamp(s, 0)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let row = |name: &str, v: i64, s: i64| -> SignalRow {
+            ("m1".into(), name.into(), Some(v.to_string()), None, at(s))
+        };
+        let mut last = LastValues::default();
+        last.note(&poll(10, 1, 2, 3));
+        let mut rows = last.take_rows();
+        rows.sort();
+        assert_eq!(
+            rows,
+            vec![row("a", 1, 10), row("b", 2, 10), row("c", 3, 10)]
+        );
+        last.note(&poll(11, 1, 5, 3));
+        assert_eq!(last.take_rows(), vec![row("b", 5, 11)]);
+        // A sample with a table of its own (as MQTT sends) finds the
+        // signal by name; the bus's next poll still lands in the right place.
+        last.note(&signals("m1", 12, &[("c", Ok(Value::Int(9)))]));
+        assert_eq!(last.take_rows(), vec![row("c", 9, 12)]);
+        last.note(&poll(13, 4, 5, 9));
+        assert_eq!(last.take_rows(), vec![row("a", 4, 13)]);
+        assert!(last.take_rows().is_empty());
     }
 
     #[test]

@@ -183,6 +183,19 @@ impl Readings {
             .filter_map(|(p, r)| self.names.get(*p as usize).map(|n| (n, r)))
     }
 
+    /// Position in [`Readings::names`] and reading of each signal, in the
+    /// order read: for consumers that keep per-signal state and match a
+    /// names table by pointer, without touching the names.
+    pub fn positions(&self) -> impl Iterator<Item = (usize, &Reading)> {
+        self.values.iter().map(|(p, r)| (*p as usize, r))
+    }
+
+    /// The names table the readings refer to: the same `Arc` for every
+    /// sample of a Modbus machine.
+    pub fn names(&self) -> &SignalNames {
+        &self.names
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &Reading> {
         self.values.iter().map(|(_, r)| r)
     }
