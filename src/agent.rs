@@ -30,7 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, Transport};
 use crate::machine::{MachineEvent, MachineState, MachineView};
-use crate::source::{Sample, SampleContent, SignalError};
+use crate::source::{Sample, SampleContent};
 use crate::store::{Store, StoreError};
 
 /// Why the agent could not start or stopped with an error.
@@ -584,44 +584,55 @@ impl NotedSignals {
         }
         for (position, r) in readings.positions() {
             let column = match self.columns.get(position) {
-                Some(&c) if c != NO_COLUMN => c as usize,
-                _ => self.column_of(position),
+                Some(&c) if c != NO_COLUMN => Some(c as usize),
+                _ => self.learn(position),
             };
-            if let (Some(t), Some(what), Some(due)) = (
-                self.at.get_mut(column),
-                self.what.get_mut(column),
-                self.due.get_mut(column),
-            ) {
-                *t = at;
-                if what != r {
-                    *what = r.clone();
-                    due.changed = true;
-                }
+            match column {
+                Some(c) => self.update(c, at, r),
+                None => self.add(position, at, r),
             }
         }
     }
 
     /// The column of the signal at `position` in the table, found by name
-    /// or made (its first reading is then due), and remembered.
-    fn column_of(&mut self, position: usize) -> usize {
-        let Some(name) = self.table.get(position) else {
-            return usize::MAX;
-        };
-        let column = match self.names.iter().position(|k| k == name) {
-            Some(c) => c,
-            None => {
-                self.names.push(name.clone());
-                // Not read yet: the caller's reading replaces it, as a change.
-                self.at.push(DateTime::<Utc>::MIN_UTC);
-                self.what.push(Err(SignalError::NoReply(String::new())));
-                self.due.push(Due::new());
-                self.names.len() - 1
-            }
-        };
+    /// and remembered; `None` for a signal not noted before.
+    fn learn(&mut self, position: usize) -> Option<usize> {
+        let name = self.table.get(position)?;
+        let column = self.names.iter().position(|k| k == name)?;
+        self.remember(position, column);
+        Some(column)
+    }
+
+    fn remember(&mut self, position: usize, column: usize) {
         if let (Some(slot), Ok(c)) = (self.columns.get_mut(position), u32::try_from(column)) {
             *slot = c;
         }
-        column
+    }
+
+    fn update(&mut self, column: usize, at: DateTime<Utc>, r: &crate::source::Reading) {
+        if let (Some(t), Some(what), Some(due)) = (
+            self.at.get_mut(column),
+            self.what.get_mut(column),
+            self.due.get_mut(column),
+        ) {
+            *t = at;
+            if what != r {
+                *what = r.clone();
+                due.changed = true;
+            }
+        }
+    }
+
+    /// A new column for the signal at `position`; its first reading is due.
+    fn add(&mut self, position: usize, at: DateTime<Utc>, r: &crate::source::Reading) {
+        let Some(name) = self.table.get(position) else {
+            return;
+        };
+        self.names.push(name.clone());
+        self.at.push(at);
+        self.what.push(r.clone());
+        self.due.push(Due::new());
+        self.remember(position, self.names.len() - 1);
     }
 }
 
@@ -923,7 +934,7 @@ async fn watch_view(mut rx: watch::Receiver<MachineView>, board: Board, stop: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Value;
+    use crate::source::{SignalError, Value};
 
     fn signals(machine: &str, at_s: i64, readings: &[(&str, crate::source::Reading)]) -> Sample {
         Sample {
