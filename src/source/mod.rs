@@ -77,8 +77,8 @@ pub enum SignalError {
 pub type Reading = Result<Value, SignalError>;
 
 // A poll's readings are one allocation per sample; kept at 32 bytes a
-// reading, the 20 signals of a typical machine (48 bytes each with the
-// name) fit glibc's per-thread cache (chunks up to 1032 bytes), which
+// reading, the 20 signals of a typical machine (40 bytes each with its
+// position in the names table) fit glibc's per-thread cache (chunks up to 1032 bytes), which
 // hands the same memory back poll after poll (BENCHMARKS.md, "Polling").
 const _: () = assert!(std::mem::size_of::<Reading>() <= 32);
 
