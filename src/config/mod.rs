@@ -10,6 +10,7 @@
 //! Every struct rejects unknown keys: a typo must never be silently ignored.
 //! Keys carry their unit in the name (`poll_ms`, `timeout_ms`, `outbox_max_mb`).
 
+mod raw;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use validate::{is_valid_id, validate, ConfigIssue};
+pub use validate::{
+    is_valid_id, uplink_warnings, validate, writable_range, ConfigIssue, MAX_IDEAL_CYCLE_S,
+};
 
 /// Where the config file is looked for when neither `-c` nor `$LINEGATE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/linegate/linegate.toml";
@@ -614,10 +617,12 @@ impl Config {
     }
 
     fn load_with(path: &Path, env: Option<config::Environment>) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        let read_error = |reason: String| ConfigError::Read {
             file: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| read_error(e.to_string()))?;
+        let text = raw::utf8_text(bytes).map_err(read_error)?;
         Self::from_toml_str(&text, path, env)
     }
 
@@ -631,6 +636,14 @@ impl Config {
         file: &Path,
         env: Option<config::Environment>,
     ) -> Result<Config, ConfigError> {
+        // Numbers the config crate would lose the key of (or, for nan, the value).
+        let issues = raw::number_issues(text);
+        if !issues.is_empty() {
+            return Err(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                issues,
+            });
+        }
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml));
         if let Some(env) = env {

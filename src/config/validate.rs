@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use super::{Area, BusConfig, Config, DataType, MachineConfig, OrderRegister, Transport};
+use super::{
+    Area, BusConfig, Config, DataType, MachineConfig, OrderRegister, Transport, UplinkConfig,
+};
 
 /// One problem in a config, with the key path it is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +32,52 @@ impl Issues {
             message: message.into(),
         });
     }
+}
+
+/// Longest ideal cycle time accepted, from the config or an order: one part
+/// a day. Beyond it a typo (or 1e308) would make every KPI meaningless.
+pub const MAX_IDEAL_CYCLE_S: f64 = 86_400.0;
+
+/// The values a register of `data_type` can take when an order writes it
+/// (`None`: strings are never written).
+pub fn writable_range(data_type: DataType) -> Option<(f64, f64)> {
+    Some(match data_type {
+        DataType::Bool => (0.0, 1.0),
+        DataType::U16 => (0.0, 65535.0),
+        DataType::I16 => (-32768.0, 32767.0),
+        DataType::U32 => (0.0, 4294967295.0),
+        DataType::I32 => (-2147483648.0, 2147483647.0),
+        DataType::U64 => (0.0, u64::MAX as f64),
+        DataType::I64 => (i64::MIN as f64, i64::MAX as f64),
+        DataType::F32 => (f32::MIN as f64, f32::MAX as f64),
+        DataType::F64 => (f64::MIN, f64::MAX),
+        DataType::String => return None,
+    })
+}
+
+/// What an order register can hold: a coil one bit, a holding register its type's range.
+fn register_range(r: &OrderRegister) -> Option<(f64, f64)> {
+    if r.area == Area::Coil {
+        return Some((0.0, 1.0));
+    }
+    writable_range(r.data_type)
+}
+
+/// Settings that work but deserve a word at start (`check-config` prints
+/// them, `run` logs them). Empty for most configs.
+pub fn uplink_warnings(u: &UplinkConfig) -> Vec<ConfigIssue> {
+    let mut issues = Issues(Vec::new());
+    let password = u.password_file.is_some() || u.password_env.is_some();
+    if password && u.url.starts_with("mqtt://") {
+        issues.push(
+            "uplink.url",
+            format!(
+                "{:?} is plaintext: the password crosses the network in clear; use mqtts://",
+                u.url
+            ),
+        );
+    }
+    issues.0
 }
 
 /// Is `id` a contract id: `[A-Za-z0-9_.-]{1,64}`?
@@ -139,6 +187,39 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
                     "{:?} must start with mqtt:// or mqtts://, e.g. \"mqtts://broker.example:8883\"",
                     u.url
                 ),
+            );
+        }
+        if let Some(id) = &u.client_id {
+            if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                issues.push(
+                    "uplink.client_id",
+                    format!(
+                        "{id:?} is not usable: the broker keeps the order session under it, so it must be non-empty and without spaces; leave it out for linegate-<gateway id>"
+                    ),
+                );
+            }
+        }
+        if u.url.starts_with("mqtt://") {
+            for (key, set) in [
+                ("uplink.ca_file", u.ca_file.is_some()),
+                ("uplink.client_cert_file", u.client_cert_file.is_some()),
+                ("uplink.client_key_file", u.client_key_file.is_some()),
+            ] {
+                if set {
+                    issues.push(
+                        key,
+                        format!(
+                            "is a TLS setting but uplink.url {:?} is plaintext: use mqtts:// or remove it",
+                            u.url
+                        ),
+                    );
+                }
+            }
+        }
+        if u.username.is_none() && (u.password_file.is_some() || u.password_env.is_some()) {
+            issues.push(
+                "uplink.username",
+                "a password is set (password_file or password_env) but no username",
             );
         }
         if u.password_file.is_some() && u.password_env.is_some() {
@@ -424,10 +505,10 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
             }
         }
         if let Some(t) = c.ideal_cycle_s {
-            if !(t.is_finite() && t > 0.0) {
+            if !(t.is_finite() && t > 0.0 && t <= MAX_IDEAL_CYCLE_S) {
                 issues.push(
                     format!("machine[{i}].counters.ideal_cycle_s"),
-                    "must be a positive number of seconds",
+                    format!("{t} is not a number of seconds above 0 and up to {MAX_IDEAL_CYCLE_S}"),
                 );
             }
         }
@@ -480,6 +561,32 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
             if u32::from(r.address) + u32::from(r.data_type.registers(None)) > 65536 {
                 issues.push(format!("{ok}.address"), "runs past 65535");
             }
+            check_limits(issues, &ok, r);
+        }
+        if let Some((lo, hi)) = order_bounds(&o.product_code) {
+            for (product, code) in &o.product_code.map {
+                let c = *code as f64;
+                if c < lo || c > hi {
+                    issues.push(
+                        format!("machine[{i}].orders.product_code.map.{product}"),
+                        format!(
+                            "code {code} does not fit the product_code register ({}, {lo}..={hi})",
+                            o.product_code.data_type
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some((_, hi)) = order_bounds(&o.quantity) {
+            if f64::from(o.max_quantity) > hi {
+                issues.push(
+                    format!("machine[{i}].orders.max_quantity"),
+                    format!(
+                        "{} does not fit the quantity register ({}, up to {hi})",
+                        o.max_quantity, o.quantity.data_type
+                    ),
+                );
+            }
         }
         if o.product_code.map.is_empty() {
             issues.push(
@@ -500,6 +607,46 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
             );
         }
     }
+}
+
+/// `min` and `max` of an order register: finite, inside what the register
+/// holds, and `min` not above `max`.
+fn check_limits(issues: &mut Issues, key: &str, r: &OrderRegister) {
+    let Some((lo, hi)) = register_range(r) else {
+        return;
+    };
+    let what = if r.area == Area::Coil {
+        "a coil".to_string()
+    } else {
+        format!("a {} register", r.data_type)
+    };
+    for (field, limit) in [("min", r.min), ("max", r.max)] {
+        let Some(v) = limit else { continue };
+        if !v.is_finite() {
+            issues.push(format!("{key}.{field}"), "must be a finite number");
+        } else if v < lo || v > hi {
+            issues.push(
+                format!("{key}.{field}"),
+                format!("{v} does not fit {what}: use {lo}..={hi}"),
+            );
+        }
+    }
+    if let (Some(min), Some(max)) = (r.min, r.max) {
+        if min > max {
+            issues.push(format!("{key}.max"), format!("{max} is below min {min}"));
+        }
+    }
+}
+
+/// The values an order may write to `r`: its type's range narrowed by
+/// `min`/`max` (limits that are themselves invalid are reported elsewhere).
+fn order_bounds(r: &OrderRegister) -> Option<(f64, f64)> {
+    let (lo, hi) = register_range(r)?;
+    let usable = |m: &f64| (lo..=hi).contains(m);
+    Some((
+        r.min.filter(usable).unwrap_or(lo),
+        r.max.filter(usable).unwrap_or(hi),
+    ))
 }
 
 #[cfg(test)]

@@ -340,10 +340,11 @@ fn parse_order(
     let ideal_cycle_s = match obj.get("ideal_cycle_s") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_f64() {
-            Some(c) if c > 0.0 && c.is_finite() => Some(c),
+            Some(c) if c > 0.0 && c <= crate::config::MAX_IDEAL_CYCLE_S => Some(c),
             _ => {
                 return fail(format!(
-                    "{name}: `ideal_cycle_s` must be a positive number of seconds, got {v}"
+                    "{name}: `ideal_cycle_s` must be a number of seconds above 0 and up to {}, got {v}",
+                    crate::config::MAX_IDEAL_CYCLE_S
                 ))
             }
         },
