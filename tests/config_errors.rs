@@ -138,3 +138,277 @@ max_quantity = 10
     assert!(e.contains("machine[0].orders"), "{e}");
     assert!(e.contains("mqtt bus"), "{e}");
 }
+
+// ---------------------------------------------------------------------------
+// Through the real binary: `check-config` is the systemd unit's
+// `ExecStartPre`, so what it lets through is what runs.
+
+/// A gateway with one machine that takes orders, for the limits below.
+const ORDERS: &str = r#"
+[gateway]
+id = "gw"
+site = "s"
+data_dir = "/nonexistent/linegate-test"
+
+[[bus]]
+id = "cell-a"
+transport = "tcp"
+address = "127.0.0.1:502"
+
+[[machine]]
+id = "press07"
+bus = "cell-a"
+
+[[machine.signal]]
+name = "part_count"
+area = "holding"
+address = 100
+
+[machine.counters]
+produced = "part_count"
+ideal_cycle_s = 9.5
+
+[machine.orders]
+order_number = { area = "holding", address = 200, type = "u32" }
+product_code = { area = "holding", address = 202, type = "u16", map = { "P-1" = 11 } }
+quantity = { area = "holding", address = 203, type = "u16", max = 5000 }
+start = { area = "coil", address = 10 }
+max_quantity = 5000
+params = { recipe = { area = "holding", address = 204, type = "u16", min = 1, max = 40 } }
+"#;
+
+/// What `linegate check-config` said about this file: (passed, stdout, stderr).
+fn check_config_bytes(bytes: &[u8], env: &[(&str, &str)]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("linegate.toml");
+    std::fs::write(&file, bytes).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_linegate"));
+    cmd.arg("check-config").arg("-c").arg(&file);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LINEGATE") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("the linegate binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// check-config must refuse `text`; its error output.
+fn refused(text: &str) -> String {
+    let (ok, stdout, stderr) = check_config_bytes(text.as_bytes(), &[]);
+    assert!(!ok, "check-config passed a bad config:\n{text}\n{stdout}");
+    assert!(!stdout.contains(": ok"), "{stdout}");
+    stderr
+}
+
+#[test]
+fn check_config_passes_the_order_fixture() {
+    let (ok, stdout, stderr) = check_config_bytes(ORDERS.as_bytes(), &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+}
+
+#[test]
+fn order_limits_must_be_finite_and_fit_their_register() {
+    for (from, to, key, says) in [
+        (
+            "min = 1, max = 40",
+            "min = 1, max = nan",
+            "machine[0].orders.params.recipe.max",
+            "not a finite number",
+        ),
+        (
+            "type = \"u16\", max = 5000",
+            "type = \"u16\", max = inf",
+            "machine[0].orders.quantity.max",
+            "not a finite number",
+        ),
+        (
+            "type = \"u16\", max = 5000",
+            "type = \"u16\", max = -1",
+            "machine[0].orders.quantity.max",
+            "0..=65535",
+        ),
+        (
+            "type = \"u16\", max = 5000",
+            "type = \"u16\", max = 1e30",
+            "machine[0].orders.quantity.max",
+            "does not fit a u16 register",
+        ),
+        (
+            "min = 1, max = 40",
+            "min = 41, max = 40",
+            "machine[0].orders.params.recipe.max",
+            "below min 41",
+        ),
+        (
+            "\"P-1\" = 11",
+            "\"P-1\" = 65536",
+            "machine[0].orders.product_code.map.P-1",
+            "0..=65535",
+        ),
+        (
+            "\"P-1\" = 11",
+            "\"P-1\" = -1",
+            "machine[0].orders.product_code.map.P-1",
+            "0..=65535",
+        ),
+        (
+            "max_quantity = 5000",
+            "max_quantity = 100000",
+            "machine[0].orders.max_quantity",
+            "up to 5000",
+        ),
+        (
+            "ideal_cycle_s = 9.5",
+            "ideal_cycle_s = nan",
+            "machine[0].counters.ideal_cycle_s",
+            "not a finite number",
+        ),
+        (
+            "ideal_cycle_s = 9.5",
+            "ideal_cycle_s = inf",
+            "machine[0].counters.ideal_cycle_s",
+            "not a finite number",
+        ),
+        (
+            "ideal_cycle_s = 9.5",
+            "ideal_cycle_s = 1e308",
+            "machine[0].counters.ideal_cycle_s",
+            "up to 86400",
+        ),
+    ] {
+        assert!(ORDERS.contains(from), "{from}");
+        let e = refused(&ORDERS.replace(from, to));
+        assert!(e.contains(&format!("`{key}`")), "{to}: names {key}: {e}");
+        assert!(e.contains(says), "{to}: says {says:?}: {e}");
+    }
+}
+
+#[test]
+fn a_number_too_large_is_named_with_its_key_and_line() {
+    let text = GOOD.replace(
+        "address = \"127.0.0.1:502\"",
+        "address = \"127.0.0.1:502\"\ntimeout_ms = 99999999999999999999",
+    );
+    let e = refused(&text);
+    assert!(e.contains("`bus[0].timeout_ms`"), "{e}");
+    assert!(e.contains("line 11, column 14"), "{e}");
+    assert!(e.contains("99999999999999999999 is too large"), "{e}");
+}
+
+#[test]
+fn bytes_that_are_not_utf8_are_placed_by_line_and_column() {
+    let mut bytes = GOOD.as_bytes().to_vec();
+    let at = GOOD.find("gw-line2").unwrap() + 2;
+    bytes[at] = 0xFF;
+    let (ok, _, e) = check_config_bytes(&bytes, &[]);
+    assert!(!ok);
+    assert!(e.contains("line 3, column 9"), "{e}");
+    assert!(e.contains("0xFF is not UTF-8"), "{e}");
+}
+
+/// GOOD with an `[uplink]` section of these lines.
+fn with_uplink(lines: &str) -> String {
+    format!("{GOOD}\n[uplink]\n{lines}\n")
+}
+
+#[test]
+fn an_empty_uplink_client_id_is_refused() {
+    let e = refused(&with_uplink(
+        "url = \"mqtt://127.0.0.1:1883\"\nclient_id = \"\"",
+    ));
+    assert!(e.contains("`uplink.client_id`"), "{e}");
+    assert!(e.contains("non-empty"), "{e}");
+}
+
+#[test]
+fn tls_files_with_a_plaintext_url_are_refused() {
+    let e = refused(&with_uplink(
+        "url = \"mqtt://127.0.0.1:1883\"\nca_file = \"/etc/ssl/ca.pem\"\n\
+         client_cert_file = \"/etc/c.pem\"\nclient_key_file = \"/etc/k.pem\"",
+    ));
+    for key in [
+        "uplink.ca_file",
+        "uplink.client_cert_file",
+        "uplink.client_key_file",
+    ] {
+        assert!(e.contains(&format!("`{key}`")), "{key}: {e}");
+    }
+    assert!(e.contains("use mqtts://"), "{e}");
+}
+
+#[test]
+fn a_password_without_a_username_is_refused() {
+    let e = refused(&with_uplink(
+        "url = \"mqtts://127.0.0.1:8883\"\npassword_env = \"LINEGATE_TEST_PW\"",
+    ));
+    assert!(e.contains("`uplink.username`"), "{e}");
+}
+
+#[test]
+fn a_password_over_plaintext_passes_with_a_warning() {
+    let text = with_uplink(
+        "url = \"mqtt://127.0.0.1:1883\"\nusername = \"gw\"\npassword_env = \"LINEGATE_TEST_PW\"",
+    );
+    let (ok, stdout, stderr) = check_config_bytes(text.as_bytes(), &[("LINEGATE_TEST_PW", "x")]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+    assert!(stderr.contains("warning"), "{stderr}");
+    assert!(stderr.contains("in clear"), "{stderr}");
+}
+
+#[test]
+fn credential_files_that_are_missing_or_empty_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let newline = dir.path().join("newline");
+    std::fs::write(&newline, "\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let p = |p: &Path| p.display().to_string();
+    for (lines, key, file) in [
+        (
+            format!("ca_file = {:?}", p(&missing)),
+            "uplink.ca_file",
+            p(&missing),
+        ),
+        (
+            format!("ca_file = {:?}", p(&empty)),
+            "uplink.ca_file",
+            p(&empty),
+        ),
+        (
+            format!(
+                "client_cert_file = {:?}\nclient_key_file = {:?}",
+                p(&missing),
+                p(&empty)
+            ),
+            "uplink.client_cert_file",
+            p(&missing),
+        ),
+        (
+            format!("username = \"gw\"\npassword_file = {:?}", p(&missing)),
+            "uplink.password_file",
+            p(&missing),
+        ),
+        (
+            format!("username = \"gw\"\npassword_file = {:?}", p(&newline)),
+            "uplink.password_file",
+            p(&newline),
+        ),
+    ] {
+        let e = refused(&with_uplink(&format!(
+            "url = \"mqtts://127.0.0.1:8883\"\n{lines}"
+        )));
+        assert!(
+            e.contains(key) && e.contains(&file),
+            "{lines}: names {key} and {file}: {e}"
+        );
+    }
+}

@@ -251,6 +251,24 @@ fn a_parameter_unknown_or_out_of_range_is_named() {
 }
 
 #[test]
+fn an_ideal_cycle_time_must_be_above_zero_and_at_most_a_day() {
+    let i = Intake::new();
+    for (n, bad) in [json!(1e308), json!(86400.5), json!(0), json!(-3), json!("9.5")]
+        .into_iter()
+        .enumerate()
+    {
+        let reason = i.rejected(with(order(&format!("O-{n}")), "ideal_cycle_s", bad.clone()));
+        assert!(
+            reason.contains("ideal_cycle_s") && reason.contains("86400"),
+            "{bad}: {reason}"
+        );
+    }
+    assert!(i.rows().is_empty(), "nothing kept");
+    let answers = i.send_json(with(order("O-day"), "ideal_cycle_s", json!(86400)));
+    assert_eq!(answers[0]["state"], "accepted", "{answers:?}");
+}
+
+#[test]
 fn an_oversized_payload_is_rejected_unread() {
     let t = Intake::new();
     let mut big = order("WO-1");

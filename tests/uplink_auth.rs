@@ -1,8 +1,9 @@
 //! The uplink's username and password against a real Mosquitto that refuses
 //! anonymous clients: the password from `uplink.password_file` and from
 //! `uplink.password_env` both connect and deliver; a wrong password is
-//! refused and the uplink says so; a missing password file stops
-//! `run_uplink` at once with an error naming the key and the path.
+//! refused and the uplink says so; a password file that is missing or empty
+//! is named in the uplink's error and read again on every attempt, so the
+//! uplink connects once the password is there.
 
 mod common;
 mod uplink_support;
@@ -226,23 +227,48 @@ async fn wrong_password_is_refused(protocol: MqttVersion) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_password_file_stops_the_uplink_with_the_key_and_the_path() {
+async fn a_password_file_missing_then_empty_is_retried_until_it_holds_the_password() {
     let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("no-such-password-file");
-    let mut cfg = with_user("mqtt://127.0.0.1:1");
-    cfg.password_file = Some(missing.clone());
+    let broker = broker_with_password(dir.path());
+    let mut sub = authenticated_subscriber(broker.port).await;
+    // Not there yet when the agent starts (a credential being rotated in).
+    let file = dir.path().join("uplink-password");
+    let mut cfg = with_user(&broker.url());
+    cfg.password_file = Some(file.clone());
     let store_dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(cfg, open_store(store_dir.path()));
-    let result = tokio::time::timeout(LONG, agent.task)
-        .await
-        .expect("run_uplink returns at once")
-        .unwrap();
-    let error = result
-        .expect_err("a missing password file is an error")
-        .to_string();
-    assert!(error.contains("uplink.password_file"), "{error}");
-    assert!(
-        error.contains(&missing.display().to_string()),
-        "the error names the path: {error}"
+    let seq = agent.enqueue(MessageClass::Durable, 3).await;
+
+    wait_for("the missing file in the uplink's error", LONG, || {
+        agent.stats.last_error().is_some_and(|e| {
+            e.contains("uplink.password_file") && e.contains(&file.display().to_string())
+        })
+    })
+    .await;
+    assert!(!agent.task.is_finished(), "the uplink keeps trying");
+    assert!(!agent.stats.snapshot().connected);
+
+    // Created but still empty: not a password, the uplink still waits.
+    std::fs::write(&file, "").unwrap();
+    wait_for("the empty file in the uplink's error", LONG, || {
+        agent.stats.last_error().is_some_and(|e| e.contains("empty"))
+    })
+    .await;
+    assert_eq!(
+        agent
+            .stats
+            .connects
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
     );
+
+    // The password arrives: the next attempt reads it and connects.
+    std::fs::write(&file, format!("{PASS}\n")).unwrap();
+    let got = receive(&mut sub, &format!("{PREFIX}/m/press07/state"), |j| {
+        j["seq"] == seq
+    })
+    .await;
+    assert_eq!(got["n"], 3);
+    assert!(agent.stats.snapshot().connected);
+    agent.stop().await.unwrap();
 }

@@ -188,21 +188,27 @@ async fn missing_or_bad_certificate_files_are_named_in_the_error() {
         ),
     ];
     for (cfg, key, file) in cases {
-        let e = linegate::uplink::check(&cfg).unwrap_err().to_string();
+        let problems = linegate::uplink::check(&cfg);
+        assert_eq!(problems.len(), 1, "{key}: {problems:?}");
+        let e = problems[0].to_string();
         assert!(
             e.contains(key) && e.contains(&file.display().to_string()),
             "{key}: {e}"
         );
     }
-    // run_uplink refuses to start with such a file, before any connection.
+    // At run time such a file fails the connection attempt, named in the
+    // uplink's error, and the uplink keeps trying (the file may be rotated in).
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = base();
     cfg.ca_file = Some(missing.clone());
     let agent = Agent::start(cfg, open_store(dir.path()));
-    let e = tokio::time::timeout(LONG, agent.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert!(e.to_string().contains("nope.pem"), "{e}");
+    wait_for("the missing CA file in the uplink's error", LONG, || {
+        agent
+            .stats
+            .last_error()
+            .is_some_and(|e| e.contains("uplink.ca_file") && e.contains("nope.pem"))
+    })
+    .await;
+    assert!(!agent.task.is_finished(), "the uplink must keep trying");
+    agent.stop().await.unwrap();
 }

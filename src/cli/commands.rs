@@ -99,6 +99,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn check_config(path: &Path) -> Result<ExitCode> {
     let config = Config::load(path)?;
+    // The files the uplink will read (CA, certificate, key, password): what
+    // passes here is what systemd starts, so a missing one is caught now.
+    if let Some(u) = &config.uplink {
+        let problems = crate::uplink::check(u);
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+            bail!(
+                "{}: {} problem(s):\n{}",
+                path.display(),
+                problems.len(),
+                list.join("\n")
+            );
+        }
+        for w in crate::config::uplink_warnings(u) {
+            eprintln!("{}: warning: {w}", path.display());
+        }
+    }
     say!(line "{}: ok", path.display());
     say!(line
         "gateway {} at site {}, {} bus(es), {} machine(s), topics under {}",
@@ -154,7 +171,8 @@ fn read(args: ReadArgs) -> Result<ExitCode> {
 fn open_store(config_arg: Option<&Path>) -> Result<(Config, Store)> {
     let path = Config::locate(config_arg);
     let config = Config::load(&path)?;
-    let store = Store::open(&config.gateway.data_dir)
+    // Only reads: never creates a folder or a store where there is none.
+    let store = Store::open_existing(&config.gateway.data_dir)
         .with_context(|| format!("opening the store of {}", path.display()))?;
     Ok((config, store))
 }

@@ -8,9 +8,14 @@
 //! concern keeps its own SQL in named constants in its own module (the
 //! outbox in `uplink::outbox`, orders in `orders::book`, ...), the store only
 //! runs it. The store never decides anything about machines or messages.
+//!
+//! The store holds orders and the write audit: a data folder it creates is
+//! 0700 and the file 0600 (SQLite gives the `-wal`/`-shm` files the file's
+//! mode), whatever the umask. An existing folder or file keeps its mode.
 
 pub mod schema;
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::thread;
@@ -23,18 +28,25 @@ pub const FILE_NAME: &str = "linegate.db";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store {path}: {source}")]
+    // The cause is in the message, not a `source`: printed as an error
+    // chain it would otherwise appear twice.
+    #[error("store {path}: {cause}")]
     Open {
         path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
-    #[error("store {path}: cannot create the data folder: {source}")]
+    #[error("store {path}: cannot create the data folder: {cause}")]
     Folder {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    #[error("store {path}: cannot create the file: {cause}")]
+    File {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("no store at {path}: has the agent run here? (it creates the store on its first start)")]
+    Missing { path: PathBuf },
     #[error(
         "store {path}: written by a newer linegate (schema {found}, this build knows {known})"
     )]
@@ -68,11 +80,41 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Open (or create) the store in `data_dir` and bring its schema up to date.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Folder {
+        let folder_error = |cause| StoreError::Folder {
             path: data_dir.to_path_buf(),
-            source,
-        })?;
-        Self::open_file(&data_dir.join(FILE_NAME))
+            cause,
+        };
+        // Folders made here are 0700 (umask can only take bits away).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(folder_error)?;
+        let path = data_dir.join(FILE_NAME);
+        // Made empty with 0600 before SQLite opens it (SQLite would make it
+        // 0644 less the umask); an existing file is left as it is.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(cause) => return Err(StoreError::File { path, cause }),
+        }
+        Self::open_file(&path)
+    }
+
+    /// Open the store in `data_dir` for a command that only reads: never
+    /// creates a folder or a file; a store that is not there is
+    /// [`StoreError::Missing`].
+    pub fn open_existing(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join(FILE_NAME);
+        if !path.is_file() {
+            return Err(StoreError::Missing { path });
+        }
+        Self::open_file(&path)
     }
 
     /// Open (or create) the store at an exact file path.
@@ -90,9 +132,9 @@ impl Store {
                 // Checkpoint on a clean stop so the WAL does not linger.
                 let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
             })
-            .map_err(|e| StoreError::Folder {
+            .map_err(|cause| StoreError::Folder {
                 path: path.to_path_buf(),
-                source: e,
+                cause,
             })?;
         Ok(Store {
             jobs,
@@ -137,9 +179,9 @@ impl Store {
 
 /// Open a connection with the store's pragmas (also used read-only by CLI commands).
 pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|source| StoreError::Open {
+    let conn = Connection::open(path).map_err(|cause| StoreError::Open {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
@@ -148,9 +190,9 @@ pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
          PRAGMA busy_timeout = 5000;
          PRAGMA cache_size = -1024;",
     )
-    .map_err(|source| StoreError::Open {
+    .map_err(|cause| StoreError::Open {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     Ok(conn)
 }

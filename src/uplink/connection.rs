@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::message::{self, GatewayInfo, StatusCounts, ORDERS_CMD_SUFFIX, STATUS_SUFFIX};
 use super::outbox::{self, OutboxRow, Stream};
 use super::pacing::RateLimit;
-use super::{ConnectSettings, ErrorKind, UplinkStats};
+use super::{ConnectSettings, Credentials, ErrorKind, UplinkStats};
 use crate::config::MqttVersion;
 use crate::orders::OrderMessage;
 use crate::store::{Store, StoreError};
@@ -246,6 +246,7 @@ fn v5_event(ev: v5::Event) -> LinkEvent {
 /// A fresh client and its event loop, running in its own task.
 fn open(
     s: &ConnectSettings,
+    credentials: Credentials,
     will_payload: Vec<u8>,
     status_topic: &str,
 ) -> (
@@ -271,10 +272,10 @@ fn open(
                     rumqttc::QoS::AtLeastOnce,
                     true,
                 ));
-            if let Some(t) = &s.transport {
+            if let Some(t) = &credentials.transport {
                 o.set_transport(t.clone());
             }
-            if let Some((u, p)) = &s.credentials {
+            if let Some((u, p)) = &credentials.login {
                 o.set_credentials(u, p);
             }
             let (client, mut events) = rumqttc::AsyncClient::new(o, capacity);
@@ -308,10 +309,10 @@ fn open(
                     true,
                     None,
                 ));
-            if let Some(t) = &s.transport {
+            if let Some(t) = &credentials.transport {
                 o.set_transport(t.clone());
             }
-            if let Some((u, p)) = &s.credentials {
+            if let Some((u, p)) = &credentials.login {
                 o.set_credentials(u, p);
             }
             let (client, mut events) = v5::AsyncClient::new(o, capacity);
@@ -398,7 +399,19 @@ pub(super) async fn run(shared: &Shared, status_seq: u64) -> Result<Ended, Store
     let now = Utc::now();
     let status_topic = format!("{}/{}", gw.prefix, STATUS_SUFFIX);
     let will = message::offline_payload(gw, status_seq + 1, now, counts);
-    let (client, events, task) = open(&shared.settings, will, &status_topic);
+    // The files are read for every connection: one missing or empty now
+    // (being rotated) fails this attempt, and the next one reads it again.
+    let credentials = match shared.settings.credentials() {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Ended::Lost {
+                connected: false,
+                healthy: false,
+                error: e.to_string(),
+            })
+        }
+    };
+    let (client, events, task) = open(&shared.settings, credentials, will, &status_topic);
 
     let mut c = Connection {
         shared,

@@ -39,8 +39,9 @@ pub use connection::{MAX_PACKET_BYTES, WINDOW};
 pub use message::GatewayInfo;
 pub use outbox::{enqueue, MessageClass, OutboxPolicy, Outgoing};
 
-/// Errors of the uplink: all but `Store` come from the config and are
-/// reported before any connection is tried.
+/// Errors of the uplink. `Url` comes from the config and stops the uplink
+/// at start; the file errors (CA, certificate, key, password) fail one
+/// connection attempt, which is retried (credentials get rotated).
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     #[error("uplink.url {url:?}: {reason}")]
@@ -142,37 +143,32 @@ pub(crate) enum ErrorKind {
 /// Turns a connection error into a message a user can act on.
 type DescribeError = Arc<dyn Fn(&str, ErrorKind) -> String + Send + Sync>;
 
-/// Everything needed to open a connection, checked once at start.
+/// Everything needed to open a connection, checked once at start. The
+/// files behind it (CA, client certificate and key, password) are read
+/// again for every connection: see [`ConnectSettings::credentials`].
 #[derive(Clone)]
 pub(crate) struct ConnectSettings {
     addr: tls::BrokerAddr,
     client_id: String,
     keepalive_s: u64,
     protocol: MqttVersion,
-    credentials: Option<(String, String)>,
-    /// `None` for plain TCP.
-    transport: Option<rumqttc::Transport>,
+    /// Where the TLS material and the password come from.
+    uplink: UplinkConfig,
     historical_per_s: u32,
     describe_error: DescribeError,
+}
+
+/// What one connection proves itself with, read from the files just before it.
+pub(crate) struct Credentials {
+    /// `None` for plain TCP.
+    transport: Option<rumqttc::Transport>,
+    /// Username and password.
+    login: Option<(String, String)>,
 }
 
 impl ConnectSettings {
     fn new(cfg: &UplinkConfig, gateway_id: &str) -> Result<ConnectSettings, UplinkError> {
         let addr = tls::parse_url(&cfg.url)?;
-        let transport = if addr.tls {
-            let config = tls::client_config(cfg)?;
-            Some(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
-            ))
-        } else {
-            None
-        };
-        let password = tls::password(cfg)?;
-        let credentials = match (&cfg.username, password) {
-            (Some(u), p) => Some((u.clone(), p.unwrap_or_default())),
-            (None, Some(_)) => return Err(UplinkError::PasswordWithoutUser),
-            (None, None) => None,
-        };
         let where_ = format!("{}:{}", addr.host, addr.port);
         let ca = tls::ca_description(cfg);
         let login = match (&cfg.username, &cfg.password_file, &cfg.password_env) {
@@ -198,20 +194,55 @@ impl ConnectSettings {
             client_id: cfg
                 .client_id
                 .clone()
+                .filter(|id| !id.is_empty())
                 .unwrap_or_else(|| format!("linegate-{gateway_id}")),
             keepalive_s: cfg.keepalive_s.max(5),
             protocol: cfg.protocol,
-            credentials,
-            transport,
+            uplink: cfg.clone(),
             historical_per_s: cfg.historical_per_s,
             describe_error,
         })
     }
+
+    /// Read the TLS material and the password now, for one connection. A
+    /// file missing or empty at this moment (a credential being rotated)
+    /// fails this attempt only; the next attempt reads it again.
+    pub(crate) fn credentials(&self) -> Result<Credentials, UplinkError> {
+        let transport = if self.addr.tls {
+            let config = tls::client_config(&self.uplink)?;
+            Some(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+            ))
+        } else {
+            None
+        };
+        let login = match (&self.uplink.username, tls::password(&self.uplink)?) {
+            (Some(u), p) => Some((u.clone(), p.unwrap_or_default())),
+            (None, Some(_)) => return Err(UplinkError::PasswordWithoutUser),
+            (None, None) => None,
+        };
+        Ok(Credentials { transport, login })
+    }
 }
 
-/// Check an uplink config without connecting (for `check-config` and start-up).
-pub fn check(cfg: &UplinkConfig) -> Result<(), UplinkError> {
-    ConnectSettings::new(cfg, "check").map(|_| ())
+/// Check an uplink config without connecting (for `check-config`): the URL,
+/// then every file it names (CA, client certificate and key, password) is
+/// read as a connection would. Every problem found, empty when usable.
+pub fn check(cfg: &UplinkConfig) -> Vec<UplinkError> {
+    let settings = match ConnectSettings::new(cfg, "check") {
+        Ok(s) => s,
+        Err(e) => return vec![e],
+    };
+    let mut problems = Vec::new();
+    if settings.addr.tls {
+        if let Err(e) = tls::client_config(cfg) {
+            problems.push(e);
+        }
+    }
+    if let Err(e) = tls::password(cfg) {
+        problems.push(e);
+    }
+    problems
 }
 
 /// Run the uplink until `shutdown`: connect with backoff, publish the birth,
@@ -219,9 +250,10 @@ pub fn check(cfg: &UplinkConfig) -> Result<(), UplinkError> {
 ///
 /// Wiring: call [`outbox::configure`] once at start (the cap, link down)
 /// before producers enqueue; producers call `wake.notify_one()` after each
-/// commit that enqueued rows. Returns an error at once for a bad config (URL,
-/// certificate, key or password file) and when the store has stopped;
-/// connection failures are logged, kept in `stats`, and retried.
+/// commit that enqueued rows. Returns an error at once for a bad URL and
+/// when the store has stopped; connection failures, and a CA, certificate,
+/// key or password file that cannot be read, are logged, kept in `stats`,
+/// and retried.
 ///
 /// `heartbeat` beats on every turn of the connection loops and on its own
 /// timer (also while waiting for a broker that is down, or in the reconnect
@@ -239,6 +271,9 @@ pub async fn run_uplink(
     shutdown: CancellationToken,
 ) -> Result<(), UplinkError> {
     let settings = ConnectSettings::new(&cfg, &gateway.id)?;
+    for w in crate::config::uplink_warnings(&cfg) {
+        tracing::warn!("{w}");
+    }
     store.call(|c| outbox::set_link_up(c, false)).await?;
 
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();

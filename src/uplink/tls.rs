@@ -178,7 +178,14 @@ pub fn password(cfg: &UplinkConfig) -> Result<Option<String>, UplinkError> {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        return Ok(Some(text.trim_end_matches(['\r', '\n']).to_string()));
+        let text = text.trim_end_matches(['\r', '\n']);
+        if text.is_empty() {
+            return Err(UplinkError::PasswordFile {
+                path: path.clone(),
+                reason: "the file is empty (it should hold the password)".into(),
+            });
+        }
+        return Ok(Some(text.to_string()));
     }
     if let Some(name) = &cfg.password_env {
         return match std::env::var(name) {
