@@ -656,6 +656,15 @@ impl Account {
         if seen.state == self.stable.state {
             self.candidate = None;
             self.commit_to(t, out);
+            if seen.state == MachineState::Offline
+                && seen.reason.is_some()
+                && seen.reason != self.stable.reason
+            {
+                // Still offline, for another cause (at start "agent not
+                // running", then the timeout the first read met).
+                self.stable.reason = seen.reason;
+                self.report_offline_cause(out);
+            }
             return;
         }
         match &self.candidate {
@@ -676,6 +685,24 @@ impl Account {
                 }
             }
         }
+    }
+
+    /// Report the offline spell again with its current cause (same state,
+    /// same `since`), so the state message and `status` say why now.
+    fn report_offline_cause(&mut self, out: &mut Vec<MachineEvent>) {
+        if self.reported.state != MachineState::Offline
+            || self.reported.reason == self.stable.reason
+        {
+            return;
+        }
+        self.reported.reason = self.stable.reason.clone();
+        out.push(MachineEvent::State(StateChange {
+            machine: self.s.machine.clone(),
+            state: MachineState::Offline,
+            prev: Some(MachineState::Offline),
+            since: utc(self.reported.since),
+            reason: self.reported.reason.clone(),
+        }));
     }
 
     fn confirm(&mut self, c: Spell, t: i64, out: &mut Vec<MachineEvent>) {
@@ -1206,6 +1233,51 @@ mod tests {
         });
         assert_eq!(reason.as_deref(), Some("no shift"));
         assert_sums(&l.periods());
+    }
+
+    /// The state reports of the line so far: (state, prev, since, reason).
+    fn reports(l: &Line) -> Vec<(MachineState, Option<MachineState>, DateTime<Utc>, Option<String>)> {
+        l.out
+            .iter()
+            .filter_map(|e| match e {
+                MachineEvent::State(c) => Some((c.state, c.prev, c.since, c.reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_machine_offline_since_start_reports_the_cause_its_reads_meet() {
+        use MachineState::Offline;
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        let cause = |r: &str| Observed::Offline { reason: r.into() };
+        l.hold(0, 5 * S, S, cause("no reply from 10.0.0.5:502 within 500 ms"));
+        l.hold(5 * S, 9 * S, S, cause("connection refused"));
+        l.hold(9 * S, 12 * S, S, cause("connection refused"));
+        let start = t("2026-03-02T10:00:00Z");
+        assert_eq!(
+            reports(&l),
+            vec![
+                (Offline, None, start, Some("agent not running".into())),
+                (
+                    Offline,
+                    Some(Offline),
+                    start,
+                    Some("no reply from 10.0.0.5:502 within 500 ms".into())
+                ),
+                (Offline, Some(Offline), start, Some("connection refused".into())),
+            ],
+            "one report per new cause, the spell still from the start"
+        );
+        assert_eq!(
+            l.acc.state(),
+            (Offline, start, Some("connection refused")),
+            "the state holds the current cause"
+        );
+        // A tick while offline changes nothing.
+        let before = l.out.len();
+        l.acc.tick(13 * S, 5 * S, &mut l.out);
+        assert_eq!(reports(&l).len(), 3, "{:?}", &l.out[before..]);
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl Link {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 Err(LinkError::Io {
                     target: self.target(),
-                    reason: e.to_string(),
+                    reason: describe_call_error(self.bus.transport, &e),
                 })
             }
             Ok(Ok(Err(exception))) => Ok(Reply::Exception(u8::from(exception))),
@@ -182,6 +182,26 @@ impl Link {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         self.drop_connection();
     }
+}
+
+/// The reason of a failed request. tokio-modbus reports a TCP connection
+/// that the device closed before replying as whatever `errno` last held
+/// ("Operation now in progress (os error 115)" after a fresh connect): say
+/// what happened instead.
+fn describe_call_error(transport: Transport, e: &tokio_modbus::Error) -> String {
+    if let (Transport::Tcp, tokio_modbus::Error::Transport(io)) = (transport, e) {
+        let leftover_errno = matches!(
+            io.raw_os_error(),
+            Some(0) | Some(libc::EINPROGRESS) | Some(libc::EAGAIN)
+        );
+        if leftover_errno || io.kind() == std::io::ErrorKind::UnexpectedEof {
+            return "the device closed the connection without replying (it accepts \
+                    connections but hangs up: does it take only one client at a time, \
+                    or not this gateway's address?)"
+                .into();
+        }
+    }
+    e.to_string()
 }
 
 /// Open the transport of a bus. Errors are the reason, for a [`LinkError`].
