@@ -189,17 +189,23 @@ impl Link {
 /// ("Operation now in progress (os error 115)" after a fresh connect): say
 /// what happened instead.
 fn describe_call_error(transport: Transport, e: &tokio_modbus::Error) -> String {
+    use std::io::ErrorKind;
     if let (Transport::Tcp, tokio_modbus::Error::Transport(io)) = (transport, e) {
         let leftover_errno = matches!(
             io.raw_os_error(),
             Some(0) | Some(libc::EINPROGRESS) | Some(libc::EAGAIN)
         );
-        if leftover_errno || io.kind() == std::io::ErrorKind::UnexpectedEof {
-            return "the device closed the connection without replying (it accepts \
-                    connections but hangs up: does it take only one client at a time, \
-                    or not this gateway's address?)"
-                .into();
-        }
+        let how = match io.kind() {
+            _ if leftover_errno => "closed",
+            ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe => "closed",
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => "reset",
+            _ => return e.to_string(),
+        };
+        return format!(
+            "the device {how} the connection without replying (if it accepts \
+             connections and hangs up at once: does it take only one client at a \
+             time, or not this gateway's address?)"
+        );
     }
     e.to_string()
 }
