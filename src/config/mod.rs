@@ -603,6 +603,14 @@ impl Config {
                     .is_some_and(|rest| rest.contains("__"))
             })
             .collect();
+        // Parsed as numbers, `nan` and `inf` would reach serde as no value.
+        let issues = raw::env_number_issues(&overrides);
+        if !issues.is_empty() {
+            return Err(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                issues,
+            });
+        }
         let env = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("_")
             .separator("__")

@@ -4,7 +4,8 @@
 //! too large for 64 bits and a float that is `nan`, `inf` or overflows are
 //! reported with their key path and position (the `config` crate would say
 //! only "number too large", and a `nan` limit would pass through it as no
-//! limit at all). Pure: it only looks at the text it is given.
+//! limit at all); so is an environment override of `nan` or `inf`. Pure: it
+//! only looks at the text it is given.
 
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -47,6 +48,23 @@ pub fn number_issues(text: &str) -> Vec<ConfigIssue> {
         walk_table(text, table.get_ref(), "", &mut issues);
     }
     issues
+}
+
+/// Environment overrides whose value would be read as a number that is not
+/// finite (`nan`, `inf`), each named by its variable.
+pub fn env_number_issues<'a>(
+    overrides: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<ConfigIssue> {
+    overrides
+        .into_iter()
+        .filter(|(_, v)| v.trim().parse::<f64>().is_ok_and(|f| !f.is_finite()))
+        .map(|(k, v)| ConfigIssue {
+            key: k.clone(),
+            message: format!(
+                "environment override {v:?} is not a finite number; every number in the config must be finite"
+            ),
+        })
+        .collect()
 }
 
 fn walk_table(text: &str, table: &DeTable<'_>, path: &str, issues: &mut Vec<ConfigIssue>) {
