@@ -415,8 +415,10 @@ fn credential_files_that_are_missing_or_empty_are_refused() {
 
 #[test]
 fn an_environment_override_of_nan_is_named_by_its_variable() {
-    let (ok, stdout, e) =
-        check_config_bytes(ORDERS.as_bytes(), &[("LINEGATE_STORE__OUTBOX_MAX_MB", "nan")]);
+    let (ok, stdout, e) = check_config_bytes(
+        ORDERS.as_bytes(),
+        &[("LINEGATE_STORE__OUTBOX_MAX_MB", "nan")],
+    );
     assert!(!ok, "{stdout}");
     assert!(e.contains("`LINEGATE_STORE__OUTBOX_MAX_MB`"), "{e}");
     assert!(e.contains("not a finite number"), "{e}");

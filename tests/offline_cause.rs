@@ -245,7 +245,9 @@ async fn a_machine_offline_since_start_reports_the_real_cause_in_its_state_messa
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(rows[0]["state"], "offline", "{rows}");
     assert!(
-        rows[0]["reason"].as_str().is_some_and(|r| r.contains(CLOSED)),
+        rows[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(CLOSED)),
         "{rows}"
     );
 }

@@ -253,9 +253,15 @@ fn a_parameter_unknown_or_out_of_range_is_named() {
 #[test]
 fn an_ideal_cycle_time_must_be_above_zero_and_at_most_a_day() {
     let i = Intake::new();
-    for (n, bad) in [json!(1e308), json!(86400.5), json!(0), json!(-3), json!("9.5")]
-        .into_iter()
-        .enumerate()
+    for (n, bad) in [
+        json!(1e308),
+        json!(86400.5),
+        json!(0),
+        json!(-3),
+        json!("9.5"),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let reason = i.rejected(with(order(&format!("O-{n}")), "ideal_cycle_s", bad.clone()));
         assert!(

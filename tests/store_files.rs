@@ -98,7 +98,11 @@ fn read_only_commands_without_a_store_create_nothing_and_say_so() {
             data_dir.join(FILE_NAME).display()
         );
         assert!(stderr.contains(&expected), "{args:?}: {stderr}");
-        assert!(!data_dir.exists(), "{args:?} created {}", data_dir.display());
+        assert!(
+            !data_dir.exists(),
+            "{args:?} created {}",
+            data_dir.display()
+        );
     }
 }
 

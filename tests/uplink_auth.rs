@@ -251,7 +251,10 @@ async fn a_password_file_missing_then_empty_is_retried_until_it_holds_the_passwo
     // Created but still empty: not a password, the uplink still waits.
     std::fs::write(&file, "").unwrap();
     wait_for("the empty file in the uplink's error", LONG, || {
-        agent.stats.last_error().is_some_and(|e| e.contains("empty"))
+        agent
+            .stats
+            .last_error()
+            .is_some_and(|e| e.contains("empty"))
     })
     .await;
     assert_eq!(

@@ -21,7 +21,10 @@ pub fn line_column(text: &[u8], offset: usize) -> (usize, usize) {
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i + 1);
     // Columns count characters, not bytes (the part before is valid UTF-8).
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     (line, column)
 }
 
@@ -156,8 +159,18 @@ mod tests {
                 "machine[1].x[1]",
             ]
         );
-        let of = |key: &str| issues.iter().find(|i| i.key == key).unwrap().message.clone();
-        assert!(of("bus[0].timeout_ms").contains("line 3, column 14"), "{issues:?}");
+        let of = |key: &str| {
+            issues
+                .iter()
+                .find(|i| i.key == key)
+                .unwrap()
+                .message
+                .clone()
+        };
+        assert!(
+            of("bus[0].timeout_ms").contains("line 3, column 14"),
+            "{issues:?}"
+        );
         assert!(
             of("machine[0].orders.quantity.max").contains("inf is not a finite number"),
             "{issues:?}"

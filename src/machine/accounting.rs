@@ -1235,12 +1235,12 @@ mod tests {
         assert_sums(&l.periods());
     }
 
-    /// The state reports of the line so far: (state, prev, since, reason).
-    fn reports(l: &Line) -> Vec<(MachineState, Option<MachineState>, DateTime<Utc>, Option<String>)> {
+    /// The state reports of the line so far.
+    fn reports(l: &Line) -> Vec<StateChange> {
         l.out
             .iter()
             .filter_map(|e| match e {
-                MachineEvent::State(c) => Some((c.state, c.prev, c.since, c.reason.clone())),
+                MachineEvent::State(c) => Some(c.clone()),
                 _ => None,
             })
             .collect()
@@ -1251,27 +1251,30 @@ mod tests {
         use MachineState::Offline;
         let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
         let cause = |r: &str| Observed::Offline { reason: r.into() };
-        l.hold(0, 5 * S, S, cause("no reply from 10.0.0.5:502 within 500 ms"));
-        l.hold(5 * S, 9 * S, S, cause("connection refused"));
-        l.hold(9 * S, 12 * S, S, cause("connection refused"));
+        let timeout = "no reply from 10.0.0.5:502 within 500 ms";
+        let refused = "connection refused";
+        l.hold(0, 5 * S, S, cause(timeout));
+        l.hold(5 * S, 12 * S, S, cause(refused));
         let start = t("2026-03-02T10:00:00Z");
+        let report = |prev: Option<MachineState>, reason: &str| StateChange {
+            machine: "press07".into(),
+            state: Offline,
+            prev,
+            since: start,
+            reason: Some(reason.into()),
+        };
         assert_eq!(
             reports(&l),
             vec![
-                (Offline, None, start, Some("agent not running".into())),
-                (
-                    Offline,
-                    Some(Offline),
-                    start,
-                    Some("no reply from 10.0.0.5:502 within 500 ms".into())
-                ),
-                (Offline, Some(Offline), start, Some("connection refused".into())),
+                report(None, "agent not running"),
+                report(Some(Offline), timeout),
+                report(Some(Offline), refused),
             ],
             "one report per new cause, the spell still from the start"
         );
         assert_eq!(
             l.acc.state(),
-            (Offline, start, Some("connection refused")),
+            (Offline, start, Some(refused)),
             "the state holds the current cause"
         );
         // A tick while offline changes nothing.

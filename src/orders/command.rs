@@ -343,9 +343,9 @@ fn parse_order(
             Some(c) if c > 0.0 && c <= crate::config::MAX_IDEAL_CYCLE_S => Some(c),
             _ => {
                 return fail(format!(
-                    "{name}: `ideal_cycle_s` must be a number of seconds above 0 and up to {}, got {v}",
-                    crate::config::MAX_IDEAL_CYCLE_S
-                ))
+                "{name}: `ideal_cycle_s` must be a number of seconds above 0 and up to {}, got {v}",
+                crate::config::MAX_IDEAL_CYCLE_S
+            ))
             }
         },
     };

@@ -45,7 +45,9 @@ pub enum StoreError {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("no store at {path}: has the agent run here? (it creates the store on its first start)")]
+    #[error(
+        "no store at {path}: has the agent run here? (it creates the store on its first start)"
+    )]
     Missing { path: PathBuf },
     #[error(
         "store {path}: written by a newer linegate (schema {found}, this build knows {known})"
