@@ -133,7 +133,9 @@ async fn password_from_a_file_connects_and_delivers_birth_and_messages() {
     })
     .await;
     assert_eq!(birth["gateway"], "gw1");
-    assert!(agent.stats.snapshot().connected);
+    // rumqttc writes the queued birth as soon as the CONNACK is in, which can
+    // be before the uplink has handled the CONNACK and marked itself connected.
+    wait_for("connected", LONG, || agent.stats.snapshot().connected).await;
 
     let seq = agent.enqueue(MessageClass::Durable, 7).await;
     let got = receive(&mut sub, &format!("{PREFIX}/m/press07/state"), |j| {
@@ -235,6 +237,9 @@ async fn a_password_file_missing_then_empty_is_retried_until_it_holds_the_passwo
     let file = dir.path().join("uplink-password");
     let mut cfg = with_user(&broker.url());
     cfg.password_file = Some(file.clone());
+    // Its own client id: should two tests' brokers ever share a port, the
+    // broker must not hand one test's session to the other.
+    cfg.client_id = Some("linegate-gw1-rotated-password".into());
     let store_dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(cfg, open_store(store_dir.path()));
     let seq = agent.enqueue(MessageClass::Durable, 3).await;

@@ -342,10 +342,10 @@ fn parse_order(
         Some(v) => match v.as_f64() {
             Some(c) if c > 0.0 && c <= crate::config::MAX_IDEAL_CYCLE_S => Some(c),
             _ => {
+                let most = crate::config::MAX_IDEAL_CYCLE_S;
                 return fail(format!(
-                "{name}: `ideal_cycle_s` must be a number of seconds above 0 and up to {}, got {v}",
-                crate::config::MAX_IDEAL_CYCLE_S
-            ))
+                    "{name}: `ideal_cycle_s` must be seconds above 0 and up to {most}, got {v}"
+                ));
             }
         },
     };
