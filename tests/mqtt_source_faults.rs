@@ -138,7 +138,9 @@ impl Publisher {
 
     /// The live (not retained) messages sent on `topic`.
     fn live<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Sent> + 'a {
-        self.log.iter().filter(move |s| s.topic == topic && !s.retain)
+        self.log
+            .iter()
+            .filter(move |s| s.topic == topic && !s.retain)
     }
 }
 
@@ -294,7 +296,14 @@ impl Agent {
     ) -> Sample {
         tokio::time::timeout(PATIENCE, async {
             loop {
-                if let Some(s) = self.samples.lock().unwrap().iter().skip(from).find(|s| f(s)) {
+                if let Some(s) = self
+                    .samples
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .skip(from)
+                    .find(|s| f(s))
+                {
                     return s.clone();
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -423,8 +432,7 @@ async fn retained_replays_neither_run_the_machine_nor_count_parts_nor_keep_it_fr
     let (run_from, run_to) = (status[1].at, status[2].at);
     for c in changes.iter().filter(|c| c.state == MachineState::Running) {
         assert!(
-            c.since >= run_from - chrono::TimeDelta::milliseconds(SLACK_MS)
-                && c.since <= run_to,
+            c.since >= run_from - chrono::TimeDelta::milliseconds(SLACK_MS) && c.since <= run_to,
             "running only while the publisher said so: {c:?}, log {run_from}..{run_to}"
         );
     }
@@ -554,7 +562,12 @@ async fn integers_out_of_their_range_are_errors_for_that_signal() {
     .expect("the bus subscribes");
 
     for (topic, signal, payload, kind) in [
-        ("plc/press07/energy", "energy_wh", "18446744073709551616", "u64"),
+        (
+            "plc/press07/energy",
+            "energy_wh",
+            "18446744073709551616",
+            "u64",
+        ),
         ("plc/press07/drift", "drift", "9223372036854775808", "i64"),
         ("plc/press07/drift", "drift", "-9223372036854775809", "i64"),
     ] {
@@ -576,8 +589,12 @@ async fn integers_out_of_their_range_are_errors_for_that_signal() {
         assert!(m.contains(topic), "{m}");
     }
     // The largest values themselves are good readings.
-    plc.send("plc/press07/energy", b"18446744073709551615".to_vec(), false)
-        .await;
+    plc.send(
+        "plc/press07/energy",
+        b"18446744073709551615".to_vec(),
+        false,
+    )
+    .await;
     agent
         .until_sample("u64::MAX", |s| {
             matches!(&s.content, SampleContent::Signals(r)

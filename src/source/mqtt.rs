@@ -131,7 +131,11 @@ impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
         let min = min.max(Duration::from_millis(1));
         let max = max.max(min);
-        Backoff { min, max, next: min }
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
     }
 
     /// The delay before the next attempt (before jitter), after an attempt
@@ -173,9 +177,7 @@ pub fn retained_use(
     last_message: Option<DateTime<Utc>>,
 ) -> RetainedUse {
     let pointer = match (policy, timestamp_pointer) {
-        (RetainedPolicy::Ignore, _) => {
-            return RetainedUse::Ignore("retained = \"ignore\"".into())
-        }
+        (RetainedPolicy::Ignore, _) => return RetainedUse::Ignore("retained = \"ignore\"".into()),
         (RetainedPolicy::Timestamped, None) => {
             return RetainedUse::Ignore("no timestamp_pointer".into())
         }
@@ -386,10 +388,7 @@ impl MqttBus {
         }
         let backoff_max =
             Duration::from_millis(self.bus.backoff_max_ms.max(self.bus.backoff_min_ms).max(1));
-        let mut backoff = Backoff::new(
-            Duration::from_millis(self.bus.backoff_min_ms),
-            backoff_max,
-        );
+        let mut backoff = Backoff::new(Duration::from_millis(self.bus.backoff_min_ms), backoff_max);
         // The live connection, if any. `None` = waiting until `retry_at`.
         let mut conn: Option<(AsyncClient, EventLoop)> = None;
         // When the live connection got its CONNACK (how long it lived, when it ends).
@@ -485,8 +484,9 @@ impl MqttBus {
         let wall = Utc::now();
         let limit = self.bus.max_payload_bytes;
         let oversized = u64::try_from(payload.len()).map_or(true, |n| n > limit);
+        let mut refused = 0;
         if oversized {
-            let refused = self.stats.refused_oversized.fetch_add(1, Ordering::Relaxed) + 1;
+            refused = self.stats.refused_oversized.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(
                 %topic,
                 bytes = payload.len(),
@@ -534,9 +534,10 @@ impl MqttBus {
             };
             let reading = if oversized {
                 Err(SignalError::BadPayload(format!(
-                    "topic {topic:?}, signal {:?}: message of {} bytes refused, larger than max_payload_bytes = {limit}",
+                    "topic {topic:?}, signal {:?}: message of {} bytes refused, larger than max_payload_bytes = {limit} ({refused} refused on bus {:?} so far)",
                     r.signal.name,
-                    payload.len()
+                    payload.len(),
+                    self.bus.id
                 )))
             } else {
                 decode_payload(&r.signal, topic, payload)
@@ -554,7 +555,15 @@ impl MqttBus {
         }
         if retain {
             if per_machine.is_empty() {
-                self.stats.retained_ignored.fetch_add(1, Ordering::Relaxed);
+                let n = self.stats.retained_ignored.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::info!(
+                        %topic,
+                        retained_ignored = n,
+                        policy = ?self.bus.retained,
+                        "retained message not taken as a reading (a replay by the broker is not fresh)"
+                    );
+                }
             } else {
                 self.stats.retained_used.fetch_add(1, Ordering::Relaxed);
             }
@@ -1041,7 +1050,11 @@ mod tests {
             RetainedUse::At(now)
         );
         // No time, or not a time: not a reading.
-        for p in [&br#"{"heating":true}"#[..], br#"{"ts":"yesterday"}"#, b"true"] {
+        for p in [
+            &br#"{"heating":true}"#[..],
+            br#"{"ts":"yesterday"}"#,
+            b"true",
+        ] {
             assert!(matches!(use_(p, None), RetainedUse::Ignore(_)), "{p:?}");
         }
     }
