@@ -635,3 +635,77 @@ async fn a_connection_that_dies_right_after_its_connack_does_not_reset_the_backo
     assert!(reconnects >= 1, "the agent reconnects at all");
     let _ = agent.stop("oven2").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timestamped_retained_message_is_the_state_at_its_own_time_only_while_young() {
+    let broker = common::Mosquitto::start();
+    let mut plc = Publisher::new(broker.port);
+    let stamp = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // Just said, retained: the oven is heating, as of this instant.
+    let said_at = Utc::now();
+    plc.send(
+        "plc/oven2/status",
+        format!(r#"{{"heating":true,"ts":"{}"}}"#, stamp(said_at)).into_bytes(),
+        true,
+    )
+    .await;
+    plc.send("plc/oven2/count", b"100".to_vec(), true).await;
+
+    let agent = Agent::start(config(
+        &broker.url(),
+        "retained = \"timestamped\"\ntimestamp_pointer = \"/ts\"",
+    ));
+    let running = agent.until_state("oven2", MachineState::Running).await;
+    assert!(
+        running.since >= said_at - chrono::TimeDelta::milliseconds(SLACK_MS),
+        "running from the message's own time at the earliest: {running:?}, said at {said_at}"
+    );
+    // The count has no time of its own, and a counter is never taken from a replay.
+    let stats = agent.stats.snapshot();
+    assert_eq!(
+        (stats.retained_used, stats.retained_ignored),
+        (1, 1),
+        "{stats:?}"
+    );
+
+    // Nothing live follows: offline from that observation once stale_ms has passed.
+    let offline = agent.until_state("oven2", MachineState::Offline).await;
+    close(
+        "offline from the retained observation",
+        offline.since,
+        running.since,
+    );
+
+    // A retained "heating" a minute old, replayed when the gateway comes
+    // back (published while it was away, so only the replay reaches it), is
+    // no reading.
+    let _ = agent.stop("oven2").await;
+    plc.send(
+        "plc/oven2/status",
+        format!(
+            r#"{{"heating":true,"ts":"{}"}}"#,
+            stamp(Utc::now() - chrono::TimeDelta::seconds(60))
+        )
+        .into_bytes(),
+        true,
+    )
+    .await;
+    let agent = Agent::start(config(
+        &broker.url(),
+        "retained = \"timestamped\"\ntimestamp_pointer = \"/ts\"",
+    ));
+    agent
+        .until_stats("the replays ignored", |s| {
+            s.retained_ignored.load(Ordering::Relaxed) >= 2
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(agent.stats.snapshot().retained_used, 0);
+    assert_ne!(agent.view("oven2").state, MachineState::Running);
+    assert_eq!(agent.view("oven2").produced_total, 0);
+    let changes = agent.stop("oven2").await;
+    assert!(
+        changes.iter().all(|c| c.state != MachineState::Running),
+        "{changes:?}"
+    );
+}
