@@ -709,3 +709,51 @@ async fn a_timestamped_retained_message_is_the_state_at_its_own_time_only_while_
         "{changes:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_payload_and_a_silence_date_offline_back_by_the_same_rule() {
+    let broker = common::Mosquitto::start();
+    let mut plc = Publisher::new(broker.port);
+    let agent = Agent::start(config(&broker.url(), ""));
+    // Idle, said live (publish until the bus has subscribed and passed it on).
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            plc.send("plc/oven2/status", br#"{"heating":false}"#.to_vec(), false)
+                .await;
+            if agent.view("oven2").state == MachineState::Idle {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the bus subscribes");
+    let idle_at = plc.log.last().expect("logged").at;
+
+    // 800 ms later a message that cannot be read: offline from the last good one.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    plc.send(
+        "plc/oven2/status",
+        br#"{"heating":"maybe"}"#.to_vec(),
+        false,
+    )
+    .await;
+    let offline = agent.until_state("oven2", MachineState::Offline).await;
+    close("offline after a bad payload", offline.since, idle_at);
+    assert!(
+        offline
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("maybe")),
+        "{offline:?}"
+    );
+
+    // Idle again, then silence: offline from that last good message as well.
+    plc.send("plc/oven2/status", br#"{"heating":false}"#.to_vec(), false)
+        .await;
+    let idle_again_at = plc.log.last().expect("logged").at;
+    agent.until_state("oven2", MachineState::Idle).await;
+    let stale = agent.until_state("oven2", MachineState::Offline).await;
+    close("offline after a silence", stale.since, idle_again_at);
+    let _ = agent.stop("oven2").await;
+}
