@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use linegate::config::Config;
+use linegate::machine::accounting::AccountSnapshot;
 use linegate::machine::engine::{engine_channel, machine_views, run_engine};
-use linegate::machine::{MachineEvent, MachineState, MachineView, StateChange};
+use linegate::machine::{MachineEvent, MachineState, MachineView, PeriodKind, StateChange};
 use linegate::source::mqtt::{run_mqtt_bus_with_stats, MqttBusStats};
 use linegate::source::{Sample, SampleContent, SignalError};
 use linegate::systemd::Liveness;
@@ -199,7 +200,16 @@ struct Agent {
     views: HashMap<String, watch::Receiver<MachineView>>,
     stop_bus: CancellationToken,
     stop_engine: CancellationToken,
-    engine: JoinHandle<Vec<MachineEvent>>,
+    engine: JoinHandle<(Vec<MachineEvent>, Vec<(String, AccountSnapshot)>)>,
+}
+
+/// What the engine made of one machine by the time it stopped.
+struct Outcome {
+    changes: Vec<StateChange>,
+    /// Running milliseconds in its utilisation periods (closed ones and the open one).
+    period_running_ms: i64,
+    /// Parts made in its utilisation periods.
+    period_parts: u64,
 }
 
 impl Agent {
@@ -241,7 +251,7 @@ impl Agent {
                     }
                     all
                 });
-                run_engine(
+                let snapshots = run_engine(
                     config,
                     Vec::new(),
                     engine_rx,
@@ -253,7 +263,7 @@ impl Agent {
                 )
                 .await
                 .expect("engine runs");
-                collect.await.expect("collector")
+                (collect.await.expect("collector"), snapshots)
             })
         };
         Agent {
@@ -326,19 +336,38 @@ impl Agent {
         self.views[machine].borrow().clone()
     }
 
-    /// Stop the source, then the engine; every state change of `machine`.
-    async fn stop(self, machine: &str) -> Vec<StateChange> {
+    /// Stop the source, then the engine; what it made of `machine`.
+    async fn stop(self, machine: &str) -> Outcome {
         self.stop_bus.cancel();
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.stop_engine.cancel();
-        let events = self.engine.await.expect("engine task");
-        events
-            .into_iter()
-            .filter_map(|e| match e {
-                MachineEvent::State(c) if c.machine == machine => Some(c),
-                _ => None,
-            })
-            .collect()
+        let (events, snapshots) = self.engine.await.expect("engine task");
+        let mut out = Outcome {
+            changes: Vec::new(),
+            period_running_ms: 0,
+            period_parts: 0,
+        };
+        for e in events {
+            match e {
+                MachineEvent::State(c) if c.machine == machine => out.changes.push(c),
+                MachineEvent::Period(p)
+                    if p.machine == machine && p.kind == PeriodKind::Interval =>
+                {
+                    out.period_running_ms += (p.seconds.running * 1000.0).round() as i64;
+                    out.period_parts += p.counts.produced;
+                }
+                _ => {}
+            }
+        }
+        let open = snapshots
+            .iter()
+            .find(|(m, _)| m == machine)
+            .and_then(|(_, s)| s.interval.as_ref());
+        if let Some(p) = open {
+            out.period_running_ms += p.ms[0];
+            out.period_parts += p.counts.produced;
+        }
+        out
     }
 }
 
@@ -414,7 +443,8 @@ async fn retained_replays_neither_run_the_machine_nor_count_parts_nor_keep_it_fr
     let offline = agent.until_state("oven2", MachineState::Offline).await;
     let end = Utc::now();
     let parts = agent.view("oven2").produced_total;
-    let changes = agent.stop("oven2").await;
+    let outcome = agent.stop("oven2").await;
+    let changes = outcome.changes;
 
     // The truth, from the publisher's log.
     let counts: Vec<u64> = plc
@@ -426,6 +456,10 @@ async fn retained_replays_neither_run_the_machine_nor_count_parts_nor_keep_it_fr
     assert_eq!(
         parts, made,
         "parts made: a replayed 100 after 1010 is not a reset"
+    );
+    assert_eq!(
+        outcome.period_parts, made,
+        "parts in the utilisation periods"
     );
 
     let status: Vec<&Sent> = plc.live("plc/oven2/status").collect();
@@ -441,6 +475,11 @@ async fn retained_replays_neither_run_the_machine_nor_count_parts_nor_keep_it_fr
     assert!(
         (running_ms - truth_ms).abs() <= SLACK_MS,
         "running {running_ms} ms, the publisher ran it {truth_ms} ms: {changes:#?}"
+    );
+    assert!(
+        (outcome.period_running_ms - truth_ms).abs() <= SLACK_MS,
+        "running in the utilisation periods {} ms, the publisher ran it {truth_ms} ms",
+        outcome.period_running_ms
     );
 
     // Offline from the last live message, not from the replays after the reconnect.
@@ -525,7 +564,7 @@ async fn an_oversized_message_is_refused_by_itself_and_the_bus_stays_up() {
         stats.connections, 1,
         "no message dropped the connection: {stats:?}"
     );
-    let _ = agent.stop("oven2").await;
+    let outcome = agent.stop("oven2").await;
 
     // Offline from the last good observation (the small "heating":true),
     // the same rule as a silence.
@@ -535,6 +574,14 @@ async fn an_oversized_message_is_refused_by_itself_and_the_bus_stays_up() {
         .expect("logged")
         .at;
     close("offline after a refused message", offline.since, last_good);
+    // Never more running than the publisher said: it ran from its
+    // "heating":true until the refused "heating":false at the latest.
+    let ran_ms = (big.at - last_good).num_milliseconds();
+    assert!(
+        outcome.period_running_ms <= ran_ms + SLACK_MS,
+        "running {} ms in the periods, the publisher ran it {ran_ms} ms at most",
+        outcome.period_running_ms
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,10 +750,18 @@ async fn a_timestamped_retained_message_is_the_state_at_its_own_time_only_while_
     assert_eq!(agent.stats.snapshot().retained_used, 0);
     assert_ne!(agent.view("oven2").state, MachineState::Running);
     assert_eq!(agent.view("oven2").produced_total, 0);
-    let changes = agent.stop("oven2").await;
+    let outcome = agent.stop("oven2").await;
     assert!(
-        changes.iter().all(|c| c.state != MachineState::Running),
-        "{changes:?}"
+        outcome
+            .changes
+            .iter()
+            .all(|c| c.state != MachineState::Running),
+        "{:?}",
+        outcome.changes
+    );
+    assert_eq!(
+        outcome.period_running_ms, 0,
+        "no running time from an old replay"
     );
 }
 
