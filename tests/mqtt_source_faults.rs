@@ -200,8 +200,11 @@ struct Agent {
     views: HashMap<String, watch::Receiver<MachineView>>,
     stop_bus: CancellationToken,
     stop_engine: CancellationToken,
-    engine: JoinHandle<(Vec<MachineEvent>, Vec<(String, AccountSnapshot)>)>,
+    engine: JoinHandle<(Vec<MachineEvent>, Snapshots)>,
 }
+
+/// The engine's final snapshot of every machine.
+type Snapshots = Vec<(String, AccountSnapshot)>;
 
 /// What the engine made of one machine by the time it stopped.
 struct Outcome {
