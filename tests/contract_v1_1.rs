@@ -2,8 +2,8 @@
 //! and nothing else, status messages carry a `session` instead, and plans are
 //! answered as a whole.
 //!
-//! The central team's view is a durable subscriber (clean session off, QoS
-//! 1) on `linegate/v1/#`, connected straight to the broker. The agent reaches
+//! The central team's view is a durable subscriber (QoS 1, clean session
+//! off) on `linegate/v1/#`, connected straight to the broker. The agent reaches
 //! the broker through a [`Link`]: a TCP proxy the test can close (new
 //! connections are refused, as by the host of a stopped broker) or cut (also
 //! kills the connections in use, as when a network dies). Faults: the broker
@@ -318,7 +318,11 @@ fn assert_contract_v1_1(seen: &[Seen], births_expected: u64) {
             "status marked historical: {}",
             m.raw
         );
-        assert!(m.json["session"].is_u64(), "status without session: {}", m.raw);
+        assert!(
+            m.json["session"].is_u64(),
+            "status without session: {}",
+            m.raw
+        );
     }
     let births: Vec<u64> = seen
         .iter()
@@ -739,7 +743,10 @@ fn a_plan_with_one_bad_order_is_rejected_whole_every_answer_naming_the_bad_order
         "orders": [order("WO-1"), nameless]}));
     assert_eq!(answers.len(), 2, "{answers:?}");
     for a in &answers {
-        assert_eq!((&a["state"], &a["plan_id"]), (&json!("rejected"), &json!("HJ-8")));
+        assert_eq!(
+            (&a["state"], &a["plan_id"]),
+            (&json!("rejected"), &json!("HJ-8"))
+        );
         let reason = a["reason"].as_str().unwrap();
         assert!(reason.contains("orders[1]"), "{reason}");
     }
@@ -763,13 +770,31 @@ fn a_good_plan_is_accepted_whole_one_answer_per_order() {
 #[test]
 fn a_plan_whose_orders_cannot_be_read_gets_one_rejection_with_a_null_order_id() {
     for (plan, why) in [
-        (json!({"type": "plan", "plan_id": "HJ-1"}), "missing field `orders`"),
-        (json!({"type": "plan", "plan_id": "HJ-1", "orders": "WO-1"}), "must be an array"),
-        (json!({"type": "plan", "plan_id": "HJ-1", "orders": []}), "is empty"),
-        (json!({"type": "plan", "plan_id": "HJ-1", "orders": [1, "two", null]}), "none of its orders can be read"),
-        (json!({"type": "plan", "plan_id": "HJ-1", "orders": [{"quantity": 5}]}), "none of its orders can be read"),
+        (
+            json!({"type": "plan", "plan_id": "HJ-1"}),
+            "missing field `orders`",
+        ),
+        (
+            json!({"type": "plan", "plan_id": "HJ-1", "orders": "WO-1"}),
+            "must be an array",
+        ),
+        (
+            json!({"type": "plan", "plan_id": "HJ-1", "orders": []}),
+            "is empty",
+        ),
+        (
+            json!({"type": "plan", "plan_id": "HJ-1", "orders": [1, "two", null]}),
+            "none of its orders can be read",
+        ),
+        (
+            json!({"type": "plan", "plan_id": "HJ-1", "orders": [{"quantity": 5}]}),
+            "none of its orders can be read",
+        ),
         // A stray order_id on the plan itself is not an order of it.
-        (json!({"type": "plan", "plan_id": "HJ-1", "order_id": "WO-1", "orders": [order("WO-2")]}), "unknown field"),
+        (
+            json!({"type": "plan", "plan_id": "HJ-1", "order_id": "WO-1", "orders": [order("WO-2")]}),
+            "unknown field",
+        ),
     ] {
         let answers = answers_to(plan.clone());
         assert_eq!(answers.len(), 1, "one answer to {plan}: {answers:?}");
@@ -778,6 +803,9 @@ fn a_plan_whose_orders_cannot_be_read_gets_one_rejection_with_a_null_order_id() 
         assert_eq!(a["order_id"], Value::Null, "{a}");
         assert_eq!(a["plan_id"], "HJ-1", "{a}");
         let reason = a["reason"].as_str().unwrap();
-        assert!(reason.contains("plan HJ-1") && reason.contains(why), "{reason}");
+        assert!(
+            reason.contains("plan HJ-1") && reason.contains(why),
+            "{reason}"
+        );
     }
 }

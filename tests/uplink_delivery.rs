@@ -90,7 +90,9 @@ async fn broker_restarts_while_messages_are_enqueued_lose_nothing() {
     // Status messages carry no seq (contract v1.1), a session instead.
     let status: Vec<Seen> = sub.seen().into_iter().filter(|m| m.is_status()).collect();
     assert!(!status.is_empty());
-    assert!(status.iter().all(|m| m.seq().is_none() && m.session().is_some()));
+    assert!(status
+        .iter()
+        .all(|m| m.seq().is_none() && m.session().is_some()));
     assert!(agent.stats.snapshot().reconnects >= 4);
     agent.stop().await.unwrap();
 }

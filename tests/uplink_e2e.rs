@@ -630,10 +630,7 @@ async fn agent_killed_while_offline_keeps_its_backlog_and_seq_continues() {
     gate.open();
 
     assert!(
-        eventually(LONG, || {
-            stored.is_subset(&data_seqs(&sub.seen()))
-        })
-        .await,
+        eventually(LONG, || { stored.is_subset(&data_seqs(&sub.seen())) }).await,
         "the backlog of the killed agent arrives\n{}",
         agent.log_tail()
     );

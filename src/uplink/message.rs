@@ -4,11 +4,12 @@
 //!
 //! Gateway status messages (birth, will, clean shutdown) are not stored in the
 //! outbox: they describe the connection, so they are rebuilt on every
-//! connect. Since contract v1.1 they carry no `seq` (the data stream's `seq`
-//! has a gap only where a message was lost) but the connection's number,
-//! `session` (see `session`): the birth, the will and the clean-shutdown message of one
-//! connection carry the same number. The will's `ts` is the time of the
-//! connect (a will cannot know when it will fire).
+//! connect. Since contract v1.1 they carry no `seq` (so a gap in the data
+//! stream's `seq` is a lost message and nothing else) but `session`, the
+//! number of the connection (see `uplink::session`): the birth, the will and
+//! the clean-shutdown message of one connection carry the same number. The
+//! will's `ts` is the time of the connect (a will cannot know when it will
+//! fire).
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};

@@ -28,10 +28,10 @@
 //! - `next_seq` only grows. A seq is taken in the same transaction as its
 //!   row, so a seq is never reused: not after the row is deleted, not after a
 //!   restart, a SIGKILL or a power loss (WAL, `synchronous = FULL`).
-//! - Every seq has a row: status messages (birth, will, shutdown) take no
-//!   seq and have no row (contract v1.1; they carry the connection's
-//!   `session`, see `uplink::session`), so a seq missing at a receiver is a
-//!   lost message and nothing else.
+//! - A seq is only ever taken with its row. Status messages (birth, will,
+//!   shutdown) take none and have no row (contract v1.1; they carry the
+//!   connection's `session`, see `uplink::session`), so a seq missing at a
+//!   receiver is a lost message and nothing else.
 //! - Only the cap deletes a row that was not acknowledged, only `telemetry`
 //!   rows, oldest first, and every such deletion is counted in `dropped`
 //!   (the dropped seqs then show as gaps to a receiver, explained by the

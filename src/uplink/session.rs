@@ -127,8 +127,12 @@ mod tests {
     fn only_a_failed_tcp_connect_proves_the_connect_was_never_sent() {
         use std::io::{Error, ErrorKind as K};
         assert!(connect_never_sent(&Error::from(K::ConnectionRefused)));
-        assert!(connect_never_sent(&Error::from_raw_os_error(libc::EHOSTUNREACH)));
-        assert!(connect_never_sent(&Error::from_raw_os_error(libc::ENETUNREACH)));
+        assert!(connect_never_sent(&Error::from_raw_os_error(
+            libc::EHOSTUNREACH
+        )));
+        assert!(connect_never_sent(&Error::from_raw_os_error(
+            libc::ENETUNREACH
+        )));
         for kind in [
             K::ConnectionReset,
             K::ConnectionAborted,
@@ -139,6 +143,8 @@ mod tests {
         ] {
             assert!(!connect_never_sent(&Error::from(kind)), "{kind:?}");
         }
-        assert!(!connect_never_sent(&Error::from_raw_os_error(libc::ECONNRESET)));
+        assert!(!connect_never_sent(&Error::from_raw_os_error(
+            libc::ECONNRESET
+        )));
     }
 }
