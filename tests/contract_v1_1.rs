@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use linegate::config::MqttVersion;
 use linegate::orders::{book, command};
 use linegate::store::Store;
 use linegate::uplink::outbox::{self, MessageClass, Stream};
@@ -368,8 +369,9 @@ enum Fault {
 }
 
 /// `persistent`: the broker saves its state every second and loads it again
-/// when restarted (sessions, subscriptions, retained messages).
-async fn faults_leave_no_gap(persistent: bool) {
+/// when restarted (sessions, subscriptions, retained messages). `protocol`:
+/// the agent's MQTT version.
+async fn faults_leave_no_gap(persistent: bool, protocol: MqttVersion) {
     // `user root`: a broker started by root keeps the right to write its
     // temporary folder (it would switch to the `mosquitto` user otherwise).
     let extra = if persistent {
@@ -383,10 +385,9 @@ async fn faults_leave_no_gap(persistent: bool) {
     // Persistence: let the broker save the subscriber's session once.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = uplink_support::Agent::start(
-        uplink_support::uplink_config(&link.url()),
-        uplink_support::open_store(dir.path()),
-    );
+    let mut cfg = uplink_support::uplink_config(&link.url());
+    cfg.protocol = protocol;
+    let agent = uplink_support::Agent::start(cfg, uplink_support::open_store(dir.path()));
     let mut enqueued = BTreeSet::new();
     let mut n = 0u64;
     let mut burst = |count: usize| {
@@ -484,12 +485,17 @@ async fn faults_leave_no_gap(persistent: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_kills_and_link_cuts_leave_no_gap_in_seq_and_sessions_count_connections() {
-    faults_leave_no_gap(false).await;
+    faults_leave_no_gap(false, MqttVersion::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mqtt5_broker_kills_and_link_cuts_leave_no_gap_either() {
+    faults_leave_no_gap(false, MqttVersion::V5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_broker_killed_and_restarted_leaves_no_gap_in_seq_either() {
-    faults_leave_no_gap(true).await;
+    faults_leave_no_gap(true, MqttVersion::V311).await;
 }
 
 // ---------------------------------------------------------------------------
