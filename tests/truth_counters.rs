@@ -78,8 +78,8 @@ enum Counter {
 impl Counter {
     fn toml_type(self) -> &'static str {
         match self {
-            Counter::U16 => "u16",
-            Counter::U32 => "u32\nword_order = \"big\"",
+            Counter::U16 => "\"u16\"",
+            Counter::U32 => "\"u32\"\nword_order = \"big\"",
         }
     }
 
@@ -189,7 +189,10 @@ impl Device {
 
     fn parts(&self, phase: Phase) -> Vec<DateTime<Utc>> {
         let rec = self.record.lock().unwrap();
-        rec.iter().filter(|p| p.phase == phase).map(|p| p.at).collect()
+        rec.iter()
+            .filter(|p| p.phase == phase)
+            .map(|p| p.at)
+            .collect()
     }
 }
 
@@ -200,20 +203,24 @@ impl Drop for Device {
 }
 
 fn agent_config(device: &Device, data_dir: &Path, counters_extra: &str) -> Config {
-    let text = format!(
+    let text = agent_config_text(device, data_dir, counters_extra);
+    Config::from_toml(&text, Path::new("truth-counters.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn agent_config_text(device: &Device, data_dir: &Path, counters_extra: &str) -> String {
+    format!(
         "[gateway]\nid = \"gw-test\"\nsite = \"lab\"\ndata_dir = {data:?}\n\n\
          [accounting]\nperiod_minutes = 1\n\n\
          [[bus]]\nid = \"b\"\ntransport = \"tcp\"\naddress = \"{addr}\"\ntimeout_ms = 500\n\n\
          [[machine]]\nid = \"press07\"\nbus = \"b\"\nunit = 1\npoll_ms = {POLL_MS}\n\n\
          [[machine.signal]]\nname = \"running\"\narea = \"coil\"\naddress = 0\ntype = \"bool\"\n\n\
-         [[machine.signal]]\nname = \"part_count\"\narea = \"holding\"\naddress = 0\ntype = \"{ty}\"\n\n\
+         [[machine.signal]]\nname = \"part_count\"\narea = \"holding\"\naddress = 0\ntype = {ty}\n\n\
          [machine.state]\nrunning = \"running\"\n\n\
          [machine.counters]\nproduced = \"part_count\"\nideal_cycle_s = {IDEAL_CYCLE_S}\n{counters_extra}",
         data = data_dir.to_string_lossy(),
         addr = device.address,
         ty = device.counter.toml_type(),
-    );
-    Config::from_toml(&text, Path::new("truth-counters.toml")).unwrap_or_else(|e| panic!("{e}"))
+    )
 }
 
 /// A running agent.
@@ -260,7 +267,9 @@ fn read_store(data_dir: &Path) -> Stored {
         .call_blocking(|c| {
             let mut periods: Vec<ClosedPeriod> = history::periods(c, None, None, None)?
                 .into_iter()
-                .filter(|p| p.machine == "press07" && p.kind == linegate::machine::PeriodKind::Interval)
+                .filter(|p| {
+                    p.machine == "press07" && p.kind == linegate::machine::PeriodKind::Interval
+                })
                 .collect();
             let snapshot = history::load_snapshots(c)?
                 .into_iter()
@@ -288,7 +297,10 @@ fn check_periods(stored: &Stored, watched: &[DateTime<Utc>]) {
     let mut spans: Vec<_> = stored.periods.iter().map(|p| (p.start, p.end)).collect();
     spans.sort();
     for pair in spans.windows(2) {
-        assert_eq!(pair[0].1, pair[1].0, "periods leave a gap or overlap: {spans:?}");
+        assert_eq!(
+            pair[0].1, pair[1].0,
+            "periods leave a gap or overlap: {spans:?}"
+        );
     }
     for p in &stored.periods {
         let within = |t: &DateTime<Utc>, ms: i64| {
@@ -297,10 +309,7 @@ fn check_periods(stored: &Stored, watched: &[DateTime<Utc>]) {
         };
         let inside = watched.iter().filter(|t| within(t, 0)).count() as u64;
         let near_edges = watched.iter().filter(|t| within(t, READ_MS)).count() as u64
-            - watched
-                .iter()
-                .filter(|t| within(t, -READ_MS))
-                .count() as u64;
+            - watched.iter().filter(|t| within(t, -READ_MS)).count() as u64;
         assert!(
             p.counts.produced.abs_diff(inside) <= near_edges,
             "{}..{}: {} parts counted, the device made {inside} (and {near_edges} within a read of the edges)",
@@ -338,7 +347,11 @@ fn produced(stored: &Stored) -> u64 {
 }
 
 fn produced_unobserved(stored: &Stored) -> u64 {
-    stored.periods.iter().map(|p| p.counts.produced_unobserved).sum()
+    stored
+        .periods
+        .iter()
+        .map(|p| p.counts.produced_unobserved)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,7 +374,10 @@ async fn parts_made_while_the_agent_was_stopped_are_counted_apart_and_kept_out_o
 
     let watched = device.parts(Phase::Watched);
     let unwatched = device.parts(Phase::AgentStopped);
-    assert!(watched.len() > 20 && unwatched.len() > 40, "the device made parts");
+    assert!(
+        watched.len() > 20 && unwatched.len() > 40,
+        "the device made parts"
+    );
     let stored = read_store(&data);
     assert_eq!(
         produced(&stored),
@@ -390,6 +406,8 @@ async fn a_counter_preset_to_near_its_top_counts_zero_shows_in_status_and_counti
     let data = dir.path().join("data");
     let device = Device::start(Counter::U32, 95).await;
     let config = agent_config(&device, &data, "");
+    let config_file = dir.path().join("linegate.toml");
+    std::fs::write(&config_file, agent_config_text(&device, &data, "")).expect("config file");
 
     let agent = Agent::start(&config).await;
     device.make(Phase::Watched, Duration::from_secs(2)).await;
@@ -418,6 +436,34 @@ async fn a_counter_preset_to_near_its_top_counts_zero_shows_in_status_and_counti
         (presets[0].last.from, presets[0].last.to),
         (before, 4_294_967_200),
         "status shows the old and the new value"
+    );
+
+    // And so does the `linegate status` command.
+    let status = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_linegate"));
+        cmd.arg("status").arg("-c").arg(&config_file);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().expect("linegate status runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let json: serde_json::Value = serde_json::from_str(&status(true)).expect("status --json");
+    let p = &json[0]["counter_presets"][0];
+    assert_eq!(p["signal"], "part_count", "{json}");
+    assert_eq!(p["count"], 1, "{json}");
+    assert_eq!(p["last"]["from"], before, "{json}");
+    assert_eq!(p["last"]["to"], 4_294_967_200u64, "{json}");
+    let table = status(false);
+    assert!(
+        table.contains("part_count preset 1 time(s)")
+            && table.contains(&format!("{before} -> 4294967200")),
+        "{table}"
     );
 }
 
@@ -466,4 +512,33 @@ async fn a_configured_rate_limit_decides_what_is_a_preset() {
         assert_eq!(produced(&stored), if preset { 0 } else { 150 }, "{extra:?}");
         assert_eq!(stored.status.counter_presets.len(), usize::from(preset));
     }
+}
+
+#[test]
+fn a_rate_limit_that_is_not_a_positive_number_is_refused_by_its_key() {
+    let base = "[gateway]\nid = \"gw-test\"\nsite = \"lab\"\ndata_dir = \"/tmp/x\"\n\
+                [[bus]]\nid = \"b\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:502\"\n\
+                [[machine]]\nid = \"press07\"\nbus = \"b\"\nunit = 1\n\
+                [[machine.signal]]\nname = \"part_count\"\narea = \"holding\"\naddress = 0\n\
+                [machine.counters]\nproduced = \"part_count\"\n";
+    for bad in ["0.0", "-3.0"] {
+        let text = format!("{base}max_parts_per_s = {bad}\n");
+        let e = match Config::from_toml(&text, Path::new("test.toml")) {
+            Ok(_) => panic!("max_parts_per_s = {bad} should be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("machine[0].counters.max_parts_per_s") && e.contains("positive"),
+            "{bad}: {e}"
+        );
+    }
+    let ok = format!("{base}max_parts_per_s = 12.5\n");
+    let c = Config::from_toml(&ok, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.machine[0]
+            .counters
+            .as_ref()
+            .and_then(|c| c.max_parts_per_s),
+        Some(12.5)
+    );
 }

@@ -1512,7 +1512,11 @@ mod tests {
         assert_eq!(p.seconds.running, 660.0);
         assert_eq!(p.seconds.offline, 240.0);
         // 30 before the stop, 35 after (the part read at 10:15:00 is the next period's).
-        assert_eq!(p.counts.produced, 30 + 35, "only parts made in observed time");
+        assert_eq!(
+            p.counts.produced,
+            30 + 35,
+            "only parts made in observed time"
+        );
         assert_eq!(p.counts.produced_unobserved, 24);
         assert_eq!(p.counts.good, 65);
         let performance = 650.0 * 1000.0 / 660_000.0;

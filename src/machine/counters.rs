@@ -233,7 +233,13 @@ impl PartCounter {
 
     /// Take a value read at wall time `at_ms`; `observed`: the time since
     /// the last read was observed (no agent stop, no offline machine).
-    pub fn observe(&mut self, v: &Value, at_ms: i64, observed: bool, limit: CountLimit) -> CountStep {
+    pub fn observe(
+        &mut self,
+        v: &Value,
+        at_ms: i64,
+        observed: bool,
+        limit: CountLimit,
+    ) -> CountStep {
         let Some(raw) = self.raw(v) else {
             return CountStep::Ignored;
         };
@@ -533,8 +539,15 @@ mod tests {
         };
         // 2 parts/s over 1 s plus 2 s of slack: at most 6 parts.
         assert_eq!(limit.most_parts(1000), 6);
-        assert_eq!(limit.most_parts(-5000), 4, "a clock going back allows only the slack");
-        assert_eq!(judge(Some(10), 16, Some(16), 6, true), CountStep::Forward(6));
+        assert_eq!(
+            limit.most_parts(-5000),
+            4,
+            "a clock going back allows only the slack"
+        );
+        assert_eq!(
+            judge(Some(10), 16, Some(16), 6, true),
+            CountStep::Forward(6)
+        );
         assert_eq!(
             judge(Some(10), 17, Some(16), 6, true),
             CountStep::Preset { from: 10, to: 17 }
@@ -568,7 +581,10 @@ mod tests {
             }
         );
         // Back to 3 is a reset with 3 new parts.
-        assert_eq!(judge(Some(50_000), 3, Some(32), 2004, true), CountStep::Reset(3));
+        assert_eq!(
+            judge(Some(50_000), 3, Some(32), 2004, true),
+            CountStep::Reset(3)
+        );
     }
 
     #[test]
@@ -585,7 +601,13 @@ mod tests {
         assert_eq!(c.read(302), CountStep::Forward(2));
         // A preset across a gap is still a preset.
         let preset = c.read_after(60_000, Value::Int(65_000), false);
-        assert_eq!(preset, CountStep::Preset { from: 302, to: 65_000 });
+        assert_eq!(
+            preset,
+            CountStep::Preset {
+                from: 302,
+                to: 65_000
+            }
+        );
     }
 
     #[test]
