@@ -542,3 +542,79 @@ fn a_rate_limit_that_is_not_a_positive_number_is_refused_by_its_key() {
         Some(12.5)
     );
 }
+
+/// A hand-written timeline through the machine tracker (rules, counters and
+/// accounting, no I/O): parts counted after the machine was unreachable, or
+/// silent for longer than its staleness time, are unobserved.
+#[test]
+fn parts_counted_after_an_outage_or_a_silence_are_unobserved() {
+    use linegate::machine::engine::MachineTracker;
+    use linegate::source::{Readings, Sample, SampleContent, Value};
+
+    let text = "[gateway]\nid = \"gw-test\"\nsite = \"lab\"\ndata_dir = \"/tmp/x\"\n\
+                [[bus]]\nid = \"b\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:502\"\ntimeout_ms = 500\n\
+                [[machine]]\nid = \"press07\"\nbus = \"b\"\nunit = 1\npoll_ms = 1000\n\
+                [[machine.signal]]\nname = \"running\"\narea = \"coil\"\naddress = 0\ntype = \"bool\"\n\
+                [[machine.signal]]\nname = \"part_count\"\narea = \"holding\"\naddress = 0\n\
+                [machine.state]\nrunning = \"running\"\n\
+                [machine.counters]\nproduced = \"part_count\"\nideal_cycle_s = 1.0\n";
+    let config = Config::from_toml(text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let t0: DateTime<Utc> = "2026-03-02T10:00:00Z".parse().expect("a time");
+    let mut out = Vec::new();
+    let mut m = MachineTracker::new(&config, &config.machine[0], None, None, t0, 0, &mut out)
+        .expect("a tracker");
+    let sample = |s: i64, content: SampleContent| Sample {
+        machine: "press07".into(),
+        at: t0 + chrono::Duration::seconds(s),
+        mono: tokio::time::Instant::now(),
+        content,
+    };
+    let parts = |n: i64| {
+        let r: Readings = [
+            ("running", Ok(Value::Bool(true))),
+            ("part_count", Ok(Value::Int(n))),
+        ]
+        .into_iter()
+        .collect();
+        SampleContent::Signals(r)
+    };
+    let read = |m: &mut MachineTracker, out: &mut Vec<_>, s: i64, content: SampleContent| {
+        m.on_sample(&sample(s, content), s * 1000, out);
+        m.tick(s * 1000, out);
+    };
+    // One part a second, watched: 10 parts.
+    for s in 0..=10 {
+        read(&mut m, &mut out, s, parts(100 + s));
+    }
+    // Unreachable for ten seconds while it makes 40 parts (a fast spell).
+    for s in 11..=20 {
+        read(
+            &mut m,
+            &mut out,
+            s,
+            SampleContent::Unreachable {
+                reason: "no reply: timeout".into(),
+            },
+        );
+    }
+    read(&mut m, &mut out, 21, parts(150));
+    read(&mut m, &mut out, 22, parts(151));
+    // Then no sample for 18 s (more than 3 polls + the timeout): 19 parts.
+    for s in 23..40 {
+        m.tick(s * 1000, &mut out);
+    }
+    read(&mut m, &mut out, 40, parts(170));
+    read(&mut m, &mut out, 41, parts(171));
+    // (A read's parts count once the time after it is attributed.)
+    read(&mut m, &mut out, 42, parts(171));
+
+    let p = m.account.interval_so_far().expect("the open period");
+    assert_eq!(p.counts.produced, 10 + 1 + 1, "parts seen being made");
+    assert_eq!(p.counts.produced_unobserved, 40 + 19);
+    assert_eq!(
+        m.view().produced_total,
+        10 + 40 + 1 + 19 + 1,
+        "orders get them all"
+    );
+    assert_eq!(p.seconds.offline, 11.0 + 18.0, "from each last good read");
+}
