@@ -180,10 +180,11 @@ impl Device {
 
     /// A technician (or a PLC program reload) writes the counter register.
     async fn write_counter(&self, to: u64) {
-        let mut v = self.value.lock().unwrap();
-        *v = to;
-        self.devices.with(1, |u| self.counter.write(u, to));
-        drop(v);
+        {
+            let mut v = self.value.lock().unwrap();
+            *v = to;
+            self.devices.with(1, |u| self.counter.write(u, to));
+        }
         tokio::time::sleep(SETTLE).await;
     }
 

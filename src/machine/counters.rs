@@ -243,14 +243,12 @@ impl PartCounter {
         let Some(raw) = self.raw(v) else {
             return CountStep::Ignored;
         };
-        let elapsed = self.last_at_ms.map_or(0, |last| at_ms - last);
-        let step = judge(
-            self.last,
-            raw,
-            self.width_bits,
-            limit.most_parts(elapsed),
-            observed,
-        );
+        // A counter saved before its read times were kept (an older
+        // snapshot) has no elapsed time to judge by: any step is plausible.
+        let most = self
+            .last_at_ms
+            .map_or(u64::MAX, |last| limit.most_parts(at_ms - last));
+        let step = judge(self.last, raw, self.width_bits, most, observed);
         if let CountStep::Preset { from, to } = step {
             self.presets += 1;
             self.last_preset = Some(CounterPreset {
@@ -607,6 +605,28 @@ mod tests {
                 from: 302,
                 to: 65_000
             }
+        );
+    }
+
+    #[test]
+    fn a_counter_from_a_snapshot_without_read_times_is_not_judged_at_its_first_read() {
+        let old: PartCounter =
+            serde_json::from_str(r#"{"width_bits": 32, "last": 100, "total": 7}"#).unwrap();
+        let mut c = Timeline {
+            c: old,
+            at_ms: 1_700_000_000_000,
+        };
+        assert_eq!(
+            c.read_after(0, Value::Int(5_100), false),
+            CountStep::Unobserved(5_000)
+        );
+        assert_eq!(
+            c.read(1_000_000),
+            CountStep::Preset {
+                from: 5_100,
+                to: 1_000_000
+            },
+            "judged from then on"
         );
     }
 
