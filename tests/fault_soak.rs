@@ -490,7 +490,7 @@ async fn under_random_faults_nothing_is_lost_and_the_store_stays_sound() {
 
     // The broker keeps sessions across its own kills (the judge's queue).
     let mut broker = Mosquitto::start_with(
-        "persistence true\npersistence_location {dir}/\nautosave_interval 1\nautosave_on_changes true\n",
+        "user root\npersistence true\npersistence_location {dir}/\nautosave_interval 1\nautosave_on_changes true\n",
     );
     let link = Link::start(broker.port).await;
     let judge = Judge::start(broker.port, "linegate/v1/#");

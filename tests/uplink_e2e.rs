@@ -529,7 +529,8 @@ fn assert_utilisation_payload(m: &Seen) {
             "scrap",
             "stops",
             "micro_stops",
-            "failures"
+            "failures",
+            "produced_unobserved"
         ]),
         "{}",
         m.raw

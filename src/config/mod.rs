@@ -415,6 +415,11 @@ pub struct CountersConfig {
     /// Seconds one part ideally takes; an order's own value wins.
     #[serde(default)]
     pub ideal_cycle_s: Option<f64>,
+    /// The most parts per second each counting signal of this machine can
+    /// plausibly count; a larger forward step is a preset, counted as zero.
+    /// Default: 4 / `ideal_cycle_s`, or 1000 without an ideal cycle time.
+    #[serde(default)]
+    pub max_parts_per_s: Option<f64>,
 }
 
 /// One register an order may write.

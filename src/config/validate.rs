@@ -463,6 +463,14 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
                 );
             }
         }
+        if let Some(r) = c.max_parts_per_s {
+            if !(r.is_finite() && r > 0.0) {
+                issues.push(
+                    format!("machine[{i}].counters.max_parts_per_s"),
+                    "must be a positive number of parts per second",
+                );
+            }
+        }
     }
 
     if let Some(rules) = &m.state {

@@ -251,6 +251,7 @@ mod tests {
                 stops: 3,
                 micro_stops: 2,
                 failures: 1,
+                produced_unobserved: 5,
             },
             kpi: Kpi {
                 availability: Some(0.68),
@@ -274,7 +275,8 @@ mod tests {
         );
         assert_eq!(
             body["counts"],
-            json!({"produced": 64, "good": 63, "scrap": 1, "stops": 3, "micro_stops": 2, "failures": 1})
+            json!({"produced": 64, "good": 63, "scrap": 1, "stops": 3, "micro_stops": 2, "failures": 1,
+                   "produced_unobserved": 5})
         );
         assert_eq!(body["kpi"]["availability"], json!(0.68));
         assert_eq!(body["kpi"]["performance"], Value::Null);
