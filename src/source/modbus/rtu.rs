@@ -604,3 +604,277 @@ fn frame_gap(bus: &BusConfig) -> Duration {
     let bits = 1 + u32::from(bus.data_bits) + parity + u32::from(bus.stop_bits);
     Duration::from_micros(u64::from(bits) * 3_500_000 / u64::from(bus.baud))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bytes` followed by their CRC, as a device would send them.
+    fn framed(bytes: &[u8]) -> Vec<u8> {
+        let mut frame = bytes.to_vec();
+        frame.extend(crc16(bytes).to_le_bytes());
+        frame
+    }
+
+    fn holding(unit: u8, address: u16, count: u16) -> RtuRequest {
+        RtuRequest::new(unit, &Request::ReadHoldingRegisters(address, count)).expect("framed")
+    }
+
+    fn joined(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[test]
+    fn crc_is_crc16_modbus_and_requests_are_framed_as_the_specification_shows() {
+        assert_eq!(crc16(b"123456789"), 0x4B37);
+        // The specification's read of one holding register at 0 from unit 1.
+        assert_eq!(
+            holding(1, 0, 1).frame(),
+            &[0x01, 0x03, 0x00, 0x00, 0x00, 0x01, 0x84, 0x0A]
+        );
+        let write = RtuRequest::new(
+            17,
+            &Request::WriteMultipleRegisters(1, vec![0x000A, 0x0102].into()),
+        )
+        .expect("framed");
+        assert_eq!(
+            &write.frame()[..11],
+            &[0x11, 0x10, 0x00, 0x01, 0x00, 0x02, 0x04, 0x00, 0x0A, 0x01, 0x02]
+        );
+        let coil = RtuRequest::new(1, &Request::WriteSingleCoil(0xAC, true)).expect("framed");
+        assert_eq!(&coil.frame()[..6], &[0x01, 0x05, 0x00, 0xAC, 0xFF, 0x00]);
+    }
+
+    #[test]
+    fn a_clean_reply_is_taken_with_its_registers() {
+        let req = holding(1, 0, 2);
+        let heard = framed(&[0x01, 0x03, 0x04, 0x00, 0x2A, 0x12, 0x34]);
+        let scan = scan(&heard, &req);
+        let Some((Answer::Data(data), frame)) = scan.answer else {
+            panic!("no answer: {scan:?}")
+        };
+        assert_eq!(frame, 0..heard.len());
+        assert_eq!(
+            req.response(&data),
+            Response::ReadHoldingRegisters(vec![0x002A, 0x1234])
+        );
+        assert!(scan.misfits.is_empty());
+    }
+
+    #[test]
+    fn noise_that_looks_like_a_frame_start_is_skipped_and_the_real_reply_found() {
+        let req = holding(1, 0, 1);
+        let reply = framed(&[0x01, 0x03, 0x02, 0x00, 0x13]);
+        let heard = joined(&[&[0x55, 0x01, 0x03, 0xAA, 0x00, 0xFF, 0x13], &reply]);
+        let scan = scan(&heard, &req);
+        let Some((Answer::Data(data), frame)) = scan.answer else {
+            panic!("no answer: {scan:?}")
+        };
+        assert_eq!(frame, 7..heard.len());
+        assert_eq!(
+            req.response(&data),
+            Response::ReadHoldingRegisters(vec![19])
+        );
+    }
+
+    #[test]
+    fn noise_alone_is_no_reply_and_no_misfit() {
+        let req = holding(1, 0, 1);
+        let scan = scan(&[0x55, 0x01, 0x03, 0xAA, 0x00, 0xFF, 0x13], &req);
+        assert_eq!(scan, Scan::default());
+    }
+
+    #[test]
+    fn a_late_reply_to_the_previous_request_is_not_taken_for_this_one() {
+        // The previous request read 1 input register; this one 2 holding
+        // registers; and before that, 1 holding register.
+        let req = holding(1, 10, 2);
+        let late_input = framed(&[0x01, 0x04, 0x02, 0x00, 0x13]);
+        let late_holding = framed(&[0x01, 0x03, 0x02, 0x00, 0x13]);
+        let scan_input = scan(&late_input, &req);
+        assert_eq!(scan_input.answer, None);
+        assert_eq!(
+            scan_input.misfits,
+            vec![Misfit::OtherFunction {
+                unit: 1,
+                got: 4,
+                wanted: 3
+            }]
+        );
+        assert_eq!(
+            scan_input.misfits[0].to_string(),
+            "reply from unit 1 with function 04 to a request with function 03"
+        );
+        let scan_holding = scan(&late_holding, &req);
+        assert_eq!(scan_holding.answer, None);
+        assert!(
+            matches!(
+                &scan_holding.misfits[..],
+                [Misfit::OtherRequest { unit: 1, .. }]
+            ),
+            "{scan_holding:?}"
+        );
+        assert_eq!(
+            scan_holding.misfits[0].to_string(),
+            "reply from unit 1 does not answer the request: it holds 3 data byte(s), the request wants 2 register(s)"
+        );
+        // The real reply after the late one is found.
+        let reply = framed(&[0x01, 0x03, 0x04, 0x00, 0x01, 0x00, 0x02]);
+        let both = joined(&[&late_holding, &reply]);
+        let scan = scan(&both, &req);
+        assert_eq!(
+            scan.answer.map(|(a, f)| (a, f.start)),
+            Some((
+                Answer::Data(vec![0x04, 0x00, 0x01, 0x00, 0x02]),
+                late_holding.len()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_reply_with_a_bad_crc_is_a_crc_error_not_a_value() {
+        let req = holding(1, 0, 1);
+        let mut heard = framed(&[0x01, 0x03, 0x02, 0x00, 0x13]);
+        heard[6] ^= 0x01;
+        let scan = scan(&heard, &req);
+        assert_eq!(scan.answer, None);
+        assert_eq!(scan.misfits, vec![Misfit::Crc { unit: 1 }]);
+        assert_eq!(
+            scan.misfits[0].to_string(),
+            "CRC error in reply from unit 1"
+        );
+    }
+
+    #[test]
+    fn a_reply_from_another_unit_is_named_and_skipped() {
+        let req = holding(1, 0, 1);
+        let other = framed(&[0x02, 0x03, 0x02, 0x00, 0x13]);
+        let scan_other = scan(&other, &req);
+        assert_eq!(scan_other.answer, None);
+        assert_eq!(
+            scan_other.misfits[0].to_string(),
+            "reply from unit 2 to a request for unit 1"
+        );
+        let ours = framed(&[0x01, 0x03, 0x02, 0x00, 0x07]);
+        let scan = scan(&joined(&[&other, &ours]), &req);
+        assert!(matches!(scan.answer, Some((Answer::Data(ref d), _)) if d == &[2, 0, 7]));
+    }
+
+    #[test]
+    fn the_most_telling_misfit_comes_first() {
+        let req = holding(1, 0, 1);
+        let other = framed(&[0x02, 0x03, 0x02, 0x00, 0x13]);
+        let mut damaged = framed(&[0x01, 0x03, 0x02, 0x00, 0x13]);
+        damaged[3] ^= 0x40;
+        let scan = scan(&joined(&[&other, &damaged]), &req);
+        assert_eq!(scan.answer, None);
+        assert_eq!(scan.misfits.first(), Some(&Misfit::Crc { unit: 1 }));
+    }
+
+    #[test]
+    fn an_exception_reply_for_the_requests_function_is_the_answer() {
+        let req = holding(1, 0, 1);
+        let heard = framed(&[0x01, 0x83, 0x02]);
+        assert_eq!(
+            scan(&heard, &req).answer,
+            Some((Answer::Exception(2), 0..5))
+        );
+        // An exception to another function does not answer this request.
+        let other = framed(&[0x01, 0x84, 0x02]);
+        let scan = scan(&other, &req);
+        assert_eq!(scan.answer, None);
+        assert_eq!(
+            scan.misfits,
+            vec![Misfit::OtherFunction {
+                unit: 1,
+                got: 0x84,
+                wanted: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn a_truncated_reply_waits_for_its_end_and_is_taken_once_complete() {
+        let req = holding(1, 0, 1);
+        let whole = framed(&[0x01, 0x03, 0x02, 0x00, 0x13]);
+        for cut in 0..whole.len() {
+            let scan = scan(&whole[..cut], &req);
+            assert_eq!(scan, Scan::default(), "after {cut} byte(s)");
+        }
+        assert!(scan(&whole, &req).answer.is_some());
+    }
+
+    #[test]
+    fn a_write_is_answered_only_by_the_echo_of_that_write() {
+        let req = RtuRequest::new(1, &Request::WriteMultipleRegisters(5, vec![1, 2].into()))
+            .expect("framed");
+        let echo = framed(&[0x01, 0x10, 0x00, 0x05, 0x00, 0x02]);
+        let Some((Answer::Data(data), _)) = scan(&echo, &req).answer else {
+            panic!("the echo is the answer")
+        };
+        assert_eq!(req.response(&data), Response::WriteMultipleRegisters(5, 2));
+        let wrong = framed(&[0x01, 0x10, 0x00, 0x06, 0x00, 0x02]);
+        let scan_wrong = scan(&wrong, &req);
+        assert_eq!(scan_wrong.answer, None);
+        assert!(matches!(
+            &scan_wrong.misfits[..],
+            [Misfit::OtherRequest { unit: 1, .. }]
+        ));
+        let coil = RtuRequest::new(1, &Request::WriteSingleCoil(3, true)).expect("framed");
+        let off = framed(&[0x01, 0x05, 0x00, 0x03, 0x00, 0x00]);
+        assert_eq!(scan(&off, &coil).answer, None, "the coil echo says off");
+        let on = framed(&[0x01, 0x05, 0x00, 0x03, 0xFF, 0x00]);
+        let Some((Answer::Data(data), _)) = scan(&on, &coil).answer else {
+            panic!("the echo is the answer")
+        };
+        assert_eq!(coil.response(&data), Response::WriteSingleCoil(3, true));
+    }
+
+    #[test]
+    fn bits_come_back_without_their_padding() {
+        let req = RtuRequest::new(1, &Request::ReadCoils(0, 10)).expect("framed");
+        let heard = framed(&[0x01, 0x01, 0x02, 0b0000_0101, 0b1111_1110]);
+        let Some((Answer::Data(data), _)) = scan(&heard, &req).answer else {
+            panic!("no answer")
+        };
+        let mut want = vec![true, false, true, false, false, false, false, false];
+        want.extend([false, true]);
+        assert_eq!(req.response(&data), Response::ReadCoils(want));
+    }
+
+    #[test]
+    fn frames_are_kept_apart_by_three_and_a_half_characters() {
+        let bus = |baud: u32, parity: Parity| BusConfig {
+            id: "rs485".into(),
+            transport: crate::config::Transport::Rtu,
+            address: None,
+            device: Some("/dev/null".into()),
+            baud,
+            parity,
+            data_bits: 8,
+            stop_bits: 1,
+            timeout_ms: 300,
+            delay_ms: 0,
+            max_registers_per_request: 125,
+            max_bits_per_request: 2000,
+            max_gap: 0,
+            backoff_min_ms: 1000,
+            backoff_max_ms: 60_000,
+            client_id: None,
+            stale_ms: 10_000,
+        };
+        // 11 bits a character at 9600 baud: 3.5 * 11 / 9600 s.
+        assert_eq!(
+            frame_gap(&bus(9600, Parity::Even)),
+            Duration::from_micros(4010)
+        );
+        assert_eq!(
+            frame_gap(&bus(9600, Parity::None)),
+            Duration::from_micros(3645)
+        );
+        assert_eq!(
+            frame_gap(&bus(115_200, Parity::Even)),
+            Duration::from_micros(1750)
+        );
+    }
+}
