@@ -1,0 +1,409 @@
+//! Modbus RTU over a serial line that misbehaves the way RS-485 lines do: a
+//! responder of the test's own on the master side of a pty pair (raw bytes,
+//! not tokio-modbus), which answers late, answers for the previous request,
+//! damages CRCs, puts noise on the line and answers as another unit. It logs
+//! what it really served for each request; every value the bus yields is
+//! checked against that log, for that very request.
+
+mod modbus_device;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use linegate::source::{Sample, SampleContent, SignalError, Value};
+use modbus_device::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_serial::{SerialPort, SerialStream};
+
+/// What the responder does with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The right reply, at once.
+    Clean,
+    /// Noise that looks like a frame start (`55 01 03 AA 00 FF 13`), then
+    /// the right reply.
+    NoiseFirst,
+    /// The right reply, then noise on the line before the next request.
+    NoiseAfter,
+    /// A valid reply from unit 2 first, then the right reply.
+    Unit2First,
+    /// The right reply, but this long after the request (past the timeout).
+    Late(Duration),
+    /// The right reply with its CRC damaged.
+    BadCrc,
+    /// The right reply, but from unit 2.
+    AsUnit2,
+    /// The reply it gave to the previous request (sent only where that one
+    /// had another function: a reply of the same shape for another request
+    /// is something no master can tell from the right one).
+    Previous,
+    /// Exception 02 (illegal data address).
+    Exception,
+}
+
+impl Fault {
+    /// Whether the right reply (or exception) reaches the master in time.
+    fn answers(self) -> bool {
+        matches!(
+            self,
+            Fault::Clean
+                | Fault::NoiseFirst
+                | Fault::NoiseAfter
+                | Fault::Unit2First
+                | Fault::Exception
+        )
+    }
+}
+
+const NOISE: [u8; 7] = [0x55, 0x01, 0x03, 0xAA, 0x00, 0xFF, 0x13];
+
+/// One request the responder received, and what it did.
+#[derive(Debug, Clone)]
+struct Served {
+    at: Instant,
+    function: u8,
+    address: u16,
+    count: u16,
+    fault: Fault,
+    /// The registers of the right reply to this request (which went out as
+    /// such only if `fault.answers()`).
+    words: Vec<u16>,
+}
+
+type Log = Arc<Mutex<Vec<Served>>>;
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0xFFFF;
+    for &b in data {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+fn framed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let crc = crc16(&bytes);
+    bytes.extend(crc.to_le_bytes());
+    bytes
+}
+
+/// The registers unit 1 holds when it gets its request number `seq`: every
+/// request sees other values, so a value read for one request cannot pass
+/// for the value of another. Holding 0..2 is a u32 part counter, input 0 an
+/// alarm code.
+fn registers(function: u8, address: u16, count: u16, seq: u32) -> Vec<u16> {
+    (0..count)
+        .map(|i| match (function, address + i) {
+            (0x03, 0) => ((100_000 + seq) >> 16) as u16,
+            (0x03, 1) => ((100_000 + seq) & 0xFFFF) as u16,
+            (0x04, 0) => (seq % 30_000 + 1) as u16,
+            _ => 0,
+        })
+        .collect()
+}
+
+/// Serve unit 1 on `port` (the pty master) with `script[seq % len]` as the
+/// fault for its request number `seq`, logging each request in `log`.
+async fn respond(mut port: SerialStream, script: Vec<Fault>, log: Log) {
+    let mut heard: Vec<u8> = Vec::new();
+    let mut queue: Vec<(Instant, Vec<u8>)> = Vec::new();
+    let mut previous: Option<(u8, Vec<u8>)> = None;
+    let mut seq: u32 = 0;
+    let mut chunk = [0u8; 256];
+    loop {
+        queue.sort_by_key(|(at, _)| *at);
+        let next_send = queue.first().map(|(at, _)| *at);
+        tokio::select! {
+            read = port.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => heard.extend_from_slice(&chunk[..n]),
+            },
+            () = async {
+                match next_send {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (_, bytes) = queue.remove(0);
+                if port.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        // Read requests are 8 bytes: linegate sends them whole, one at a time.
+        while heard.len() >= 8 {
+            let frame: Vec<u8> = heard.drain(..8).collect();
+            if crc16(&frame[..6]).to_le_bytes() != [frame[6], frame[7]] || frame[0] != 1 {
+                continue;
+            }
+            let (function, address, count) = (
+                frame[1],
+                u16::from_be_bytes([frame[2], frame[3]]),
+                u16::from_be_bytes([frame[4], frame[5]]),
+            );
+            let mut fault = script[seq as usize % script.len()];
+            if fault == Fault::Previous && previous.as_ref().is_none_or(|(f, _)| *f == function) {
+                fault = Fault::Clean;
+            }
+            let words = registers(function, address, count, seq);
+            let mut reply = vec![1, function, (2 * count) as u8];
+            reply.extend(words.iter().flat_map(|w| w.to_be_bytes()));
+            let right = framed(reply.clone());
+            let now = Instant::now();
+            let soon = now + Duration::from_millis(2);
+            let mut as_unit2 = reply.clone();
+            as_unit2[0] = 2;
+            match fault {
+                Fault::Clean => queue.push((now, right.clone())),
+                Fault::NoiseFirst => queue.push((now, [&NOISE[..], &right].concat())),
+                Fault::NoiseAfter => {
+                    queue.push((now, right.clone()));
+                    queue.push((soon, NOISE.to_vec()));
+                }
+                Fault::Unit2First => queue.push((now, [framed(as_unit2), right.clone()].concat())),
+                Fault::Late(after) => queue.push((now + after, right.clone())),
+                Fault::BadCrc => {
+                    let mut bad = right.clone();
+                    let last = bad.len() - 1;
+                    bad[last] ^= 0x5A;
+                    queue.push((now, bad));
+                }
+                Fault::AsUnit2 => queue.push((now, framed(as_unit2))),
+                Fault::Previous => {
+                    if let Some((_, bytes)) = &previous {
+                        queue.push((now, bytes.clone()));
+                    }
+                }
+                Fault::Exception => queue.push((now, framed(vec![1, function | 0x80, 0x02]))),
+            }
+            log.lock().unwrap().push(Served {
+                at: now,
+                function,
+                address,
+                count,
+                fault,
+                words,
+            });
+            previous = Some((function, right));
+            seq += 1;
+        }
+    }
+}
+
+/// A pty pair with the responder on its master side; returns the slave's
+/// path for the bus, the log, and the slave stream to keep the line open.
+fn hostile_line(script: Vec<Fault>) -> (String, Log, SerialStream) {
+    let (master, slave) = SerialStream::pair().expect("open a pty pair");
+    let path = slave.name().expect("the pty slave has a path");
+    let log = Log::default();
+    tokio::spawn(respond(master, script, log.clone()));
+    (path, log, slave)
+}
+
+const SIGNALS: &str =
+    "[[machine.signal]]\nname = \"parts\"\narea = \"holding\"\naddress = 0\ntype = \"u32\"\n\
+     [[machine.signal]]\nname = \"alarm\"\narea = \"input\"\naddress = 0\n";
+
+fn rtu_config(path: &str) -> linegate::config::Config {
+    config(&format!(
+        "{}[[bus]]\nid = \"rs485\"\ntransport = \"rtu\"\ndevice = \"{path}\"\nbaud = 19200\n\
+         timeout_ms = 300\nbackoff_min_ms = 20\nbackoff_max_ms = 40\n{}",
+        gateway(),
+        machine("press07", "rs485", 1, 50, SIGNALS)
+    ))
+}
+
+/// The u32 part count in `words`, the holding registers a reply carried.
+fn parts_of(words: &[u16]) -> i64 {
+    (i64::from(words[0]) << 16) | i64::from(words[1])
+}
+
+/// What an Unreachable sample must say for a request that got `fault`.
+fn cause_of(fault: Fault, served: &Served, path: &str) -> String {
+    match fault {
+        Fault::Late(_) => format!("no reply from {path} within 300 ms"),
+        Fault::BadCrc => "CRC error in reply from unit 1".into(),
+        Fault::AsUnit2 => "reply from unit 2 to a request for unit 1".into(),
+        Fault::Previous => {
+            let other = if served.function == 3 { 4 } else { 3 };
+            format!(
+                "reply from unit 1 with function {other:02x} to a request with function {:02x}",
+                served.function
+            )
+        }
+        answered => panic!("{answered:?} answers; it has no cause"),
+    }
+}
+
+/// Check every sample against what the responder served in its poll: the
+/// requests it logged between the previous sample and this one. Returns
+/// how many polls read values and how many failed.
+fn check_against_log(samples: &[Sample], log: &[Served], path: &str) -> (usize, usize) {
+    let (mut good, mut failed) = (0, 0);
+    let mut from = None::<Instant>;
+    for s in samples {
+        let poll: Vec<&Served> = log
+            .iter()
+            .filter(|r| from.is_none_or(|f| r.at > f) && r.at <= s.mono)
+            .collect();
+        from = Some(s.mono);
+        match &s.content {
+            SampleContent::Signals(r) => {
+                good += 1;
+                assert_eq!(poll.len(), 2, "a poll reads two requests: {poll:?}");
+                for served in &poll {
+                    assert!(served.fault.answers(), "{served:?} gave a value: {s:?}");
+                    let (name, want) = match served.function {
+                        3 => ("parts", parts_of(&served.words)),
+                        _ => ("alarm", i64::from(served.words[0])),
+                    };
+                    assert_eq!(
+                        (served.address, served.count),
+                        (0, if name == "parts" { 2 } else { 1 })
+                    );
+                    if served.fault == Fault::Exception {
+                        assert!(
+                            matches!(&r[name], Err(SignalError::Exception { code: 2, .. })),
+                            "{name}: {:?}",
+                            r[name]
+                        );
+                    } else {
+                        assert_eq!(r[name], Ok(Value::Int(want)), "{name} for {served:?}");
+                    }
+                }
+            }
+            SampleContent::Unreachable { reason } => {
+                failed += 1;
+                let (last, before) = poll.split_last().expect("a failed poll sent a request");
+                assert!(before.iter().all(|r| r.fault.answers()), "{poll:?}");
+                assert!(
+                    !last.fault.answers(),
+                    "a device that answered went offline: {last:?}: {reason}"
+                );
+                let cause = cause_of(last.fault, last, path);
+                assert!(reason.contains(&cause), "{reason:?} does not say {cause:?}");
+            }
+        }
+    }
+    (good, failed)
+}
+
+async fn collect(run: &mut Running, log: &Log, requests: usize) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    while log.lock().unwrap().len() < requests {
+        samples.push(run.next_of("press07").await);
+    }
+    samples
+}
+
+#[tokio::test]
+async fn a_misbehaving_serial_device_never_gets_a_wrong_value_reported_as_good() {
+    let script = vec![
+        Fault::Clean,
+        Fault::Clean,
+        Fault::NoiseFirst,
+        Fault::Late(Duration::from_millis(380)),
+        Fault::Clean,
+        Fault::NoiseAfter,
+        Fault::BadCrc,
+        Fault::Clean,
+        Fault::Unit2First,
+        Fault::AsUnit2,
+        Fault::Clean,
+        Fault::Previous,
+        Fault::Clean,
+        Fault::Exception,
+        Fault::Late(Duration::from_millis(380)),
+        Fault::Clean,
+        Fault::Clean,
+    ];
+    let (path, log, _line) = hostile_line(script);
+    let mut run = start(&rtu_config(&path));
+    let mut samples = collect(&mut run, &log, 120).await;
+    let stats = run.stats["rs485"].clone();
+    samples.extend(
+        run.stop()
+            .await
+            .into_iter()
+            .filter(|s| s.machine == "press07"),
+    );
+    let log = log.lock().unwrap().clone();
+    let (good, failed) = check_against_log(&samples, &log, &path);
+    for fault in [
+        Fault::Late(Duration::from_millis(380)),
+        Fault::BadCrc,
+        Fault::AsUnit2,
+        Fault::Previous,
+        Fault::NoiseFirst,
+        Fault::NoiseAfter,
+        Fault::Unit2First,
+        Fault::Exception,
+    ] {
+        assert!(
+            log.iter().any(|r| r.fault == fault),
+            "the responder never got to serve {fault:?}"
+        );
+    }
+    assert!(good > 0 && failed > 0, "{good} good, {failed} failed polls");
+    let snap = stats.snapshot();
+    assert!(snap.discarded_bytes > 0, "noise is counted: {snap:?}");
+    assert_eq!(
+        snap.reconnects, 0,
+        "the line is not reopened for a bad reply"
+    );
+}
+
+#[tokio::test]
+async fn noise_between_frames_never_takes_a_healthy_device_offline() {
+    let script = vec![
+        Fault::NoiseFirst,
+        Fault::NoiseAfter,
+        Fault::Unit2First,
+        Fault::Clean,
+    ];
+    let (path, log, _line) = hostile_line(script);
+    let mut run = start(&rtu_config(&path));
+    let mut samples = collect(&mut run, &log, 60).await;
+    samples.extend(
+        run.stop()
+            .await
+            .into_iter()
+            .filter(|s| s.machine == "press07"),
+    );
+    let log = log.lock().unwrap().clone();
+    let (good, failed) = check_against_log(&samples, &log, &path);
+    assert_eq!(failed, 0);
+    assert!(good >= 29, "{good} polls");
+}
+
+#[tokio::test]
+async fn a_device_that_always_answers_late_is_offline_and_its_late_replies_are_never_values() {
+    let script = vec![Fault::Late(Duration::from_millis(380))];
+    let (path, log, _line) = hostile_line(script);
+    let mut run = start(&rtu_config(&path));
+    let mut samples = collect(&mut run, &log, 6).await;
+    samples.extend(
+        run.stop()
+            .await
+            .into_iter()
+            .filter(|s| s.machine == "press07"),
+    );
+    let log = log.lock().unwrap().clone();
+    let (good, failed) = check_against_log(&samples, &log, &path);
+    assert_eq!(good, 0);
+    assert!(failed >= 5);
+    // After the first late reply was heard, the timeouts say so.
+    let last = samples.last().map(|s| &s.content);
+    assert!(
+        matches!(last, Some(SampleContent::Unreachable { reason }) if reason.contains("an earlier reply came") && reason.contains("is timeout_ms too short?")),
+        "{last:?}"
+    );
+}
