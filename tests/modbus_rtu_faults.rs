@@ -28,6 +28,8 @@ enum Fault {
     NoiseAfter,
     /// A valid reply from unit 2 first, then the right reply.
     Unit2First,
+    /// The right reply, this long after the request but within the timeout.
+    Slow(Duration),
     /// The right reply, but this long after the request (past the timeout).
     Late(Duration),
     /// The right reply with its CRC damaged.
@@ -48,6 +50,7 @@ impl Fault {
         matches!(
             self,
             Fault::Clean
+                | Fault::Slow(_)
                 | Fault::NoiseFirst
                 | Fault::NoiseAfter
                 | Fault::Unit2First
@@ -169,7 +172,7 @@ async fn respond(mut port: SerialStream, script: Vec<Fault>, log: Log) {
                     queue.push((soon, NOISE.to_vec()));
                 }
                 Fault::Unit2First => queue.push((now, [framed(as_unit2), right.clone()].concat())),
-                Fault::Late(after) => queue.push((now + after, right.clone())),
+                Fault::Slow(after) | Fault::Late(after) => queue.push((now + after, right.clone())),
                 Fault::BadCrc => {
                     let mut bad = right.clone();
                     let last = bad.len() - 1;
@@ -310,7 +313,10 @@ async fn a_misbehaving_serial_device_never_gets_a_wrong_value_reported_as_good()
         Fault::Clean,
         Fault::Clean,
         Fault::NoiseFirst,
+        // The retry after the timeout is answered slowly: the late reply
+        // comes while it waits, and has the same shape as its reply.
         Fault::Late(Duration::from_millis(380)),
+        Fault::Slow(Duration::from_millis(150)),
         Fault::Clean,
         Fault::NoiseAfter,
         Fault::BadCrc,
@@ -322,7 +328,7 @@ async fn a_misbehaving_serial_device_never_gets_a_wrong_value_reported_as_good()
         Fault::Clean,
         Fault::Exception,
         Fault::Late(Duration::from_millis(380)),
-        Fault::Clean,
+        Fault::Slow(Duration::from_millis(150)),
         Fault::Clean,
     ];
     let (path, log, _line) = hostile_line(script);
