@@ -7,12 +7,16 @@
 
 mod modbus_device;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use linegate::config::Area;
+use linegate::source::modbus::{RegisterWrite, WriteData, WriteError, WriteRequest};
 use linegate::source::{Sample, SampleContent, SignalError, Value};
 use modbus_device::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_serial::{SerialPort, SerialStream};
 
@@ -42,6 +46,9 @@ enum Fault {
     Previous,
     /// Exception 02 (illegal data address).
     Exception,
+    /// For a write: writes, and echoes, one register further on (a device
+    /// that misread the request).
+    OtherAddress,
 }
 
 impl Fault {
@@ -114,7 +121,11 @@ fn registers(function: u8, address: u16, count: u16, seq: u32) -> Vec<u16> {
 
 /// Serve unit 1 on `port` (the pty master) with `script[seq % len]` as the
 /// fault for its request number `seq`, logging each request in `log`.
-async fn respond(mut port: SerialStream, script: Vec<Fault>, log: Log) {
+/// Writes (function 10) take their faults from `write_faults` in turn
+/// (then `Clean`); what they write is kept and read back by later reads.
+async fn respond(mut port: SerialStream, script: Vec<Fault>, write_faults: Vec<Fault>, log: Log) {
+    let mut write_faults = write_faults.into_iter();
+    let mut written: HashMap<u16, u16> = HashMap::new();
     let mut heard: Vec<u8> = Vec::new();
     let mut queue: Vec<(Instant, Vec<u8>)> = Vec::new();
     let mut previous: Option<(u8, Vec<u8>)> = None;
@@ -141,10 +152,20 @@ async fn respond(mut port: SerialStream, script: Vec<Fault>, log: Log) {
                 continue;
             }
         }
-        // Read requests are 8 bytes: linegate sends them whole, one at a time.
+        // linegate sends requests whole, one at a time: reads are 8 bytes,
+        // a write of registers 9 and its data.
         while heard.len() >= 8 {
-            let frame: Vec<u8> = heard.drain(..8).collect();
-            if crc16(&frame[..6]).to_le_bytes() != [frame[6], frame[7]] || frame[0] != 1 {
+            let len = match heard[1] {
+                0x10 => 9 + usize::from(heard[6]),
+                _ => 8,
+            };
+            if heard.len() < len {
+                break;
+            }
+            let frame: Vec<u8> = heard.drain(..len).collect();
+            if crc16(&frame[..len - 2]).to_le_bytes() != [frame[len - 2], frame[len - 1]]
+                || frame[0] != 1
+            {
                 continue;
             }
             let (function, address, count) = (
@@ -152,11 +173,49 @@ async fn respond(mut port: SerialStream, script: Vec<Fault>, log: Log) {
                 u16::from_be_bytes([frame[2], frame[3]]),
                 u16::from_be_bytes([frame[4], frame[5]]),
             );
+            if function == 0x10 {
+                let fault = write_faults.next().unwrap_or(Fault::Clean);
+                let words: Vec<u16> = frame[7..len - 2]
+                    .chunks_exact(2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                    .collect();
+                let at = if fault == Fault::OtherAddress {
+                    address + 1
+                } else {
+                    address
+                };
+                for (i, w) in words.iter().enumerate() {
+                    written.insert(at + i as u16, *w);
+                }
+                let [a0, a1] = at.to_be_bytes();
+                let [n0, n1] = count.to_be_bytes();
+                let mut echo = framed(vec![1, 0x10, a0, a1, n0, n1]);
+                if fault == Fault::BadCrc {
+                    echo[7] ^= 0x5A;
+                }
+                queue.push((Instant::now(), echo));
+                log.lock().unwrap().push(Served {
+                    at: Instant::now(),
+                    function,
+                    address,
+                    count,
+                    fault,
+                    words,
+                });
+                continue;
+            }
             let mut fault = script[seq as usize % script.len()];
             if fault == Fault::Previous && previous.as_ref().is_none_or(|(f, _)| *f == function) {
                 fault = Fault::Clean;
             }
-            let words = registers(function, address, count, seq);
+            let mut words = registers(function, address, count, seq);
+            if function == 0x03 {
+                for (i, w) in words.iter_mut().enumerate() {
+                    if let Some(v) = written.get(&(address + i as u16)) {
+                        *w = *v;
+                    }
+                }
+            }
             let mut reply = vec![1, function, (2 * count) as u8];
             reply.extend(words.iter().flat_map(|w| w.to_be_bytes()));
             let right = framed(reply.clone());
@@ -186,6 +245,7 @@ async fn respond(mut port: SerialStream, script: Vec<Fault>, log: Log) {
                     }
                 }
                 Fault::Exception => queue.push((now, framed(vec![1, function | 0x80, 0x02]))),
+                Fault::OtherAddress => queue.push((now, right.clone())),
             }
             log.lock().unwrap().push(Served {
                 at: now,
@@ -203,11 +263,11 @@ async fn respond(mut port: SerialStream, script: Vec<Fault>, log: Log) {
 
 /// A pty pair with the responder on its master side; returns the slave's
 /// path for the bus, the log, and the slave stream to keep the line open.
-fn hostile_line(script: Vec<Fault>) -> (String, Log, SerialStream) {
+fn hostile_line(script: Vec<Fault>, write_faults: Vec<Fault>) -> (String, Log, SerialStream) {
     let (master, slave) = SerialStream::pair().expect("open a pty pair");
     let path = slave.name().expect("the pty slave has a path");
     let log = Log::default();
-    tokio::spawn(respond(master, script, log.clone()));
+    tokio::spawn(respond(master, script, write_faults, log.clone()));
     (path, log, slave)
 }
 
@@ -216,11 +276,15 @@ const SIGNALS: &str =
      [[machine.signal]]\nname = \"alarm\"\narea = \"input\"\naddress = 0\n";
 
 fn rtu_config(path: &str) -> linegate::config::Config {
+    rtu_config_polled(path, 50)
+}
+
+fn rtu_config_polled(path: &str, poll_ms: u64) -> linegate::config::Config {
     config(&format!(
         "{}[[bus]]\nid = \"rs485\"\ntransport = \"rtu\"\ndevice = \"{path}\"\nbaud = 19200\n\
          timeout_ms = 300\nbackoff_min_ms = 20\nbackoff_max_ms = 40\n{}",
         gateway(),
-        machine("press07", "rs485", 1, 50, SIGNALS)
+        machine("press07", "rs485", 1, poll_ms, SIGNALS)
     ))
 }
 
@@ -331,7 +395,7 @@ async fn a_misbehaving_serial_device_never_gets_a_wrong_value_reported_as_good()
         Fault::Slow(Duration::from_millis(150)),
         Fault::Clean,
     ];
-    let (path, log, _line) = hostile_line(script);
+    let (path, log, _line) = hostile_line(script, vec![]);
     let mut run = start(&rtu_config(&path));
     let mut samples = collect(&mut run, &log, 120).await;
     let stats = run.stats["rs485"].clone();
@@ -375,7 +439,7 @@ async fn noise_between_frames_never_takes_a_healthy_device_offline() {
         Fault::Unit2First,
         Fault::Clean,
     ];
-    let (path, log, _line) = hostile_line(script);
+    let (path, log, _line) = hostile_line(script, vec![]);
     let mut run = start(&rtu_config(&path));
     let mut samples = collect(&mut run, &log, 60).await;
     samples.extend(
@@ -393,7 +457,7 @@ async fn noise_between_frames_never_takes_a_healthy_device_offline() {
 #[tokio::test]
 async fn a_device_that_always_answers_late_is_offline_and_its_late_replies_are_never_values() {
     let script = vec![Fault::Late(Duration::from_millis(380))];
-    let (path, log, _line) = hostile_line(script);
+    let (path, log, _line) = hostile_line(script, vec![]);
     let mut run = start(&rtu_config(&path));
     let mut samples = collect(&mut run, &log, 6).await;
     samples.extend(
@@ -412,4 +476,65 @@ async fn a_device_that_always_answers_late_is_offline_and_its_late_replies_are_n
         matches!(last, Some(SampleContent::Unreachable { reason }) if reason.contains("an earlier reply came") && reason.contains("is timeout_ms too short?")),
         "{last:?}"
     );
+}
+
+#[tokio::test]
+async fn a_write_is_done_only_when_its_own_echo_comes_back_and_it_reads_back() {
+    let write_faults = vec![Fault::OtherAddress, Fault::BadCrc, Fault::Clean];
+    let (path, log, _line) = hostile_line(vec![Fault::Clean], write_faults);
+    let mut run = start(&rtu_config_polled(&path, 60_000));
+    run.next_of("press07").await;
+    let mut results = Vec::new();
+    for value in [4711, 4712, 4713] {
+        let (reply, answer) = oneshot::channel();
+        run.writes["rs485"]
+            .send(WriteRequest {
+                machine: "press07".into(),
+                writes: vec![RegisterWrite {
+                    area: Area::Holding,
+                    address: 0,
+                    data: WriteData::Registers(vec![value]),
+                }],
+                reply,
+            })
+            .await
+            .expect("bus takes writes");
+        let result = tokio::time::timeout(Duration::from_secs(20), answer)
+            .await
+            .expect("answered")
+            .expect("reply sent");
+        results.push(result);
+    }
+    run.stop().await;
+    let reason = |r: &Result<(), WriteError>| match r {
+        Err(WriteError::Failed { reason, .. }) => reason.clone(),
+        other => panic!("the write did not fail: {other:?}"),
+    };
+    assert!(
+        reason(&results[0]).contains("reply from unit 1 does not answer the request"),
+        "{:?}",
+        results[0]
+    );
+    assert!(
+        reason(&results[1]).starts_with("CRC error in reply from unit 1"),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(results[2], Ok(()));
+    // The device's own record: three writes, and only the last read back,
+    // serving the value it was written.
+    let log = log.lock().unwrap().clone();
+    let writes: Vec<&Served> = log.iter().filter(|r| r.function == 0x10).collect();
+    assert_eq!(
+        writes.iter().map(|r| r.words.clone()).collect::<Vec<_>>(),
+        vec![vec![4711], vec![4712], vec![4713]]
+    );
+    let last_write = writes[2].at;
+    let read_backs: Vec<&Served> = log
+        .iter()
+        .filter(|r| r.function == 0x03 && r.count == 1 && r.at > writes[0].at)
+        .collect();
+    assert_eq!(read_backs.len(), 1, "{read_backs:?}");
+    assert!(read_backs[0].at > last_write);
+    assert_eq!(read_backs[0].words, vec![4713]);
 }
