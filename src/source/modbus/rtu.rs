@@ -480,6 +480,8 @@ impl RtuLine {
         let deadline = sent_at + timeout;
         let mut heard = Vec::with_capacity(request.shape.frame_len());
         let mut chunk = [0u8; 256];
+        // The most telling thing heard that was not the reply.
+        let mut misfit: Option<Misfit> = None;
         loop {
             let n = match tokio::time::timeout_at(deadline, self.port.read(&mut chunk)).await {
                 Err(_) => break,
@@ -493,7 +495,18 @@ impl RtuLine {
             if let Some((answer, frame)) = found.answer {
                 // Noise before the reply, anything after it.
                 self.count_discarded(heard.len() - frame.len(), &found.misfits);
+                if self
+                    .late_reply
+                    .is_some_and(|(unit, _)| unit == request.unit)
+                {
+                    self.late_reply = None;
+                }
                 return Ok(answer);
+            }
+            if let Some(m) = found.misfits.into_iter().next() {
+                if misfit.as_ref().is_none_or(|was| m.weight() > was.weight()) {
+                    misfit = Some(m);
+                }
             }
             if heard.len() > HEARD_MAX_BYTES {
                 let cut = heard.len() - 256;
@@ -503,7 +516,6 @@ impl RtuLine {
         }
         // Timed out: throw away what was heard and what is still coming in,
         // and hold back the next request to this unit while a late reply may come.
-        let found = scan(&heard, request);
         self.count_discarded(heard.len(), &[]);
         let _ = self.discard_input();
         let now = Instant::now();
@@ -512,7 +524,7 @@ impl RtuLine {
             sent_at,
             until: now + timeout,
         });
-        Err(match found.misfits.into_iter().next() {
+        Err(match misfit {
             Some(misfit) => RtuError::WrongReply(misfit),
             None => RtuError::NoReply {
                 late_reply: match self.late_reply {
