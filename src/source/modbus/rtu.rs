@@ -20,9 +20,10 @@
 //!   and says what was heard instead (a CRC error, a reply from unit 2, a
 //!   reply with another function), or that nothing came. The input is then
 //!   discarded again, and a next request to the same unit is held back until
-//!   `timeout_ms` more have passed, listening: a late reply to the request
-//!   that timed out has the same shape as the reply to the next one, and
-//!   must be heard and thrown away, not taken for it. Requests to other
+//!   `timeout_ms` more have passed or the late reply has come, listening: a
+//!   late reply to the request that timed out has the same shape as the
+//!   reply to the next one, and must be heard and thrown away, not taken
+//!   for it. Requests to other
 //!   units go out at once (a late reply from this unit does not fit them).
 //!
 //! Every byte thrown away is counted in [`BusStats::discarded_bytes`]. It
@@ -418,8 +419,9 @@ pub(crate) struct RtuLine {
     frame_gap: Duration,
     /// When the line last carried a byte we know of (sent or heard).
     last_traffic: Instant,
-    /// The last request that timed out, while its late reply may still come.
-    late: Option<Late>,
+    /// Per unit, the last request that timed out, while its late reply may
+    /// still come (a few units at most: those failing right now).
+    late: Vec<Late>,
     /// The last late reply heard: from which unit, how long after its
     /// request. Named in the unit's next timeout, so the cause is plain.
     late_reply: Option<(u8, u64)>,
@@ -450,7 +452,7 @@ impl RtuLine {
             stats,
             frame_gap: frame_gap(bus),
             last_traffic: Instant::now(),
-            late: None,
+            late: Vec::new(),
             late_reply: None,
         })
     }
@@ -519,7 +521,8 @@ impl RtuLine {
         self.count_discarded(heard.len(), &[]);
         let _ = self.discard_input();
         let now = Instant::now();
-        self.late = Some(Late {
+        self.late.retain(|l| l.request.unit != request.unit);
+        self.late.push(Late {
             request: request.clone(),
             sent_at,
             until: now + timeout,
@@ -537,20 +540,18 @@ impl RtuLine {
         })
     }
 
-    /// If `unit` timed out last and its late reply may still come, listen
-    /// until then and throw away what comes.
+    /// If a request to `unit` timed out and its late reply may still come,
+    /// listen until that reply has come or the wait is over, and throw away
+    /// what was heard.
     async fn wait_out_late_reply(&mut self, unit: u8) -> Result<(), RtuError> {
-        match &self.late {
-            Some(late) if late.until <= Instant::now() => self.late = None,
-            Some(late) if late.request.unit == unit => {}
-            _ => return Ok(()),
-        }
-        let Some(late) = self.late.take() else {
+        let now = Instant::now();
+        self.late.retain(|l| l.until > now);
+        let Some(at) = self.late.iter().position(|l| l.request.unit == unit) else {
             return Ok(());
         };
+        let late = self.late.swap_remove(at);
         let mut heard = Vec::new();
         let mut chunk = [0u8; 256];
-        let mut answered = false;
         while let Ok(read) = tokio::time::timeout_at(late.until, self.port.read(&mut chunk)).await {
             let n = match read {
                 Err(e) => return Err(RtuError::Io(format!("reading: {e}"))),
@@ -559,18 +560,19 @@ impl RtuLine {
             };
             self.last_traffic = Instant::now();
             self.count_discarded(n, &[]);
-            if answered || heard.len() > HEARD_MAX_BYTES {
+            if heard.len() > HEARD_MAX_BYTES {
                 continue;
             }
             heard.extend_from_slice(&chunk[..n]);
             if scan(&heard, &late.request).answer.is_some() {
-                answered = true;
                 let after = self.last_traffic.duration_since(late.sent_at);
                 let after_ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
                 debug!(
                     "unit {unit} answered {after_ms} ms after its request, later than timeout_ms; the late reply was thrown away"
                 );
                 self.late_reply = Some((unit, after_ms));
+                // The reply it was waiting for came: nothing more is due.
+                break;
             }
         }
         Ok(())
@@ -840,6 +842,35 @@ mod tests {
             panic!("the echo is the answer")
         };
         assert_eq!(coil.response(&data), Response::WriteSingleCoil(3, true));
+    }
+
+    #[test]
+    fn single_register_and_multiple_coil_writes_are_framed_and_echo_checked() {
+        let single = RtuRequest::new(1, &Request::WriteSingleRegister(1, 3)).expect("framed");
+        assert_eq!(&single.frame()[..6], &[0x01, 0x06, 0x00, 0x01, 0x00, 0x03]);
+        let echo = framed(&[0x01, 0x06, 0x00, 0x01, 0x00, 0x03]);
+        let Some((Answer::Data(data), _)) = scan(&echo, &single).answer else {
+            panic!("the echo is the answer")
+        };
+        assert_eq!(single.response(&data), Response::WriteSingleRegister(1, 3));
+        let other_value = framed(&[0x01, 0x06, 0x00, 0x01, 0x00, 0x04]);
+        assert_eq!(scan(&other_value, &single).answer, None);
+
+        // The specification's example: 10 coils from 19, 1100 1101 0000 0001.
+        let bits = [
+            true, false, true, true, false, false, true, true, true, false,
+        ];
+        let coils =
+            RtuRequest::new(1, &Request::WriteMultipleCoils(19, bits[..].into())).expect("framed");
+        assert_eq!(
+            &coils.frame()[..9],
+            &[0x01, 0x0F, 0x00, 0x13, 0x00, 0x0A, 0x02, 0xCD, 0x01]
+        );
+        let echo = framed(&[0x01, 0x0F, 0x00, 0x13, 0x00, 0x0A]);
+        let Some((Answer::Data(data), _)) = scan(&echo, &coils).answer else {
+            panic!("the echo is the answer")
+        };
+        assert_eq!(coils.response(&data), Response::WriteMultipleCoils(19, 10));
     }
 
     #[test]
