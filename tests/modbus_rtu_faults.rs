@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linegate::config::Area;
-use linegate::source::modbus::{RegisterWrite, WriteData, WriteError, WriteRequest};
+use linegate::source::modbus::{
+    BusStatsSnapshot, RegisterWrite, WriteData, WriteError, WriteRequest,
+};
 use linegate::source::{Sample, SampleContent, SignalError, Value};
 use modbus_device::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,6 +74,7 @@ const NOISE: [u8; 7] = [0x55, 0x01, 0x03, 0xAA, 0x00, 0xFF, 0x13];
 #[derive(Debug, Clone)]
 struct Served {
     at: Instant,
+    unit: u8,
     function: u8,
     address: u16,
     count: u16,
@@ -104,32 +107,57 @@ fn framed(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-/// The registers unit 1 holds when it gets its request number `seq`: every
-/// request sees other values, so a value read for one request cannot pass
-/// for the value of another. Holding 0..2 is a u32 part counter, input 0 an
-/// alarm code.
-fn registers(function: u8, address: u16, count: u16, seq: u32) -> Vec<u16> {
+/// The registers `unit` (1 or 2) holds when it gets its request number
+/// `seq`: every request sees other values, so a value read for one request
+/// (or unit) cannot pass for the value of another. Holding 0..2 is a u32
+/// part counter, input 0 an alarm code.
+fn registers(unit: u8, function: u8, address: u16, count: u16, seq: u32) -> Vec<u16> {
+    let parts = u32::from(unit) * 1_000_000 + seq;
     (0..count)
         .map(|i| match (function, address + i) {
-            (0x03, 0) => ((100_000 + seq) >> 16) as u16,
-            (0x03, 1) => ((100_000 + seq) & 0xFFFF) as u16,
-            (0x04, 0) => (seq % 30_000 + 1) as u16,
+            (0x03, 0) => (parts >> 16) as u16,
+            (0x03, 1) => (parts & 0xFFFF) as u16,
+            (0x04, 0) => ((u32::from(unit) - 1) * 30_000 + seq % 29_000 + 1) as u16,
             _ => 0,
         })
         .collect()
 }
 
-/// Serve unit 1 on `port` (the pty master) with `script[seq % len]` as the
-/// fault for its request number `seq`, logging each request in `log`.
-/// Writes (function 10) take their faults from `write_faults` in turn
-/// (then `Clean`); what they write is kept and read back by later reads.
-async fn respond(mut port: SerialStream, script: Vec<Fault>, write_faults: Vec<Fault>, log: Log) {
+/// What the responder keeps per unit it answers for.
+struct Script {
+    faults: Vec<Fault>,
+    /// Requests this unit got so far.
+    seq: u32,
+    /// The function of its previous request and the right reply to it.
+    previous: Option<(u8, Vec<u8>)>,
+}
+
+/// Serve each unit of `scripts` on `port` (the pty master) with
+/// `faults[seq % len]` as the fault for its request number `seq`, logging
+/// each request in `log`; other units never answer. Writes (function 10,
+/// unit 1) take their faults from `write_faults` in turn (then `Clean`);
+/// what they write is kept and read back by later reads.
+async fn respond(
+    mut port: SerialStream,
+    scripts: Vec<(u8, Vec<Fault>)>,
+    write_faults: Vec<Fault>,
+    log: Log,
+) {
+    let mut units: HashMap<u8, Script> = scripts
+        .into_iter()
+        .map(|(unit, faults)| {
+            let script = Script {
+                faults,
+                seq: 0,
+                previous: None,
+            };
+            (unit, script)
+        })
+        .collect();
     let mut write_faults = write_faults.into_iter();
     let mut written: HashMap<u16, u16> = HashMap::new();
     let mut heard: Vec<u8> = Vec::new();
     let mut queue: Vec<(Instant, Vec<u8>)> = Vec::new();
-    let mut previous: Option<(u8, Vec<u8>)> = None;
-    let mut seq: u32 = 0;
     let mut chunk = [0u8; 256];
     loop {
         queue.sort_by_key(|(at, _)| *at);
@@ -163,11 +191,13 @@ async fn respond(mut port: SerialStream, script: Vec<Fault>, write_faults: Vec<F
                 break;
             }
             let frame: Vec<u8> = heard.drain(..len).collect();
-            if crc16(&frame[..len - 2]).to_le_bytes() != [frame[len - 2], frame[len - 1]]
-                || frame[0] != 1
-            {
+            if crc16(&frame[..len - 2]).to_le_bytes() != [frame[len - 2], frame[len - 1]] {
                 continue;
             }
+            let unit = frame[0];
+            let Some(script) = units.get_mut(&unit) else {
+                continue;
+            };
             let (function, address, count) = (
                 frame[1],
                 u16::from_be_bytes([frame[2], frame[3]]),
@@ -196,6 +226,7 @@ async fn respond(mut port: SerialStream, script: Vec<Fault>, write_faults: Vec<F
                 queue.push((Instant::now(), echo));
                 log.lock().unwrap().push(Served {
                     at: Instant::now(),
+                    unit,
                     function,
                     address,
                     count,
@@ -204,11 +235,14 @@ async fn respond(mut port: SerialStream, script: Vec<Fault>, write_faults: Vec<F
                 });
                 continue;
             }
-            let mut fault = script[seq as usize % script.len()];
-            if fault == Fault::Previous && previous.as_ref().is_none_or(|(f, _)| *f == function) {
+            let seq = script.seq;
+            let mut fault = script.faults[seq as usize % script.faults.len()];
+            if fault == Fault::Previous
+                && script.previous.as_ref().is_none_or(|(f, _)| *f == function)
+            {
                 fault = Fault::Clean;
             }
-            let mut words = registers(function, address, count, seq);
+            let mut words = registers(unit, function, address, count, seq);
             if function == 0x03 {
                 for (i, w) in words.iter_mut().enumerate() {
                     if let Some(v) = written.get(&(address + i as u16)) {
@@ -216,7 +250,7 @@ async fn respond(mut port: SerialStream, script: Vec<Fault>, write_faults: Vec<F
                     }
                 }
             }
-            let mut reply = vec![1, function, (2 * count) as u8];
+            let mut reply = vec![unit, function, (2 * count) as u8];
             reply.extend(words.iter().flat_map(|w| w.to_be_bytes()));
             let right = framed(reply.clone());
             let now = Instant::now();
@@ -240,34 +274,38 @@ async fn respond(mut port: SerialStream, script: Vec<Fault>, write_faults: Vec<F
                 }
                 Fault::AsUnit2 => queue.push((now, framed(as_unit2))),
                 Fault::Previous => {
-                    if let Some((_, bytes)) = &previous {
+                    if let Some((_, bytes)) = &script.previous {
                         queue.push((now, bytes.clone()));
                     }
                 }
-                Fault::Exception => queue.push((now, framed(vec![1, function | 0x80, 0x02]))),
+                Fault::Exception => queue.push((now, framed(vec![unit, function | 0x80, 0x02]))),
                 Fault::OtherAddress => queue.push((now, right.clone())),
             }
             log.lock().unwrap().push(Served {
                 at: now,
+                unit,
                 function,
                 address,
                 count,
                 fault,
                 words,
             });
-            previous = Some((function, right));
-            seq += 1;
+            script.previous = Some((function, right));
+            script.seq += 1;
         }
     }
 }
 
 /// A pty pair with the responder on its master side; returns the slave's
 /// path for the bus, the log, and the slave stream to keep the line open.
-fn hostile_line(script: Vec<Fault>, write_faults: Vec<Fault>) -> (String, Log, SerialStream) {
+fn hostile_line(
+    scripts: Vec<(u8, Vec<Fault>)>,
+    write_faults: Vec<Fault>,
+) -> (String, Log, SerialStream) {
     let (master, slave) = SerialStream::pair().expect("open a pty pair");
     let path = slave.name().expect("the pty slave has a path");
     let log = Log::default();
-    tokio::spawn(respond(master, script, write_faults, log.clone()));
+    tokio::spawn(respond(master, scripts, write_faults, log.clone()));
     (path, log, slave)
 }
 
@@ -275,16 +313,20 @@ const SIGNALS: &str =
     "[[machine.signal]]\nname = \"parts\"\narea = \"holding\"\naddress = 0\ntype = \"u32\"\n\
      [[machine.signal]]\nname = \"alarm\"\narea = \"input\"\naddress = 0\n";
 
-fn rtu_config(path: &str) -> linegate::config::Config {
-    rtu_config_polled(path, 50)
+/// A bus on `path` with one machine per unit of `units` (see [`machine_at`]).
+fn rtu_config(path: &str, units: &[u8]) -> linegate::config::Config {
+    rtu_config_polled(path, units, 50)
 }
 
-fn rtu_config_polled(path: &str, poll_ms: u64) -> linegate::config::Config {
+fn rtu_config_polled(path: &str, units: &[u8], poll_ms: u64) -> linegate::config::Config {
+    let machines: String = units
+        .iter()
+        .map(|&u| machine(machine_at(u), "rs485", u, poll_ms, SIGNALS))
+        .collect();
     config(&format!(
         "{}[[bus]]\nid = \"rs485\"\ntransport = \"rtu\"\ndevice = \"{path}\"\nbaud = 19200\n\
-         timeout_ms = 300\nbackoff_min_ms = 20\nbackoff_max_ms = 40\n{}",
+         timeout_ms = 300\nbackoff_min_ms = 20\nbackoff_max_ms = 40\n{machines}",
         gateway(),
-        machine("press07", "rs485", 1, poll_ms, SIGNALS)
     ))
 }
 
@@ -297,29 +339,31 @@ fn parts_of(words: &[u16]) -> i64 {
 fn cause_of(fault: Fault, served: &Served, path: &str) -> String {
     match fault {
         Fault::Late(_) => format!("no reply from {path} within 300 ms"),
-        Fault::BadCrc => "CRC error in reply from unit 1".into(),
-        Fault::AsUnit2 => "reply from unit 2 to a request for unit 1".into(),
+        Fault::BadCrc => format!("CRC error in reply from unit {}", served.unit),
+        Fault::AsUnit2 => format!("reply from unit 2 to a request for unit {}", served.unit),
         Fault::Previous => {
             let other = if served.function == 3 { 4 } else { 3 };
             format!(
-                "reply from unit 1 with function {other:02x} to a request with function {:02x}",
-                served.function
+                "reply from unit {} with function {other:02x} to a request with function {:02x}",
+                served.unit, served.function
             )
         }
         answered => panic!("{answered:?} answers; it has no cause"),
     }
 }
 
-/// Check every sample against what the responder served in its poll: the
-/// requests it logged between the previous sample and this one. Returns
-/// how many polls read values and how many failed.
-fn check_against_log(samples: &[Sample], log: &[Served], path: &str) -> (usize, usize) {
+/// Check every sample of the machine at `unit` against what the responder
+/// served in its poll: the requests of that unit it logged between the
+/// machine's previous sample and this one (the bus polls one machine at a
+/// time). Returns how many polls read values and how many failed.
+fn check_against_log(samples: &[Sample], unit: u8, log: &[Served], path: &str) -> (usize, usize) {
+    let machine = machine_at(unit);
     let (mut good, mut failed) = (0, 0);
     let mut from = None::<Instant>;
-    for s in samples {
+    for s in samples.iter().filter(|s| s.machine == machine) {
         let poll: Vec<&Served> = log
             .iter()
-            .filter(|r| from.is_none_or(|f| r.at > f) && r.at <= s.mono)
+            .filter(|r| r.unit == unit && from.is_none_or(|f| r.at > f) && r.at <= s.mono)
             .collect();
         from = Some(s.mono);
         match &s.content {
@@ -363,12 +407,24 @@ fn check_against_log(samples: &[Sample], log: &[Served], path: &str) -> (usize, 
     (good, failed)
 }
 
-async fn collect(run: &mut Running, log: &Log, requests: usize) -> Vec<Sample> {
+/// The machine the tests put at `unit`.
+fn machine_at(unit: u8) -> &'static str {
+    match unit {
+        1 => "press07",
+        _ => "mill02",
+    }
+}
+
+/// Samples until the responder has logged `requests` requests, then the
+/// rest once the bus has stopped.
+async fn collect(mut run: Running, log: &Log, requests: usize) -> (Vec<Sample>, BusStatsSnapshot) {
     let mut samples = Vec::new();
     while log.lock().unwrap().len() < requests {
-        samples.push(run.next_of("press07").await);
+        samples.push(run.next().await);
     }
-    samples
+    let stats = run.stats["rs485"].clone();
+    samples.extend(run.stop().await);
+    (samples, stats.snapshot())
 }
 
 #[tokio::test]
@@ -395,18 +451,11 @@ async fn a_misbehaving_serial_device_never_gets_a_wrong_value_reported_as_good()
         Fault::Slow(Duration::from_millis(150)),
         Fault::Clean,
     ];
-    let (path, log, _line) = hostile_line(script, vec![]);
-    let mut run = start(&rtu_config(&path));
-    let mut samples = collect(&mut run, &log, 120).await;
-    let stats = run.stats["rs485"].clone();
-    samples.extend(
-        run.stop()
-            .await
-            .into_iter()
-            .filter(|s| s.machine == "press07"),
-    );
+    let (path, log, _line) = hostile_line(vec![(1, script)], vec![]);
+    let run = start(&rtu_config(&path, &[1]));
+    let (samples, snap) = collect(run, &log, 120).await;
     let log = log.lock().unwrap().clone();
-    let (good, failed) = check_against_log(&samples, &log, &path);
+    let (good, failed) = check_against_log(&samples, 1, &log, &path);
     for fault in [
         Fault::Late(Duration::from_millis(380)),
         Fault::BadCrc,
@@ -423,7 +472,6 @@ async fn a_misbehaving_serial_device_never_gets_a_wrong_value_reported_as_good()
         );
     }
     assert!(good > 0 && failed > 0, "{good} good, {failed} failed polls");
-    let snap = stats.snapshot();
     assert!(snap.discarded_bytes > 0, "noise is counted: {snap:?}");
     assert_eq!(
         snap.reconnects, 0,
@@ -439,17 +487,10 @@ async fn noise_between_frames_never_takes_a_healthy_device_offline() {
         Fault::Unit2First,
         Fault::Clean,
     ];
-    let (path, log, _line) = hostile_line(script, vec![]);
-    let mut run = start(&rtu_config(&path));
-    let mut samples = collect(&mut run, &log, 60).await;
-    samples.extend(
-        run.stop()
-            .await
-            .into_iter()
-            .filter(|s| s.machine == "press07"),
-    );
+    let (path, log, _line) = hostile_line(vec![(1, script)], vec![]);
+    let (samples, _) = collect(start(&rtu_config(&path, &[1])), &log, 60).await;
     let log = log.lock().unwrap().clone();
-    let (good, failed) = check_against_log(&samples, &log, &path);
+    let (good, failed) = check_against_log(&samples, 1, &log, &path);
     assert_eq!(failed, 0);
     assert!(good >= 29, "{good} polls");
 }
@@ -457,17 +498,10 @@ async fn noise_between_frames_never_takes_a_healthy_device_offline() {
 #[tokio::test]
 async fn a_device_that_always_answers_late_is_offline_and_its_late_replies_are_never_values() {
     let script = vec![Fault::Late(Duration::from_millis(380))];
-    let (path, log, _line) = hostile_line(script, vec![]);
-    let mut run = start(&rtu_config(&path));
-    let mut samples = collect(&mut run, &log, 6).await;
-    samples.extend(
-        run.stop()
-            .await
-            .into_iter()
-            .filter(|s| s.machine == "press07"),
-    );
+    let (path, log, _line) = hostile_line(vec![(1, script)], vec![]);
+    let (samples, _) = collect(start(&rtu_config(&path, &[1])), &log, 6).await;
     let log = log.lock().unwrap().clone();
-    let (good, failed) = check_against_log(&samples, &log, &path);
+    let (good, failed) = check_against_log(&samples, 1, &log, &path);
     assert_eq!(good, 0);
     assert!(failed >= 5);
     // After the first late reply was heard, the timeouts say so.
@@ -479,10 +513,33 @@ async fn a_device_that_always_answers_late_is_offline_and_its_late_replies_are_n
 }
 
 #[tokio::test]
+async fn a_late_reply_from_one_unit_is_never_taken_for_its_neighbours_reply() {
+    // Unit 2 answers every other request late, so its late replies come
+    // while unit 1, with replies of the same shape, is being read.
+    // (A poll reads two requests: one late, two right, so some polls pass.)
+    let late = vec![
+        Fault::Late(Duration::from_millis(380)),
+        Fault::Clean,
+        Fault::Clean,
+    ];
+    let slow = vec![Fault::Slow(Duration::from_millis(100))];
+    let (path, log, _line) = hostile_line(vec![(1, slow), (2, late)], vec![]);
+    let (samples, _) = collect(start(&rtu_config(&path, &[1, 2])), &log, 80).await;
+    let log = log.lock().unwrap().clone();
+    let (good1, failed1) = check_against_log(&samples, 1, &log, &path);
+    let (good2, failed2) = check_against_log(&samples, 2, &log, &path);
+    assert_eq!(failed1, 0, "unit 1 always answered");
+    assert!(
+        good1 > 0 && good2 > 0 && failed2 > 0,
+        "unit 1: {good1} good; unit 2: {good2} good, {failed2} failed"
+    );
+}
+
+#[tokio::test]
 async fn a_write_is_done_only_when_its_own_echo_comes_back_and_it_reads_back() {
     let write_faults = vec![Fault::OtherAddress, Fault::BadCrc, Fault::Clean];
-    let (path, log, _line) = hostile_line(vec![Fault::Clean], write_faults);
-    let mut run = start(&rtu_config_polled(&path, 60_000));
+    let (path, log, _line) = hostile_line(vec![(1, vec![Fault::Clean])], write_faults);
+    let mut run = start(&rtu_config_polled(&path, &[1], 60_000));
     run.next_of("press07").await;
     let mut results = Vec::new();
     for value in [4711, 4712, 4713] {
