@@ -8,9 +8,10 @@
 //! is dropped and rebuilt on the next request (a reused context can hand back
 //! a stale reply; a serial line is reopened only after an I/O error, since
 //! the RTU master discards stale input before every request itself), the
-//! `delay_ms` pause between requests, and the reply length checks. It also holds the one poll of a
-//! machine ([`poll_machine`]) and the write-with-read-back ([`write_verified`])
-//! that both the bus task and `read --once` use. It never schedules, never
+//! `delay_ms` pause between requests, and the reply length checks. It also
+//! holds the one poll of a machine ([`poll_machine`]) and the
+//! write-with-read-back ([`write_verified`]) that both the bus task and
+//! `read --once` use. It never schedules, never
 //! retries and never sends samples.
 
 use std::sync::atomic::Ordering;
@@ -65,7 +66,8 @@ pub(crate) enum Reply {
     Exception(u8),
 }
 
-/// A bus connection, opened on first use and rebuilt after any failure.
+/// A bus connection, opened on first use and rebuilt after a failure (TCP:
+/// any; serial: an I/O error).
 pub(crate) struct Link {
     bus: BusConfig,
     /// `None` until the first request and after a failure that needs a new one.
@@ -138,7 +140,8 @@ impl Link {
     }
 
     /// Make one request to `unit`: connect if needed, wait out `delay_ms`,
-    /// then the request under the bus timeout. Any failure drops the connection.
+    /// then the request under the bus timeout. A failure drops a TCP connection;
+    /// a serial line only after an I/O error.
     pub(crate) async fn call(
         &mut self,
         unit: u8,
@@ -153,6 +156,9 @@ impl Link {
         if self.bus.delay_ms > 0 {
             self.next_request_at = Some(Instant::now() + Duration::from_millis(self.bus.delay_ms));
         }
+        // A serial line stays open after a timeout or a wrong reply: its RTU
+        // master discards stale input itself and must keep listening for a
+        // late reply. Only an I/O error reopens it.
         let keep_line = matches!(self.conn, Some(Connection::Rtu(_)))
             && !matches!(result, Err(LinkError::Io { .. }));
         if result.is_err() && !keep_line {
@@ -174,30 +180,43 @@ impl Link {
                 reason: "not connected".into(),
             });
         };
-        let result = match conn {
+        let line = match conn {
+            Connection::Rtu(line) => line,
             Connection::Tcp(ctx) => {
                 ctx.set_slave(Slave(unit));
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                match tokio::time::timeout(timeout, ctx.call(request)).await {
-                    Err(_) => Err(RtuError::NoReply {
-                        late_reply: String::new(),
-                    }),
-                    Ok(Err(e)) => Err(RtuError::Io(e.to_string())),
+                return match tokio::time::timeout(timeout, ctx.call(request)).await {
+                    Err(_) => {
+                        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        Err(LinkError::Timeout {
+                            target: self.target(),
+                            timeout_ms,
+                            note: String::new(),
+                        })
+                    }
+                    Ok(Err(e)) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        Err(LinkError::Io {
+                            target: self.target(),
+                            reason: e.to_string(),
+                        })
+                    }
                     Ok(Ok(Err(exception))) => Ok(Reply::Exception(u8::from(exception))),
                     Ok(Ok(Ok(response))) => Ok(Reply::Response(response)),
+                };
+            }
+        };
+        let result = match RtuRequest::new(unit, &request) {
+            Err(e) => Err(e),
+            Ok(framed) => {
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                match line.transact(&framed, timeout).await {
+                    Ok(Answer::Exception(code)) => Ok(Reply::Exception(code)),
+                    Ok(Answer::Data(data)) => Ok(Reply::Response(framed.response(&data))),
+                    Err(e) => Err(e),
                 }
             }
-            Connection::Rtu(line) => match RtuRequest::new(unit, &request) {
-                Err(e) => Err(e),
-                Ok(framed) => {
-                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                    match line.transact(&framed, timeout).await {
-                        Ok(Answer::Exception(code)) => Ok(Reply::Exception(code)),
-                        Ok(Answer::Data(data)) => Ok(Reply::Response(framed.response(&data))),
-                        Err(e) => Err(e),
-                    }
-                }
-            },
         };
         result.map_err(|e| {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
