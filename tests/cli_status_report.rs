@@ -198,7 +198,8 @@ fn assert_contract_period(v: &Value) {
             "scrap",
             "stops",
             "micro_stops",
-            "failures"
+            "failures",
+            "produced_unobserved"
         ]),
         "{v}"
     );

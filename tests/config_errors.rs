@@ -423,3 +423,25 @@ fn an_environment_override_of_nan_is_named_by_its_variable() {
     assert!(e.contains("`LINEGATE_STORE__OUTBOX_MAX_MB`"), "{e}");
     assert!(e.contains("not a finite number"), "{e}");
 }
+
+#[test]
+fn mqtt_payload_limit_and_retained_policy_are_checked_with_their_keys() {
+    let mqtt = GOOD.replace(
+        "transport = \"tcp\"\naddress = \"127.0.0.1:502\"",
+        "transport = \"mqtt\"\naddress = \"mqtt://127.0.0.1:1883\"\nmax_payload_bytes = 0\nretained = \"timestamped\"",
+    );
+    let e = error_of(&mqtt);
+    assert!(e.contains("bus[0].max_payload_bytes"), "{e}");
+    assert!(e.contains("bus[0].timestamp_pointer"), "{e}");
+    let e = error_of(&mqtt.replace(
+        "retained = \"timestamped\"",
+        "retained = \"timestamped\"\ntimestamp_pointer = \"ts\"",
+    ));
+    assert!(
+        e.contains("bus[0].timestamp_pointer") && e.contains("JSON pointer"),
+        "{e}"
+    );
+    let e = error_of(&mqtt.replace("retained = \"timestamped\"", "retained = \"always\""));
+    assert!(e.contains("retained"), "{e}");
+    assert!(e.contains("ignore") && e.contains("timestamped"), "{e}");
+}

@@ -132,7 +132,11 @@ fn a_store_that_cannot_be_read_is_named_with_its_cause_once() {
     let data_dir = dir.path().join("data");
     std::fs::create_dir(&data_dir).unwrap();
     let db = data_dir.join(FILE_NAME);
-    std::fs::write(&db, "this is not a SQLite file, it is much longer than a header").unwrap();
+    std::fs::write(
+        &db,
+        "this is not a SQLite file, it is much longer than a header",
+    )
+    .unwrap();
     let config = config_with_data_dir(dir.path(), &data_dir);
     let out = linegate(&["status", "-c", config.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -87,14 +87,12 @@ async fn broker_restarts_while_messages_are_enqueued_lose_nothing() {
         let ts = m.json["ts"].as_str().unwrap();
         assert!(ts.ends_with('Z') && ts.len() == 24, "ts {ts}");
     }
-    // Status seqs never collide with data seqs.
-    let status: Vec<u64> = sub
-        .seen()
+    // Status messages carry no seq (contract v1.1), a session instead.
+    let status: Vec<Seen> = sub.seen().into_iter().filter(|m| m.is_status()).collect();
+    assert!(!status.is_empty());
+    assert!(status
         .iter()
-        .filter(|m| m.is_status())
-        .filter_map(|m| m.seq())
-        .collect();
-    assert!(status.iter().all(|s| !data.contains(s)));
+        .all(|m| m.seq().is_none() && m.session().is_some()));
     assert!(agent.stats.snapshot().reconnects >= 4);
     agent.stop().await.unwrap();
 }
@@ -156,12 +154,12 @@ async fn abrupt_loss_publishes_the_will_and_clean_shutdown_says_offline() {
         sub.seen().iter().any(|m| m.online() == Some(true))
     })
     .await;
-    let birth_seq = sub
+    let birth_session = sub
         .seen()
         .iter()
         .find(|m| m.online() == Some(true))
         .unwrap()
-        .seq()
+        .session()
         .unwrap();
 
     gate.cut();
@@ -176,10 +174,11 @@ async fn abrupt_loss_publishes_the_will_and_clean_shutdown_says_offline() {
         .unwrap();
     assert!(will.topic.ends_with("/status"));
     assert_eq!(
-        will.seq(),
-        Some(birth_seq + 1),
-        "the will takes the seq after its birth"
+        will.session(),
+        Some(birth_session),
+        "the will carries the session of its birth"
     );
+    assert_eq!(will.seq(), None, "status messages take no seq");
 
     gate.open();
     wait_for("second birth", LONG, || {
@@ -363,7 +362,6 @@ async fn seq_continues_without_reuse_after_the_store_is_reopened() {
                 .unwrap()
         })
         .collect();
-    let status = store.call_blocking(|c| outbox::take_seqs(c, 2)).unwrap();
     // Sent and acknowledged: the rows are gone, their seqs stay used.
     let acked = first.clone();
     store
@@ -381,8 +379,7 @@ async fn seq_continues_without_reuse_after_the_store_is_reopened() {
         })
         .collect();
     assert_eq!(first, [1, 2, 3, 4, 5]);
-    assert_eq!(status, 6);
-    assert_eq!(next, [8, 9, 10, 11, 12]);
+    assert_eq!(next, [6, 7, 8, 9, 10]);
 }
 
 async fn planner(port: u16) -> AsyncClient {

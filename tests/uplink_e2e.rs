@@ -5,13 +5,11 @@
 //! every `seq`, the `historical` flag, birth and will, and the exact shape of
 //! each contract payload.
 //!
-//! Allowed holes in `seq` (see `src/uplink/message.rs`): each connection
-//! reserves two seqs, the first for its birth, the second for its will or its
-//! clean-shutdown message, so `birth + 1` is missing unless that connection
-//! ended with a will or a goodbye. An agent killed before it ever connected
-//! leaves its one reserved pair unused. Telemetry dropped by a full outbox
-//! would be holes too, counted in the birth's `dropped_telemetry`; no test here
-//! fills the outbox, so none is allowed.
+//! Holes in `seq`: none. Status messages carry no `seq` (contract v1.1),
+//! only their connection's `session`; data messages take a seq only with
+//! their row. Telemetry dropped by a full outbox would be holes (real losses,
+//! counted in the birth's `dropped_telemetry`); no test here fills the
+//! outbox, so none is allowed. tests/contract_v1_1.rs tests the session.
 //!
 //! Run with `--nocapture` to print one real payload of each kind (used for
 //! docs/mqtt.md).
@@ -186,10 +184,17 @@ struct Seen {
 }
 
 impl Seen {
+    /// The data seq; status messages have none (contract v1.1).
     fn seq(&self) -> u64 {
+        assert!(!self.is_status(), "status messages carry no seq");
         self.json["seq"]
             .as_u64()
             .unwrap_or_else(|| panic!("no u64 seq in {}", self.raw))
+    }
+    fn session(&self) -> u64 {
+        self.json["session"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no u64 session in {}", self.raw))
     }
     fn is_status(&self) -> bool {
         self.topic == format!("{PREFIX}/status")
@@ -301,27 +306,30 @@ async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// The data seqs received (status messages have none).
+fn data_seqs(seen: &[Seen]) -> BTreeSet<u64> {
+    seen.iter()
+        .filter(|m| !m.is_status())
+        .map(Seen::seq)
+        .collect()
+}
+
 /// Seqs between the first and the last received that are neither received
-/// nor allowed holes: the will slot after each birth, and `extra`.
+/// nor in `extra`.
 fn unexplained_holes(seen: &[Seen], extra: &BTreeSet<u64>) -> Vec<u64> {
-    let got: BTreeSet<u64> = seen.iter().map(Seen::seq).collect();
-    let will_slots: BTreeSet<u64> = seen
-        .iter()
-        .filter(|m| m.is_birth())
-        .map(|m| m.seq() + 1)
-        .collect();
+    let got = data_seqs(seen);
     let (Some(&first), Some(&last)) = (got.first(), got.last()) else {
         return Vec::new();
     };
     (first..=last)
-        .filter(|s| !got.contains(s) && !will_slots.contains(s) && !extra.contains(s))
+        .filter(|s| !got.contains(s) && !extra.contains(s))
         .collect()
 }
 
 /// At-least-once: a seq seen twice is the same message twice.
 fn assert_duplicates_are_identical(seen: &[Seen]) {
     let mut by_seq: BTreeMap<u64, &Seen> = BTreeMap::new();
-    for m in seen {
+    for m in seen.iter().filter(|m| !m.is_status()) {
         if let Some(prev) = by_seq.insert(m.seq(), m) {
             assert_eq!(
                 (&prev.topic, &prev.json),
@@ -383,18 +391,26 @@ fn assert_machine_topic(m: &Seen, kind: &str) {
 }
 
 fn assert_status_payload(m: &Seen, online: bool) {
-    assert_envelope(
-        m,
-        &[
+    let j = &m.json;
+    assert_eq!(
+        keys(j),
+        BTreeSet::from([
             "online",
+            "session",
             "version",
             "started_at",
             "machines",
             "dropped_telemetry",
             "outbox_depth",
-        ],
+            "gateway",
+            "ts"
+        ]),
+        "fields of a status message (no seq, no historical): {}",
+        m.raw
     );
-    let j = &m.json;
+    assert_eq!(j["gateway"], "gw-demo", "{}", m.raw);
+    assert!(j["session"].is_u64(), "{}", m.raw);
+    assert!(is_contract_ts(&j["ts"]), "{}", m.raw);
     assert_eq!(j["online"], Value::Bool(online), "{}", m.raw);
     assert_eq!(j["version"], env!("CARGO_PKG_VERSION"), "{}", m.raw);
     assert!(is_contract_ts(&j["started_at"]), "{}", m.raw);
@@ -513,7 +529,8 @@ fn assert_utilisation_payload(m: &Seen) {
             "scrap",
             "stops",
             "micro_stops",
-            "failures"
+            "failures",
+            "produced_unobserved"
         ]),
         "{}",
         m.raw
@@ -600,10 +617,9 @@ async fn agent_killed_while_offline_keeps_its_backlog_and_seq_continues() {
     let burned: BTreeSet<u64> = (1..counts.next_seq)
         .filter(|s| !stored.contains(s))
         .collect();
-    let pair: Vec<u64> = burned.iter().copied().collect();
     assert!(
-        pair.len() == 2 && pair[1] == pair[0] + 1,
-        "the only seqs without a row are the birth/will pair reserved by the uplink: {pair:?}"
+        burned.is_empty(),
+        "every seq taken has its row (status messages take none): {burned:?}"
     );
 
     // Second life, still offline for a while; then the broker comes back and
@@ -615,11 +631,7 @@ async fn agent_killed_while_offline_keeps_its_backlog_and_seq_continues() {
     gate.open();
 
     assert!(
-        eventually(LONG, || {
-            let got: BTreeSet<u64> = sub.seen().iter().map(Seen::seq).collect();
-            stored.is_subset(&got)
-        })
-        .await,
+        eventually(LONG, || { stored.is_subset(&data_seqs(&sub.seen())) }).await,
         "the backlog of the killed agent arrives\n{}",
         agent.log_tail()
     );
@@ -638,17 +650,13 @@ async fn agent_killed_while_offline_keeps_its_backlog_and_seq_continues() {
     assert_eq!(births.len(), 1, "one connect, one birth");
     let birth = births[0];
     assert_status_payload(birth, true);
-    assert!(
-        birth.seq() >= counts.next_seq,
-        "the second life's seqs come after the first's"
-    );
     assert_eq!(birth.json["dropped_telemetry"], 0);
     assert!(
         birth.json["outbox_depth"].as_u64().unwrap() >= stored.len() as u64,
         "the birth reports the backlog: {}",
         birth.raw
     );
-    for m in &seen {
+    for m in seen.iter().filter(|m| !m.is_status()) {
         let seq = m.seq();
         if stored.contains(&seq) {
             assert_eq!(
@@ -658,7 +666,7 @@ async fn agent_killed_while_offline_keeps_its_backlog_and_seq_continues() {
             );
             let row = backlog.iter().find(|r| r.seq == seq).unwrap();
             assert_eq!(m.topic, format!("{PREFIX}/{}", row.topic_suffix));
-        } else if !m.is_status() {
+        } else {
             assert!(seq >= counts.next_seq, "seq {seq} is not reused: {}", m.raw);
         }
     }
@@ -733,13 +741,17 @@ async fn broker_restarts_while_the_agent_runs_lose_no_message() {
         assert_status_payload(first, true);
         assert_eq!(first.json["dropped_telemetry"], 0);
     }
-    // Each lost connection fired its will, with the seq reserved for it.
-    let births: Vec<u64> = sub.births().iter().map(Seen::seq).collect();
+    // Each lost connection fired its will, with the session of its birth.
+    let births: Vec<u64> = sub.births().iter().map(Seen::session).collect();
+    assert!(
+        births.windows(2).all(|w| w[0] < w[1]),
+        "sessions grow: {births:?}"
+    );
     for b in &births[..3] {
         let will = seen
             .iter()
-            .find(|m| m.is_status() && m.json["online"] == false && m.seq() == b + 1);
-        let will = will.unwrap_or_else(|| panic!("will of the connection born at seq {b}"));
+            .find(|m| m.is_status() && m.json["online"] == false && m.session() == *b);
+        let will = will.unwrap_or_else(|| panic!("will of the connection of session {b}"));
         assert_status_payload(will, false);
     }
 }
@@ -860,9 +872,9 @@ async fn clean_shutdown_publishes_offline_and_exits_zero() {
     assert!(goodbye.retain);
     assert_status_payload(&goodbye, false);
     assert_eq!(
-        goodbye.seq(),
-        birth.seq() + 1,
-        "the goodbye takes the seq reserved for the will"
+        goodbye.session(),
+        birth.session(),
+        "the goodbye carries the session of its birth"
     );
     assert_eq!(goodbye.json["started_at"], birth.json["started_at"]);
     assert!(

@@ -185,6 +185,7 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         say!(line "{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let presets = preset_lines(&rows);
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -226,6 +227,12 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
             &rows
         )
     );
+    if !presets.is_empty() {
+        say!(line "");
+    }
+    for line in &presets {
+        say!(line "{line}");
+    }
     let outbox = store.call_blocking(|c| crate::uplink::outbox::counts(c))?;
     say!(line
         "\noutbox: {} message(s) waiting ({} KB of {} KB), {} telemetry message(s) dropped when full",
@@ -235,6 +242,25 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         outbox.dropped
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per counting signal that was preset (counted as zero).
+fn preset_lines(rows: &[crate::machine::history::MachineStatus]) -> Vec<String> {
+    rows.iter()
+        .flat_map(|r| {
+            r.counter_presets.iter().map(move |p| {
+                format!(
+                    "{}: counter {} preset {} time(s), last at {}: {} -> {} (counted as zero)",
+                    r.machine,
+                    p.signal,
+                    p.count,
+                    p.last.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    p.last.from,
+                    p.last.to
+                )
+            })
+        })
+        .collect()
 }
 
 /// One machine of `status --json`: its state, and the current period so far
@@ -248,6 +274,11 @@ fn status_json(s: &crate::machine::history::MachineStatus) -> serde_json::Value 
         "since": ts(s.since),
         "reason": s.reason,
         "saved_at": s.saved_at.map(ts),
+        "counter_presets": s.counter_presets.iter().map(|p| serde_json::json!({
+            "signal": p.signal,
+            "count": p.count,
+            "last": {"at": ts(p.last.at), "from": p.last.from, "to": p.last.to},
+        })).collect::<Vec<_>>(),
     });
     if let (Some(p), Some(obj)) = (&s.period, row.as_object_mut()) {
         let body = crate::uplink::message::period_message(p).body;

@@ -165,6 +165,31 @@ pub struct BusConfig {
     /// mqtt: a machine that publishes nothing for this long is offline.
     #[serde(default = "default_stale_ms")]
     pub stale_ms: u64,
+    /// mqtt: largest payload taken from the local broker; a larger message
+    /// is refused by itself (named, counted), the connection stays up.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: u64,
+    /// mqtt: what a retained message (a replay by the broker) is worth.
+    #[serde(default)]
+    pub retained: RetainedPolicy,
+    /// mqtt, `retained = "timestamped"`: JSON pointer to the payload's own
+    /// time (RFC 3339 text or Unix milliseconds).
+    #[serde(default)]
+    pub timestamp_pointer: Option<String>,
+}
+
+/// What an MQTT source makes of a retained message: the broker replays it on
+/// every (re)subscription, however old it is, so it is never a fresh reading.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RetainedPolicy {
+    /// Not an observation at all: counted and dropped.
+    #[default]
+    Ignore,
+    /// The state at the payload's own timestamp (`timestamp_pointer`), when
+    /// that is younger than `stale_ms`; otherwise dropped like `ignore`.
+    /// Counter signals are never taken from a retained message.
+    Timestamped,
 }
 
 fn default_baud() -> u32 {
@@ -199,6 +224,9 @@ fn default_backoff_max_ms() -> u64 {
 }
 fn default_stale_ms() -> u64 {
     10_000
+}
+fn default_max_payload_bytes() -> u64 {
+    1024 * 1024
 }
 
 /// One machine: where it is, how often to read it, what its signals mean.
@@ -390,6 +418,11 @@ pub struct CountersConfig {
     /// Seconds one part ideally takes; an order's own value wins.
     #[serde(default)]
     pub ideal_cycle_s: Option<f64>,
+    /// The most parts per second each counting signal of this machine can
+    /// plausibly count; a larger forward step is a preset, counted as zero.
+    /// Default: 4 / `ideal_cycle_s`, or 1000 without an ideal cycle time.
+    #[serde(default)]
+    pub max_parts_per_s: Option<f64>,
 }
 
 /// One register an order may write.

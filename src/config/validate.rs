@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use super::{
-    Area, BusConfig, Config, DataType, MachineConfig, OrderRegister, Transport, UplinkConfig,
+    Area, BusConfig, Config, DataType, MachineConfig, OrderRegister, RetainedPolicy, Transport,
+    UplinkConfig,
 };
 
 /// One problem in a config, with the key path it is about.
@@ -334,11 +335,41 @@ fn check_bus(issues: &mut Issues, i: usize, bus: &BusConfig) {
             ),
         );
     }
+    if bus.transport == Transport::Mqtt {
+        check_mqtt_bus(issues, i, bus);
+    }
     if bus.backoff_min_ms == 0 || bus.backoff_min_ms > bus.backoff_max_ms {
         issues.push(
             k("backoff_min_ms"),
             "must be above 0 and not above backoff_max_ms",
         );
+    }
+}
+
+/// Largest payload an MQTT packet can carry (the protocol's remaining length).
+const MQTT_MAX_PAYLOAD_BYTES: u64 = 268_435_455;
+
+fn check_mqtt_bus(issues: &mut Issues, i: usize, bus: &BusConfig) {
+    let k = |f: &str| format!("bus[{i}].{f}");
+    if !(1..=MQTT_MAX_PAYLOAD_BYTES).contains(&bus.max_payload_bytes) {
+        issues.push(
+            k("max_payload_bytes"),
+            format!(
+                "{} is outside 1..={MQTT_MAX_PAYLOAD_BYTES} (the MQTT maximum), e.g. 65536",
+                bus.max_payload_bytes
+            ),
+        );
+    }
+    match (bus.retained, &bus.timestamp_pointer) {
+        (RetainedPolicy::Timestamped, None) => issues.push(
+            k("timestamp_pointer"),
+            "retained = \"timestamped\" needs the JSON pointer of the payload's time, e.g. \"/ts\"",
+        ),
+        (_, Some(p)) if !p.starts_with('/') => issues.push(
+            k("timestamp_pointer"),
+            format!("{p:?} is not a JSON pointer: it starts with '/', e.g. \"/ts\""),
+        ),
+        _ => {}
     }
 }
 
@@ -509,6 +540,14 @@ fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Op
                 issues.push(
                     format!("machine[{i}].counters.ideal_cycle_s"),
                     format!("{t} is not a number of seconds above 0 and up to {MAX_IDEAL_CYCLE_S}"),
+                );
+            }
+        }
+        if let Some(r) = c.max_parts_per_s {
+            if !(r.is_finite() && r > 0.0) {
+                issues.push(
+                    format!("machine[{i}].counters.max_parts_per_s"),
+                    "must be a positive number of parts per second",
                 );
             }
         }

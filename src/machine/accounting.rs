@@ -35,6 +35,10 @@
 //! part before the start as offline.
 //!
 //! Counts. Parts count in the period that holds the read that saw them.
+//! Parts the counters could not date (made while the agent was not running
+//! or the machine was offline) count only in `produced_unobserved` of that
+//! period: performance, quality and OEE use the parts made in the period's
+//! observed running time, never those.
 //! `stops` and `failures` count in the period where a `down` spell starts;
 //! a micro-stop (a `down` spell shorter than `micro_stop_s`) counts in the
 //! period that holds its end, when its length is known.
@@ -192,6 +196,7 @@ impl PeriodAcc {
 
     fn add_counts(&mut self, d: &CountDelta, ideal: Option<f64>) {
         self.counts.produced += d.produced;
+        self.counts.produced_unobserved += d.produced_unobserved;
         self.counts.scrap += d.scrap;
         self.good_counted += d.good.unwrap_or(0);
         match ideal {
@@ -1468,6 +1473,7 @@ mod tests {
                     produced: 1,
                     good: None,
                     scrap: u64::from(n % 120 == 0),
+                    produced_unobserved: 0,
                 }
             } else {
                 CountDelta::default()
@@ -1519,12 +1525,79 @@ mod tests {
             produced: 5,
             good: None,
             scrap: 0,
+            produced_unobserved: 0,
         };
         l.read_counts(15 * MIN - S, state(MachineState::Running), one);
         l.read_counts(15 * MIN, state(MachineState::Running), one);
         l.read(15 * MIN + S, state(MachineState::Running));
         assert_eq!(l.intervals()[0].counts.produced, 5);
         assert_eq!(l.acc.interval_so_far().unwrap().counts.produced, 5);
+    }
+
+    #[test]
+    fn parts_made_while_the_agent_was_away_stay_out_of_performance_and_oee() {
+        let mut s = settings();
+        s.ideal_cycle_s = Some(10.0);
+        let part = CountDelta {
+            produced: 1,
+            good: None,
+            scrap: 0,
+            produced_unobserved: 0,
+        };
+        // One part every 10 s (the ideal) from 10:00 to 10:05, then the agent stops.
+        let mut l = Line::start(s.clone(), "2026-03-02T10:00:00Z");
+        let mut x = 0;
+        while x <= 5 * MIN {
+            let counts = if x > 0 && x % (10 * S) == 0 {
+                part
+            } else {
+                CountDelta::default()
+            };
+            l.read_counts(x, state(MachineState::Running), counts);
+            x += S;
+        }
+        l.acc.stop(&mut l.out);
+        let snap = l.acc.snapshot(t("2026-03-02T10:05:00Z"));
+
+        // Back at 10:09: the first read counts the 24 parts made meanwhile.
+        let mut out = Vec::new();
+        let acc = Account::resume(s, &snap, t("2026-03-02T10:09:00Z"), 0, &mut out);
+        let mut l = Line {
+            acc,
+            out,
+            t0: t("2026-03-02T10:09:00Z"),
+            wall_skew: 0,
+        };
+        let away = CountDelta {
+            produced_unobserved: 24,
+            ..CountDelta::default()
+        };
+        l.read_counts(0, state(MachineState::Running), away);
+        let mut x = S;
+        while x <= 6 * MIN + S {
+            let counts = if x % (10 * S) == 0 {
+                part
+            } else {
+                CountDelta::default()
+            };
+            l.read_counts(x, state(MachineState::Running), counts);
+            x += S;
+        }
+        let p = &l.intervals()[0];
+        assert_eq!(p.seconds.running, 660.0);
+        assert_eq!(p.seconds.offline, 240.0);
+        // 30 before the stop, 35 after (the part read at 10:15:00 is the next period's).
+        assert_eq!(
+            p.counts.produced,
+            30 + 35,
+            "only parts made in observed time"
+        );
+        assert_eq!(p.counts.produced_unobserved, 24);
+        assert_eq!(p.counts.good, 65);
+        let performance = 650.0 * 1000.0 / 660_000.0;
+        assert_eq!(p.kpi.performance, Some(performance), "not (65 + 24) x 10 s");
+        assert_eq!(p.kpi.quality, Some(1.0));
+        assert_eq!(p.kpi.oee, Some(performance));
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub struct MachineTracker {
     /// The last values of the signals the rules read (no others).
     values: SignalValues,
     counters: MachineCounters,
+    /// Monotonic time of the last sample with signal values: parts counted
+    /// after a longer silence than `stale_ms` were made unobserved.
+    last_read_mono: Option<i64>,
+    /// The machine was unreachable (or the agent not running) since the
+    /// last sample with signal values: the next count is unobserved.
+    counting_gap: bool,
     /// Silence longer than this makes the machine offline.
     stale_ms: i64,
     /// Telemetry events are made only when an uplink will send them.
@@ -112,7 +118,8 @@ impl MachineTracker {
         })?;
         let mut settings = AccountSettings::from_config(config, machine, calendar);
         settings.min_dwell_ms = i64::try_from(rules.min_dwell_ms).unwrap_or(i64::MAX);
-        let mut counters = MachineCounters::new(machine.counters.as_ref(), &machine.signal);
+        let mut counters =
+            MachineCounters::new(&machine.id, machine.counters.as_ref(), &machine.signal);
         let account = match resume {
             Some(snap) => {
                 if let Some(c) = &snap.counters {
@@ -128,6 +135,10 @@ impl MachineTracker {
             values,
             rules,
             counters,
+            // After a restart, the parts the first read counts were made
+            // while the agent was not running.
+            last_read_mono: None,
+            counting_gap: true,
             stale_ms: stale_ms(config, machine),
             telemetry: config.uplink.is_some(),
         })
@@ -138,6 +149,7 @@ impl MachineTracker {
         let (observed, counts) = match &sample.content {
             SampleContent::Unreachable { reason } => {
                 self.values.clear();
+                self.counting_gap = true;
                 (
                     Observed::Offline {
                         reason: reason.clone(),
@@ -185,7 +197,20 @@ impl MachineTracker {
                         }));
                     }
                 }
-                (observed, self.counters.observe(readings))
+                let counts = if matches!(observed, Observed::Offline { .. }) {
+                    self.counting_gap = true;
+                    Default::default()
+                } else {
+                    let watched = !self.counting_gap
+                        && self
+                            .last_read_mono
+                            .is_some_and(|last| mono_ms - last <= self.stale_ms);
+                    self.counting_gap = false;
+                    self.last_read_mono = Some(mono_ms);
+                    self.counters
+                        .observe(readings, sample.at.timestamp_millis(), watched)
+                };
+                (observed, counts)
             }
         };
         self.account.observe(

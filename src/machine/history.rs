@@ -254,6 +254,9 @@ pub struct MachineStatus {
     pub saved_at: Option<DateTime<Utc>>,
     /// The open interval period so far (`end` = how far it is attributed).
     pub period: Option<ClosedPeriod>,
+    /// Counting signals that were preset (counted as zero): how often, the latest.
+    #[serde(default)]
+    pub counter_presets: Vec<crate::machine::counters::SignalPresets>,
 }
 
 /// Each machine's latest known state and current period, from the
@@ -268,6 +271,7 @@ pub fn current(conn: &Connection) -> Result<Vec<MachineStatus>, StoreError> {
             reason: s.reason.clone(),
             saved_at: Some(s.saved_at),
             period: s.interval_so_far(),
+            counter_presets: s.counters.as_ref().map(|c| c.presets()).unwrap_or_default(),
         })
         .collect();
     let mut stmt = conn.prepare_cached(SELECT_LAST_CHANGES)?;
@@ -302,6 +306,7 @@ pub fn current(conn: &Connection) -> Result<Vec<MachineStatus>, StoreError> {
                 reason,
                 saved_at: None,
                 period: None,
+                counter_presets: Vec::new(),
             }),
         }
     }

@@ -89,6 +89,11 @@ pub struct PeriodCounts {
     pub micro_stops: u64,
     /// `down` spells with a fault reason.
     pub failures: u64,
+    /// Parts counted in the period that were made while the agent did not
+    /// observe the machine (agent not running, machine offline): real, of
+    /// unknown date, so not in `produced`, `good`, `scrap` or any KPI.
+    #[serde(default)]
+    pub produced_unobserved: u64,
 }
 
 /// ISO 22400-2 KPIs; `None` (JSON null) when the denominator is zero.

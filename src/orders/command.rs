@@ -399,8 +399,19 @@ pub fn machine_orders<'c>(
 
 const PLAN_KEYS: &[&str] = &["type", "plan_id", "machine", "level", "pitch", "orders"];
 
+/// A plan is answered as a whole (contract v1.1): one answer per order it
+/// holds, all accepted or all rejected with the reason naming the order at
+/// fault, or a single rejection with `order_id: null` and the `plan_id` when
+/// its orders cannot be read at all.
 fn parse_plan(obj: &Map<String, Value>, config: &Config) -> Result<Plan, Vec<Rejection>> {
-    let whole = |reason: String| Err(vec![ident_rejection(obj, reason)]);
+    // The plan itself is at fault: one answer, about no order.
+    let whole = |reason: String| {
+        Err(vec![Rejection {
+            order_id: None,
+            revision: None,
+            ..ident_rejection(obj, reason)
+        }])
+    };
     let plan_id = match get_id(obj, "plan_id") {
         Ok(p) => p,
         Err(e) => return whole(format!("plan: {e}")),
@@ -475,6 +486,23 @@ fn parse_plan(obj: &Map<String, Value>, config: &Config) -> Result<Plan, Vec<Rej
                 kind_of(other)
             ))),
         });
+        // An order without a valid id is named by its place in the plan.
+        if let Some(Err(e)) = results.last_mut() {
+            if !e.reason.starts_with("order") {
+                e.reason = format!("orders[{i}]: {}", e.reason);
+            }
+        }
+    }
+    if results
+        .iter()
+        .all(|r| r.as_ref().is_err_and(|e| e.order_id.is_none()))
+    {
+        let first = results
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .map(|e| e.reason.clone())
+            .unwrap_or_default();
+        return whole(format!("{name}: none of its orders can be read ({first})"));
     }
     // The same order twice in one plan is a planning error, not idempotency.
     let mut seen = BTreeSet::new();

@@ -16,13 +16,35 @@
 //! reconnects, so every connection attempt gets a fresh client and event
 //! loop, subscribes after its CONNACK, and a failure waits an exponential
 //! backoff (`backoff_min_ms` doubling to `backoff_max_ms`, with jitter)
-//! before the next attempt.
+//! before the next attempt. The backoff starts again from `backoff_min_ms`
+//! only after a connection that lived [`STABLE_CONNECTION`]: one that dies
+//! right after its CONNACK keeps doubling ([`Backoff`]).
+//!
+//! What a message is worth (the rules docs/mqtt.md states for technicians):
+//!
+//! - **Retained messages** (the broker replays them on every subscription,
+//!   however old) are not fresh readings. `retained = "ignore"` (default):
+//!   counted and dropped, they neither set a value nor keep a machine fresh.
+//!   `"timestamped"`: one whose own time (`timestamp_pointer`) is younger
+//!   than `stale_ms` and newer than the machine's last message is the state
+//!   at that time ([`retained_use`]). Counter signals are never taken from a
+//!   retained message, so a replayed old count can never look like a reset.
+//! - **Oversized messages** (payload above `max_payload_bytes`) are refused
+//!   one by one: logged with topic and size, counted in [`MqttBusStats`], and
+//!   every signal on that topic gets a [`SignalError::BadPayload`] saying so.
+//!   rumqttc itself accepts any packet the protocol allows, because a packet
+//!   over its limit would drop the whole connection.
+//! - **Offline** always starts at the machine's last good observation (the
+//!   engine's rule for Modbus too): a message whose signals all fail, and a
+//!   silence of `stale_ms`, both make the machine offline from the last live
+//!   message that gave a value. A retained replay is not such a message.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::Rng;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter,
@@ -33,15 +55,169 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{Reading, Readings, Sample, SampleContent, SignalError, Value};
-use crate::config::{BusConfig, DataType, MachineConfig, SignalConfig};
+use crate::config::{BusConfig, DataType, MachineConfig, RetainedPolicy, SignalConfig};
 use crate::systemd::Heartbeat;
 
-/// Largest payload accepted from the local broker (rumqttc's default of 10 KiB
-/// would drop the whole connection on a large PLC payload).
-const MAX_INCOMING_PACKET_BYTES: usize = 1024 * 1024;
+/// The packet size rumqttc is told to accept: the protocol's largest
+/// remaining length, so that no packet can make rumqttc drop the connection
+/// (it does on any packet over its limit). `max_payload_bytes` is enforced
+/// per message instead, in [`MqttBus::on_publish`].
+const MQTT_MAX_PACKET_BYTES: usize = 268_435_455;
+
+/// Outgoing packets are only CONNECT, SUBSCRIBE, PING and DISCONNECT.
+const MAX_OUTGOING_PACKET_BYTES: usize = 64 * 1024;
+
+/// A connection that lived this long was a good one: the backoff starts
+/// again from `backoff_min_ms` after it ends. One that dies sooner (a broker
+/// that accepts and then drops us) keeps the backoff growing.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
 /// How much of a payload an error message quotes.
 const PAYLOAD_PREVIEW_CHARS: usize = 80;
+
+/// Counters of one MQTT bus, shared with whoever reports them (logs, tests,
+/// status): what was refused or dropped is counted here and nowhere else.
+#[derive(Debug, Default)]
+pub struct MqttBusStats {
+    pub bus: String,
+    /// CONNACKs received: connections made (the first one and every reconnect).
+    pub connections: AtomicU64,
+    /// Messages refused because their payload was over `max_payload_bytes`.
+    pub refused_oversized: AtomicU64,
+    /// Retained messages not taken as readings (replays, or too old).
+    pub retained_ignored: AtomicU64,
+    /// Retained messages taken as the state at their own timestamp.
+    pub retained_used: AtomicU64,
+}
+
+/// A copy of an MQTT bus's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MqttBusStatsSnapshot {
+    pub connections: u64,
+    pub refused_oversized: u64,
+    pub retained_ignored: u64,
+    pub retained_used: u64,
+}
+
+impl MqttBusStats {
+    pub fn new(bus: &str) -> Self {
+        MqttBusStats {
+            bus: bus.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    pub fn snapshot(&self) -> MqttBusStatsSnapshot {
+        MqttBusStatsSnapshot {
+            connections: self.connections.load(Ordering::Relaxed),
+            refused_oversized: self.refused_oversized.load(Ordering::Relaxed),
+            retained_ignored: self.retained_ignored.load(Ordering::Relaxed),
+            retained_used: self.retained_used.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The reconnect delay: doubles from `min` to `max` on every failure, and
+/// starts again from `min` only after a connection that lived
+/// [`STABLE_CONNECTION`]. Pure: the loop tells it how long a connection lived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        let min = min.max(Duration::from_millis(1));
+        let max = max.max(min);
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// The delay before the next attempt (before jitter), after an attempt
+    /// that failed to connect (`lived = None`) or a connection that ended
+    /// after `lived`.
+    pub fn after_failure(&mut self, lived: Option<Duration>) -> Duration {
+        if lived.is_some_and(|l| l >= STABLE_CONNECTION) {
+            self.next = self.min;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
+
+/// What a retained message is worth to a machine ([`retained_use`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetainedUse {
+    /// Not a reading: why not.
+    Ignore(String),
+    /// The state at this time (the payload's own).
+    At(DateTime<Utc>),
+}
+
+/// How far ahead of our clock a payload's time may be and still count as
+/// "now" (two clocks on one line are rarely closer than this).
+const TIMESTAMP_AHEAD_MS: i64 = 2_000;
+
+/// Decide whether a retained message is a reading, and of when. Pure.
+///
+/// `last_message` is the time of the machine's last message taken as a
+/// reading: a retained message no newer than that says nothing new.
+pub fn retained_use(
+    policy: RetainedPolicy,
+    timestamp_pointer: Option<&str>,
+    payload: &[u8],
+    now: DateTime<Utc>,
+    stale: Duration,
+    last_message: Option<DateTime<Utc>>,
+) -> RetainedUse {
+    let pointer = match (policy, timestamp_pointer) {
+        (RetainedPolicy::Ignore, _) => return RetainedUse::Ignore("retained = \"ignore\"".into()),
+        (RetainedPolicy::Timestamped, None) => {
+            return RetainedUse::Ignore("no timestamp_pointer".into())
+        }
+        (RetainedPolicy::Timestamped, Some(p)) => p,
+    };
+    let Some(ts) = payload_timestamp(payload, pointer) else {
+        return RetainedUse::Ignore(format!("no usable time at pointer {pointer:?}"));
+    };
+    let age_ms = (now - ts).num_milliseconds();
+    let stale_ms = i64::try_from(stale.as_millis()).unwrap_or(i64::MAX);
+    if age_ms < -TIMESTAMP_AHEAD_MS {
+        return RetainedUse::Ignore(format!("its time {ts} is ahead of this gateway's clock"));
+    }
+    if age_ms > stale_ms {
+        return RetainedUse::Ignore(format!(
+            "{:.1} s old, older than stale_ms",
+            age_ms as f64 / 1000.0
+        ));
+    }
+    if last_message.is_some_and(|last| ts <= last) {
+        return RetainedUse::Ignore("no newer than the machine's last message".into());
+    }
+    RetainedUse::At(ts.min(now))
+}
+
+/// The payload's own time at `pointer`: RFC 3339 text, or a number of Unix
+/// milliseconds.
+fn payload_timestamp(payload: &[u8], pointer: &str) -> Option<DateTime<Utc>> {
+    let doc: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    match doc.pointer(pointer)? {
+        serde_json::Value::String(s) => DateTime::parse_from_rfc3339(s.trim())
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        serde_json::Value::Number(n) => {
+            let ms = n.as_i64()?;
+            DateTime::from_timestamp_millis(ms)
+        }
+        _ => None,
+    }
+}
 
 /// One signal that listens on a topic filter.
 #[derive(Debug, Clone)]
@@ -53,6 +229,8 @@ struct Route {
     signal: SignalConfig,
     /// The signal's name, shared by every sample that carries it.
     name: Arc<str>,
+    /// One of the machine's part counters: never taken from a retained message.
+    counter: bool,
 }
 
 /// A machine's staleness clock.
@@ -61,6 +239,8 @@ struct Freshness {
     id: String,
     /// When the machine last published (or when the bus started).
     last_seen: Instant,
+    /// Wall time of the last message taken as a reading (none yet: `None`).
+    last_message: Option<DateTime<Utc>>,
     /// An `Unreachable` was already sent for the current silence.
     stale_reported: bool,
 }
@@ -74,6 +254,7 @@ struct MqttBus {
     samples: mpsc::Sender<Sample>,
     /// Why the last connection attempt failed, while disconnected (for the offline reason).
     broker_error: Option<String>,
+    stats: Arc<MqttBusStats>,
 }
 
 /// Run one MQTT bus until `shutdown`: connect, subscribe, decode, send samples.
@@ -89,8 +270,21 @@ pub async fn run_mqtt_bus(
     heartbeat: Heartbeat,
     shutdown: CancellationToken,
 ) {
+    let stats = Arc::new(MqttBusStats::new(&bus.id));
+    run_mqtt_bus_with_stats(bus, machines, samples, stats, heartbeat, shutdown).await;
+}
+
+/// [`run_mqtt_bus`], counting into `stats` (shared with whoever reports them).
+pub async fn run_mqtt_bus_with_stats(
+    bus: BusConfig,
+    machines: Vec<MachineConfig>,
+    samples: mpsc::Sender<Sample>,
+    stats: Arc<MqttBusStats>,
+    heartbeat: Heartbeat,
+    shutdown: CancellationToken,
+) {
     let span = tracing::info_span!("mqtt_bus", bus = %bus.id);
-    let mut state = MqttBus::new(bus, &machines, samples);
+    let mut state = MqttBus::new(bus, &machines, samples, stats);
     tracing::Instrument::instrument(state.run(&heartbeat, shutdown), span).await;
     heartbeat.retire();
 }
@@ -113,7 +307,12 @@ fn host_port(address: &str) -> Result<(String, u16), String> {
 }
 
 impl MqttBus {
-    fn new(bus: BusConfig, machines: &[MachineConfig], samples: mpsc::Sender<Sample>) -> Self {
+    fn new(
+        bus: BusConfig,
+        machines: &[MachineConfig],
+        samples: mpsc::Sender<Sample>,
+        stats: Arc<MqttBusStats>,
+    ) -> Self {
         let now = Instant::now();
         let mut routes = Vec::new();
         let mut fresh = Vec::new();
@@ -121,8 +320,16 @@ impl MqttBus {
             fresh.push(Freshness {
                 id: m.id.clone(),
                 last_seen: now,
+                last_message: None,
                 stale_reported: false,
             });
+            let counters: Vec<&str> = m
+                .counters
+                .iter()
+                .flat_map(|c| [Some(&c.produced), c.good.as_ref(), c.scrap.as_ref()])
+                .flatten()
+                .map(String::as_str)
+                .collect();
             for s in &m.signal {
                 if let Some(topic) = &s.topic {
                     routes.push(Route {
@@ -130,6 +337,7 @@ impl MqttBus {
                         machine: i,
                         signal: s.clone(),
                         name: Arc::from(s.name.as_str()),
+                        counter: counters.contains(&s.name.as_str()),
                     });
                 }
             }
@@ -142,6 +350,7 @@ impl MqttBus {
             stale,
             samples,
             broker_error: None,
+            stats,
         }
     }
 
@@ -168,7 +377,7 @@ impl MqttBus {
         let mut o = MqttOptions::new(client_id, host, port);
         o.set_clean_session(true)
             .set_keep_alive(Duration::from_secs(15))
-            .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_INCOMING_PACKET_BYTES);
+            .set_max_packet_size(MQTT_MAX_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES);
         Ok(o)
     }
 
@@ -177,12 +386,13 @@ impl MqttBus {
         if filters.is_empty() {
             tracing::warn!("mqtt bus has no signal with a topic; nothing to subscribe to");
         }
-        let backoff_min = Duration::from_millis(self.bus.backoff_min_ms.max(1));
         let backoff_max =
             Duration::from_millis(self.bus.backoff_max_ms.max(self.bus.backoff_min_ms).max(1));
-        let mut backoff = backoff_min;
+        let mut backoff = Backoff::new(Duration::from_millis(self.bus.backoff_min_ms), backoff_max);
         // The live connection, if any. `None` = waiting until `retry_at`.
         let mut conn: Option<(AsyncClient, EventLoop)> = None;
+        // When the live connection got its CONNACK (how long it lived, when it ends).
+        let mut connected_at: Option<Instant> = None;
         let mut retry_at = Instant::now();
         let mut stale_tick = tokio::time::interval((self.stale / 4).max(Duration::from_millis(10)));
         stale_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,7 +430,8 @@ impl MqttBus {
                 event = next_event(&mut conn) => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         tracing::info!(filters = filters.len(), "connected to local broker; subscribing");
-                        backoff = backoff_min;
+                        connected_at = Some(Instant::now());
+                        self.stats.connections.fetch_add(1, Ordering::Relaxed);
                         self.broker_error = None;
                         if let Some((client, _)) = &conn {
                             let subs = filters
@@ -241,18 +452,23 @@ impl MqttBus {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if self.on_publish(&p.topic, &p.payload).await.is_err() {
+                        if self.on_publish(&p.topic, &p.payload, p.retain).await.is_err() {
                             return;
                         }
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        let delay = jittered(backoff);
-                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "local broker connection lost");
+                        let lived = connected_at.take().map(|t| t.elapsed());
+                        let delay = jittered(backoff.after_failure(lived));
+                        tracing::warn!(
+                            error = %e,
+                            connected_for_ms = lived.map(|l| l.as_millis() as u64),
+                            retry_in_ms = delay.as_millis() as u64,
+                            "local broker connection lost"
+                        );
                         self.broker_error = Some(e.to_string());
                         conn = None;
                         retry_at = Instant::now() + delay;
-                        backoff = (backoff * 2).min(backoff_max);
                     }
                 },
             }
@@ -260,33 +476,110 @@ impl MqttBus {
     }
 
     /// Decode one message for every signal that listens on its topic and send
-    /// one partial sample per machine. `Err` = the engine has gone away.
-    async fn on_publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), ()> {
+    /// one partial sample per machine. An oversized message is refused (its
+    /// signals get an error saying so); a retained one is a reading only as
+    /// [`retained_use`] allows. `Err` = the engine has gone away.
+    async fn on_publish(&mut self, topic: &str, payload: &[u8], retain: bool) -> Result<(), ()> {
         let now = Instant::now();
-        let mut per_machine: BTreeMap<usize, Readings> = BTreeMap::new();
-        for r in &self.routes {
-            if r.filter == topic || rumqttc::matches(topic, &r.filter) {
-                let reading = decode_payload(&r.signal, topic, payload);
-                if let Err(e) = &reading {
-                    tracing::warn!(machine = %self.machines[r.machine].id, signal = %r.signal.name, error = %e, "bad payload");
-                }
-                per_machine
-                    .entry(r.machine)
-                    .or_default()
-                    .insert(r.name.clone(), reading);
+        let wall = Utc::now();
+        let limit = self.bus.max_payload_bytes;
+        let oversized = u64::try_from(payload.len()).map_or(true, |n| n > limit);
+        let mut refused = 0;
+        if oversized {
+            refused = self.stats.refused_oversized.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                %topic,
+                bytes = payload.len(),
+                max_payload_bytes = limit,
+                retained = retain,
+                refused_on_this_bus = refused,
+                "message refused: payload larger than max_payload_bytes"
+            );
+            if retain {
+                // A replay is no reading anyway: nothing to tell the engine.
+                return Ok(());
             }
         }
-        for (i, signals) in per_machine {
+        let mut per_machine: BTreeMap<usize, (Readings, Instant, DateTime<Utc>)> = BTreeMap::new();
+        for r in &self.routes {
+            if !(r.filter == topic || rumqttc::matches(topic, &r.filter)) {
+                continue;
+            }
+            let m = &self.machines[r.machine];
+            let (mono, at) = if retain {
+                let use_ = retained_use(
+                    self.bus.retained,
+                    self.bus.timestamp_pointer.as_deref(),
+                    payload,
+                    wall,
+                    self.stale,
+                    m.last_message,
+                );
+                match use_ {
+                    RetainedUse::At(ts) if !r.counter => {
+                        let age = (wall - ts).to_std().unwrap_or_default();
+                        (now.checked_sub(age).unwrap_or(now), ts)
+                    }
+                    RetainedUse::At(_) => {
+                        tracing::debug!(%topic, machine = %m.id, signal = %r.signal.name, "retained counter value not taken");
+                        continue;
+                    }
+                    RetainedUse::Ignore(why) => {
+                        tracing::debug!(%topic, machine = %m.id, signal = %r.signal.name, %why, "retained message not taken as a reading");
+                        continue;
+                    }
+                }
+            } else {
+                (now, wall)
+            };
+            let reading = if oversized {
+                Err(SignalError::BadPayload(format!(
+                    "topic {topic:?}, signal {:?}: message of {} bytes refused, larger than max_payload_bytes = {limit} ({refused} refused on bus {:?} so far)",
+                    r.signal.name,
+                    payload.len(),
+                    self.bus.id
+                )))
+            } else {
+                decode_payload(&r.signal, topic, payload)
+            };
+            if let Err(e) = &reading {
+                if !oversized {
+                    tracing::warn!(machine = %m.id, signal = %r.signal.name, error = %e, "bad payload");
+                }
+            }
+            per_machine
+                .entry(r.machine)
+                .or_insert_with(|| (Readings::default(), mono, at))
+                .0
+                .insert(r.name.clone(), reading);
+        }
+        if retain {
+            if per_machine.is_empty() {
+                let n = self.stats.retained_ignored.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::info!(
+                        %topic,
+                        retained_ignored = n,
+                        policy = ?self.bus.retained,
+                        "retained message not taken as a reading (a replay by the broker is not fresh)"
+                    );
+                }
+            } else {
+                self.stats.retained_used.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for (i, (signals, mono, at)) in per_machine {
             let m = &mut self.machines[i];
-            m.last_seen = now;
+            m.last_seen = m.last_seen.max(mono);
+            m.last_message = Some(m.last_message.map_or(at, |l| l.max(at)));
             if m.stale_reported {
                 tracing::info!(machine = %m.id, "machine publishes again");
             }
             m.stale_reported = false;
             let sample = Sample {
                 machine: m.id.clone(),
-                at: Utc::now(),
-                mono: now,
+                at,
+                mono,
                 content: SampleContent::Signals(signals),
             };
             self.samples.send(sample).await.map_err(|_| ())?;
@@ -413,8 +706,7 @@ fn decode_value(signal: &SignalConfig, v: &serde_json::Value) -> Result<Value, S
             if x.fract() != 0.0 {
                 return Err(format!("{}, expected an integer ({t})", found()));
             }
-            let (lo, hi) = int_range(t);
-            if x < lo || x > hi {
+            if !in_int_range(t, v, x) {
                 return Err(format!("{}, outside the range of {t}", found()));
             }
             if signal.scale != 1.0 || signal.offset != 0.0 {
@@ -461,15 +753,38 @@ fn scaled_float(signal: &SignalConfig, x: f64) -> Option<Value> {
     y.is_finite().then_some(Value::Float(y))
 }
 
-/// Inclusive range of an integer type, as f64.
-fn int_range(t: DataType) -> (f64, f64) {
-    match t {
-        DataType::U16 => (0.0, u16::MAX as f64),
-        DataType::I16 => (i16::MIN as f64, i16::MAX as f64),
-        DataType::U32 => (0.0, u32::MAX as f64),
-        DataType::I32 => (i32::MIN as f64, i32::MAX as f64),
-        DataType::U64 => (0.0, u64::MAX as f64),
-        _ => (i64::MIN as f64, i64::MAX as f64),
+/// Whether an integral value (`x`, read from `v`) fits the integer type `t`.
+///
+/// Exact where it matters: a JSON integer (or text) that fits i64/u64 is
+/// compared as an integer; anything else is compared as f64 against
+/// bounds that f64 holds exactly (the type's minimum and its maximum + 1,
+/// powers of two), so 2^64 is not "u64::MAX" and 2^63 is not "i64::MAX"
+/// after rounding.
+fn in_int_range(t: DataType, v: &serde_json::Value, x: f64) -> bool {
+    let (lo, hi): (i128, i128) = match t {
+        DataType::U16 => (0, u16::MAX.into()),
+        DataType::I16 => (i16::MIN.into(), i16::MAX.into()),
+        DataType::U32 => (0, u32::MAX.into()),
+        DataType::I32 => (i32::MIN.into(), i32::MAX.into()),
+        DataType::U64 => (0, u64::MAX.into()),
+        _ => (i64::MIN.into(), i64::MAX.into()),
+    };
+    let exact: Option<i128> = match v {
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from)),
+        serde_json::Value::String(s) => s.trim().parse::<i128>().ok(),
+        _ => None,
+    };
+    match exact {
+        Some(i) => lo <= i && i <= hi,
+        // lo and hi + 1 are 0 or ±2^k: exact as f64. A number that is no
+        // exact integer here may also be an integer literal that did not fit
+        // i64 and was rounded (-2^63 - 1 reads as -2^63): i64's own minimum
+        // arrives as an exact integer, so -2^63 as f64 is refused.
+        None if t == DataType::I64 => x > lo as f64 && x < (hi + 1) as f64,
+        None => x >= lo as f64 && x < (hi + 1) as f64,
     }
 }
 
@@ -606,6 +921,142 @@ mod tests {
             decode_payload(&s, "t", b"18446744073709551615"),
             Ok(Value::UInt(u64::MAX))
         );
+    }
+
+    #[test]
+    fn integers_one_past_the_type_are_refused_not_rounded() {
+        let u = signal(DataType::U64, None);
+        for payload in [
+            &b"18446744073709551616"[..],
+            b"\"18446744073709551616\"",
+            b"1.8446744073709552e19",
+            b"1e20",
+            b"-1",
+        ] {
+            let r = decode_payload(&u, "t", payload);
+            assert!(
+                matches!(&r, Err(SignalError::BadPayload(m)) if m.contains("outside the range of u64")),
+                "u64 from {:?}: {r:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        let i = signal(DataType::I64, None);
+        for payload in [
+            &b"9223372036854775808"[..],
+            b"9.223372036854775808e18",
+            b"-9223372036854775809",
+            b"-1e19",
+        ] {
+            let r = decode_payload(&i, "t", payload);
+            assert!(
+                matches!(&r, Err(SignalError::BadPayload(m)) if m.contains("outside the range of i64")),
+                "i64 from {:?}: {r:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        // The extremes themselves are values.
+        assert_eq!(
+            decode_payload(&i, "t", b"9223372036854775807"),
+            Ok(Value::Int(i64::MAX))
+        );
+        assert_eq!(
+            decode_payload(&i, "t", b"-9223372036854775808"),
+            Ok(Value::Int(i64::MIN))
+        );
+        assert_eq!(decode_payload(&u, "t", b"0"), Ok(Value::Int(0)));
+        let w = signal(DataType::U32, None);
+        assert!(decode_payload(&w, "t", b"4294967296").is_err());
+        assert_eq!(
+            decode_payload(&w, "t", b"4294967295"),
+            Ok(Value::Int(4_294_967_295))
+        );
+    }
+
+    #[test]
+    fn backoff_keeps_growing_while_connections_die_at_once() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        // The broker refuses the connection: 100, 200, 400 ...
+        assert_eq!(b.after_failure(None), Duration::from_millis(100));
+        assert_eq!(b.after_failure(None), Duration::from_millis(200));
+        // CONNACK, then dropped 5 ms later (an oversized packet, a client-id
+        // clash): no reset, still doubling, up to the ceiling.
+        let at_once = Some(Duration::from_millis(5));
+        assert_eq!(b.after_failure(at_once), Duration::from_millis(400));
+        assert_eq!(b.after_failure(at_once), Duration::from_millis(800));
+        assert_eq!(b.after_failure(at_once), Duration::from_millis(1000));
+        assert_eq!(b.after_failure(at_once), Duration::from_millis(1000));
+        // A connection that lived long enough was a good one: start again.
+        assert_eq!(
+            b.after_failure(Some(STABLE_CONNECTION)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(b.after_failure(None), Duration::from_millis(200));
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn a_retained_message_is_no_reading_by_default() {
+        let now = t("2026-03-02T10:00:00Z");
+        let stale = Duration::from_secs(10);
+        let fresh = br#"{"heating":true,"ts":"2026-03-02T09:59:59Z"}"#;
+        assert!(matches!(
+            retained_use(RetainedPolicy::Ignore, Some("/ts"), fresh, now, stale, None),
+            RetainedUse::Ignore(_)
+        ));
+    }
+
+    #[test]
+    fn a_timestamped_retained_message_is_the_state_at_its_own_time_while_young() {
+        let now = t("2026-03-02T10:00:00Z");
+        let stale = Duration::from_secs(10);
+        let ts = RetainedPolicy::Timestamped;
+        let use_ = |payload: &[u8], last| retained_use(ts, Some("/ts"), payload, now, stale, last);
+        // 1 s old, RFC 3339 or Unix ms: the state at that time.
+        assert_eq!(
+            use_(br#"{"ts":"2026-03-02T09:59:59Z"}"#, None),
+            RetainedUse::At(t("2026-03-02T09:59:59Z"))
+        );
+        let ms = t("2026-03-02T09:59:55Z").timestamp_millis();
+        assert_eq!(
+            use_(format!(r#"{{"ts":{ms}}}"#).as_bytes(), None),
+            RetainedUse::At(t("2026-03-02T09:59:55Z"))
+        );
+        // 51 s old (a dead publisher's last word): not a reading.
+        assert!(matches!(
+            use_(br#"{"ts":"2026-03-02T09:59:09Z"}"#, None),
+            RetainedUse::Ignore(m) if m.contains("51.0 s old")
+        ));
+        // No newer than what the machine already said live: nothing new.
+        assert!(matches!(
+            use_(
+                br#"{"ts":"2026-03-02T09:59:59Z"}"#,
+                Some(t("2026-03-02T09:59:59.500Z"))
+            ),
+            RetainedUse::Ignore(_)
+        ));
+        // Ahead of our clock by more than two clocks disagree: not a reading.
+        assert!(matches!(
+            use_(br#"{"ts":"2026-03-02T10:00:30Z"}"#, None),
+            RetainedUse::Ignore(_)
+        ));
+        // Slightly ahead: taken as now.
+        assert_eq!(
+            use_(br#"{"ts":"2026-03-02T10:00:01Z"}"#, None),
+            RetainedUse::At(now)
+        );
+        // No time, or not a time: not a reading.
+        for p in [
+            &br#"{"heating":true}"#[..],
+            br#"{"ts":"yesterday"}"#,
+            b"true",
+        ] {
+            assert!(matches!(use_(p, None), RetainedUse::Ignore(_)), "{p:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! One connection to the central broker, from CONNECT to its end: a fresh
-//! rumqttc client and event loop, the birth first, then the outbox drained in
+//! rumqttc client and event loop with the will, the birth first (both carry
+//! the session number the caller committed for this connection, see
+//! `session`), then the outbox drained in
 //! `seq` order through a bounded in-flight window, order commands handed to
 //! the orders task and acknowledged only after they are committed. The
 //! connection never decides to retry (the caller does, with backoff) and
@@ -38,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use super::message::{self, GatewayInfo, StatusCounts, ORDERS_CMD_SUFFIX, STATUS_SUFFIX};
 use super::outbox::{self, OutboxRow, Stream};
 use super::pacing::RateLimit;
+use super::session;
 use super::{ConnectSettings, Credentials, ErrorKind, UplinkStats};
 use crate::config::MqttVersion;
 use crate::orders::OrderMessage;
@@ -106,8 +109,11 @@ pub(super) enum Ended {
     Shutdown,
     /// The connection failed or was lost.
     Lost {
-        /// A CONNACK arrived: the reserved status seqs are spent.
+        /// A CONNACK arrived.
         connected: bool,
+        /// The CONNECT may have reached a broker (see `session`): its
+        /// session number is used up. False only when it certainly did not.
+        session_spent: bool,
         /// The birth was PUBACKed: the broker accepts us, reset the backoff.
         healthy: bool,
         error: String,
@@ -133,6 +139,25 @@ enum Client {
 enum Incoming {
     V4(rumqttc::Publish),
     V5(v5::mqttbytes::v5::Publish),
+}
+
+/// Why the event loop stopped, for the log and for the session rule.
+struct LinkError {
+    /// What went wrong, in words a user can act on.
+    text: String,
+    /// The error proves the CONNECT never reached a broker's session (see
+    /// `session`); only meaningful before the CONNACK.
+    connect_never_sent: bool,
+}
+
+impl LinkError {
+    /// The event loop ended without an error (its task was stopped).
+    fn stopped() -> LinkError {
+        LinkError {
+            text: "event loop stopped".into(),
+            connect_never_sent: false,
+        }
+    }
 }
 
 /// What the event loop reports, in protocol-neutral words.
@@ -251,7 +276,7 @@ fn open(
     status_topic: &str,
 ) -> (
     Client,
-    mpsc::Receiver<Result<LinkEvent, String>>,
+    mpsc::Receiver<Result<LinkEvent, LinkError>>,
     JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::channel(WINDOW * 2);
@@ -283,9 +308,10 @@ fn open(
                 loop {
                     let ev = events.poll().await;
                     let stop = ev.is_err();
-                    let ev = ev
-                        .map(v4_event)
-                        .map_err(|e| describe(&e.to_string(), kind_v4(&e)));
+                    let ev = ev.map(v4_event).map_err(|e| LinkError {
+                        text: describe(&e.to_string(), kind_v4(&e)),
+                        connect_never_sent: never_sent_v4(&e),
+                    });
                     if tx.send(ev).await.is_err() || stop {
                         break;
                     }
@@ -320,9 +346,10 @@ fn open(
                 loop {
                     let ev = events.poll().await;
                     let stop = ev.is_err();
-                    let ev = ev
-                        .map(v5_event)
-                        .map_err(|e| describe(&e.to_string(), kind_v5(&e)));
+                    let ev = ev.map(v5_event).map_err(|e| LinkError {
+                        text: describe(&e.to_string(), kind_v5(&e)),
+                        connect_never_sent: never_sent_v5(&e),
+                    });
                     if tx.send(ev).await.is_err() || stop {
                         break;
                     }
@@ -339,6 +366,28 @@ fn kind_v4(e: &rumqttc::ConnectionError) -> ErrorKind {
         E::Tls(_) => ErrorKind::Tls,
         E::ConnectionRefused(C::BadUserNamePassword | C::NotAuthorized) => ErrorKind::Credentials,
         _ => ErrorKind::Other,
+    }
+}
+
+/// A failed attempt whose CONNECT never reached a broker's session: the TCP
+/// connect failed, the TLS handshake failed (CONNECT goes after it), or the
+/// broker refused the CONNECT in its CONNACK (a refused client has no will).
+fn never_sent_v4(e: &rumqttc::ConnectionError) -> bool {
+    use rumqttc::ConnectionError as E;
+    match e {
+        E::Io(io) => session::connect_never_sent(io),
+        E::Tls(_) | E::ConnectionRefused(_) => true,
+        _ => false,
+    }
+}
+
+/// As [`never_sent_v4`], for MQTT 5.
+fn never_sent_v5(e: &v5::ConnectionError) -> bool {
+    use v5::ConnectionError as E;
+    match e {
+        E::Io(io) => session::connect_never_sent(io),
+        E::Tls(_) | E::ConnectionRefused(_) => true,
+        _ => false,
     }
 }
 
@@ -366,7 +415,7 @@ struct PendingAck {
 struct Connection<'a> {
     shared: &'a Shared,
     client: Client,
-    events: mpsc::Receiver<Result<LinkEvent, String>>,
+    events: mpsc::Receiver<Result<LinkEvent, LinkError>>,
     /// Handed to rumqttc, packet id not yet known (FIFO, see module doc).
     handed: VecDeque<Tag>,
     /// Written with this packet id, PUBACK not yet received.
@@ -391,21 +440,24 @@ struct Connection<'a> {
     prefix: String,
 }
 
-/// Run one connection until it is lost or shutdown is asked.
-/// `status_seq` is the first of two seqs reserved for birth and will/goodbye.
-pub(super) async fn run(shared: &Shared, status_seq: u64) -> Result<Ended, StoreError> {
+/// Run one connection until it is lost or shutdown is asked. `session` is
+/// this connection's number, committed before the call: its birth, will and
+/// goodbye carry it.
+pub(super) async fn run(shared: &Shared, session: u64) -> Result<Ended, StoreError> {
     let gw = &shared.gateway;
     let counts = status_counts(&shared.store).await?;
     let now = Utc::now();
     let status_topic = format!("{}/{}", gw.prefix, STATUS_SUFFIX);
-    let will = message::offline_payload(gw, status_seq + 1, now, counts);
+    let will = message::offline_payload(gw, session, now, counts);
     // The files are read for every connection: one missing or empty now
-    // (being rotated) fails this attempt, and the next one reads it again.
+    // (being rotated) fails this attempt, before any CONNECT, and the next
+    // one reads it again.
     let credentials = match shared.settings.credentials() {
         Ok(c) => c,
         Err(e) => {
             return Ok(Ended::Lost {
                 connected: false,
+                session_spent: false,
                 healthy: false,
                 error: e.to_string(),
             })
@@ -435,7 +487,7 @@ pub(super) async fn run(shared: &Shared, status_seq: u64) -> Result<Ended, Store
     };
     // Birth first: it is the first request in the channel, so the first
     // packet after CONNECT.
-    let birth = message::birth_payload(gw, status_seq, now, counts);
+    let birth = message::birth_payload(gw, session, now, counts);
     let mut ended = match c.client.publish(status_topic.clone(), true, birth) {
         Ok(()) => {
             c.handed.push_back(Tag::Birth);
@@ -443,18 +495,20 @@ pub(super) async fn run(shared: &Shared, status_seq: u64) -> Result<Ended, Store
                 .subscribe(format!("{}/{}", gw.prefix, ORDERS_CMD_SUFFIX))
                 .map_err(|e| Ended::Lost {
                     connected: false,
+                    session_spent: true,
                     healthy: false,
                     error: e,
                 })
         }
         Err(e) => Err(Ended::Lost {
             connected: false,
+            session_spent: true,
             healthy: false,
             error: e,
         }),
     };
     if ended.is_ok() {
-        ended = c.connect_and_serve(status_seq).await?;
+        ended = c.connect_and_serve(session).await?;
     }
     task.abort();
     Ok(match ended {
@@ -472,19 +526,17 @@ async fn status_counts(store: &Store) -> Result<StatusCounts, StoreError> {
 }
 
 impl Connection<'_> {
-    fn lost(&self, connected: bool, error: String) -> Ended {
+    fn lost(&self, connected: bool, error: LinkError) -> Ended {
         Ended::Lost {
             connected,
+            session_spent: connected || !error.connect_never_sent,
             healthy: self.birth_acked,
-            error,
+            error: error.text,
         }
     }
 
     /// Wait for CONNACK, then serve until the end. `Err(Ended)` is the normal way out.
-    async fn connect_and_serve(
-        &mut self,
-        status_seq: u64,
-    ) -> Result<Result<(), Ended>, StoreError> {
+    async fn connect_and_serve(&mut self, session: u64) -> Result<Result<(), Ended>, StoreError> {
         // CONNACK (the event loop connects on its first poll).
         let mut beat = self.shared.heartbeat.ticker();
         loop {
@@ -504,7 +556,7 @@ impl Connection<'_> {
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => return Ok(Err(self.lost(false, e))),
-                    None => return Ok(Err(self.lost(false, "event loop stopped".into()))),
+                    None => return Ok(Err(self.lost(false, LinkError::stopped()))),
                 }
             }
         }
@@ -528,12 +580,12 @@ impl Connection<'_> {
             tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => {
-                    return Ok(self.goodbye(status_seq).await);
+                    return Ok(self.goodbye(session).await);
                 }
                 ev = self.events.recv() => match ev {
                     Some(Ok(ev)) => self.on_event(ev),
                     Some(Err(e)) => return Ok(Err(self.lost(true, e))),
-                    None => return Ok(Err(self.lost(true, "event loop stopped".into()))),
+                    None => return Ok(Err(self.lost(true, LinkError::stopped()))),
                 },
                 r = front_committed(&mut self.pending_acks) => self.on_committed(r),
                 permit = self.shared.orders.reserve(), if !self.to_orders.is_empty() && !self.orders_closed => {
@@ -747,12 +799,12 @@ impl Connection<'_> {
     }
 
     /// Clean shutdown: `online: false` retained, a short wait for its PUBACK, DISCONNECT.
-    async fn goodbye(&mut self, status_seq: u64) -> Result<(), Ended> {
+    async fn goodbye(&mut self, session: u64) -> Result<(), Ended> {
         // The goodbye waits at most GOODBYE_WAIT + 0.5 s, without beating.
         self.shared.heartbeat.beat();
         let gw = &self.shared.gateway;
         let counts = status_counts(&self.shared.store).await.unwrap_or_default();
-        let payload = message::offline_payload(gw, status_seq + 1, Utc::now(), counts);
+        let payload = message::offline_payload(gw, session, Utc::now(), counts);
         let topic = format!("{}/{}", gw.prefix, STATUS_SUFFIX);
         if self.client.publish(topic, true, payload).is_ok() {
             self.handed.push_back(Tag::Goodbye);

@@ -4,13 +4,12 @@
 //!
 //! Gateway status messages (birth, will, clean shutdown) are not stored in the
 //! outbox: they describe the connection, so they are rebuilt on every
-//! connect. Their envelope seqs come from the same counter as every other
-//! message (`outbox::take_seqs`): each connection reserves two, the first for
-//! its birth, the second shared by its will and its clean-shutdown message
-//! (only one of those two is ever published: a clean DISCONNECT discards the
-//! will). A reserved pair is reused by the next attempt when a connection
-//! attempt never got its CONNACK, so failed attempts burn no seqs. The will's
-//! `ts` is the time of the connect (a will cannot know when it will fire).
+//! connect. Since contract v1.1 they carry no `seq` (so a gap in the data
+//! stream's `seq` is a lost message and nothing else) but `session`, the
+//! number of the connection (see `uplink::session`): the birth, the will and
+//! the clean-shutdown message of one connection carry the same number. The
+//! will's `ts` is the time of the connect (a will cannot know when it will
+//! fire).
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -149,42 +148,47 @@ pub struct StatusCounts {
     pub outbox_depth: u64,
 }
 
-/// Birth: `{"online": true, "version", "started_at", "machines", ...}`,
+/// Birth: `{"online": true, "session", "version", "started_at", "machines", ...}`,
 /// published retained on `{p}/status` first thing on every connect.
 pub fn birth_payload(
     gw: &GatewayInfo,
-    seq: u64,
+    session: u64,
     ts: DateTime<Utc>,
     counts: StatusCounts,
 ) -> Vec<u8> {
-    status_payload(gw, true, seq, ts, counts)
+    status_payload(gw, true, session, ts, counts)
 }
 
-/// Will and clean shutdown: `{"online": false, ...}`, retained.
+/// Will and clean shutdown: `{"online": false, "session", ...}`, retained,
+/// with the `session` of the birth of the same connection.
 pub fn offline_payload(
     gw: &GatewayInfo,
-    seq: u64,
+    session: u64,
     ts: DateTime<Utc>,
     counts: StatusCounts,
 ) -> Vec<u8> {
-    status_payload(gw, false, seq, ts, counts)
+    status_payload(gw, false, session, ts, counts)
 }
 
+/// A status message: `gateway` and `ts` as in the envelope, `session`
+/// instead of `seq`, never `historical` (it is always about now).
 fn status_payload(
     gw: &GatewayInfo,
     online: bool,
-    seq: u64,
+    session: u64,
     ts: DateTime<Utc>,
     counts: StatusCounts,
 ) -> Vec<u8> {
     let mut body = Map::new();
     body.insert("online".into(), json!(online));
+    body.insert("session".into(), json!(session));
     body.insert("version".into(), json!(gw.version));
     body.insert("started_at".into(), json!(format_ts(gw.started_at)));
     body.insert("machines".into(), json!(gw.machines));
     body.insert("dropped_telemetry".into(), json!(counts.dropped_telemetry));
     body.insert("outbox_depth".into(), json!(counts.outbox_depth));
-    add_envelope(&mut body, &gw.id, seq, &format_ts(ts), false);
+    body.insert("gateway".into(), json!(gw.id));
+    body.insert("ts".into(), json!(format_ts(ts)));
     Value::Object(body).to_string().into_bytes()
 }
 
@@ -247,6 +251,7 @@ mod tests {
                 stops: 3,
                 micro_stops: 2,
                 failures: 1,
+                produced_unobserved: 5,
             },
             kpi: Kpi {
                 availability: Some(0.68),
@@ -270,7 +275,8 @@ mod tests {
         );
         assert_eq!(
             body["counts"],
-            json!({"produced": 64, "good": 63, "scrap": 1, "stops": 3, "micro_stops": 2, "failures": 1})
+            json!({"produced": 64, "good": 63, "scrap": 1, "stops": 3, "micro_stops": 2, "failures": 1,
+                   "produced_unobserved": 5})
         );
         assert_eq!(body["kpi"]["availability"], json!(0.68));
         assert_eq!(body["kpi"]["performance"], Value::Null);
@@ -347,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn birth_and_will_carry_identity_drops_and_envelope() {
+    fn birth_and_will_carry_identity_drops_and_the_session_but_no_seq() {
         let gw = GatewayInfo {
             id: "gw1".into(),
             prefix: "linegate/v1/s/gw1".into(),
@@ -359,18 +365,19 @@ mod tests {
             dropped_telemetry: 3,
             outbox_depth: 10,
         };
-        let b: Value = serde_json::from_slice(&birth_payload(&gw, 5, at(8, 0, 0), counts)).unwrap();
+        let b: Value =
+            serde_json::from_slice(&birth_payload(&gw, 42, at(8, 0, 0), counts)).unwrap();
         let w: Value =
-            serde_json::from_slice(&offline_payload(&gw, 6, at(8, 0, 0), counts)).unwrap();
-        assert_eq!(b["online"], json!(true));
-        assert_eq!(b["machines"], json!(["press07"]));
-        assert_eq!(b["started_at"], json!("2026-11-26T07:00:00.000Z"));
-        assert_eq!(b["dropped_telemetry"], json!(3));
+            serde_json::from_slice(&offline_payload(&gw, 42, at(8, 0, 0), counts)).unwrap();
         assert_eq!(
-            (b["seq"].clone(), b["gateway"].clone()),
-            (json!(5), json!("gw1"))
+            b,
+            json!({"online": true, "session": 42, "version": "0.1.0",
+                   "started_at": "2026-11-26T07:00:00.000Z", "machines": ["press07"],
+                   "dropped_telemetry": 3, "outbox_depth": 10,
+                   "gateway": "gw1", "ts": "2026-11-26T08:00:00.000Z"})
         );
         assert_eq!(w["online"], json!(false));
-        assert_eq!(w["seq"], json!(6));
+        assert_eq!(w["session"], json!(42));
+        assert!(w.get("seq").is_none() && w.get("historical").is_none());
     }
 }

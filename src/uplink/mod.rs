@@ -9,6 +9,7 @@
 //! - [`message`]: contract payloads and the envelope.
 //! - [`telemetry`]: the deadband/heartbeat filter (pure).
 //! - [`pacing`]: reconnect backoff and the historical rate limit (pure).
+//! - [`session`]: the persisted connection counter of the status messages.
 //! - [`tls`]: URL, rustls configuration, password.
 //! - `connection`: one connection's life (birth, drain, orders, goodbye).
 //!
@@ -20,6 +21,7 @@ mod connection;
 pub mod message;
 pub mod outbox;
 pub mod pacing;
+pub mod session;
 pub mod telemetry;
 pub mod tls;
 
@@ -308,35 +310,42 @@ pub async fn run_uplink(
 
 async fn serve(shared: &connection::Shared, cfg: &UplinkConfig) -> Result<(), UplinkError> {
     let mut backoff = pacing::Backoff::new(cfg.backoff_min_ms, cfg.backoff_max_ms);
-    // Birth and will/goodbye seqs, reserved until a connection gets its CONNACK.
-    let mut status_seq: Option<u64> = None;
     loop {
         if shared.shutdown.is_cancelled() {
             return Ok(());
         }
-        let seq = match status_seq {
-            Some(s) => s,
-            None => {
-                let s = shared.store.call(|c| outbox::take_seqs(c, 2)).await?;
-                status_seq = Some(s);
-                s
-            }
-        };
         if let Ok(k) = shared.store.call(|c| outbox::counts(c)).await {
             shared.stats.set_counts(k);
         }
-        match connection::run(shared, seq).await {
-            Ok(connection::Ended::Shutdown) => return Ok(()),
-            Ok(connection::Ended::Lost {
-                connected,
-                healthy,
-                error,
-            }) => {
+        // The session is committed before the CONNECT (the will carries it);
+        // without it there is no connecting: a receiver could take a late
+        // will for the current one (see `session`).
+        let attempt = match shared.store.call(|c| session::begin(c)).await {
+            Ok(n) => connection::run(shared, n).await.map(|ended| (n, ended)),
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok((_, connection::Ended::Shutdown)) => return Ok(()),
+            Ok((
+                n,
+                connection::Ended::Lost {
+                    connected,
+                    session_spent,
+                    healthy,
+                    error,
+                },
+            )) => {
                 if connected {
-                    status_seq = None;
-                    tracing::warn!(error = %error, "uplink connection lost");
+                    tracing::warn!(error = %error, session = n, "uplink connection lost");
                 } else {
                     tracing::warn!(error = %error, "uplink cannot connect");
+                }
+                if !session_spent {
+                    // Not given back, the number is skipped: harmless.
+                    let given = shared.store.call(move |c| session::give_back(c, n)).await;
+                    if let Err(e) = given {
+                        tracing::warn!(error = %e, session = n, "could not give back an unused session number");
+                    }
                 }
                 shared.stats.set_last_error(Some(error));
                 if healthy {

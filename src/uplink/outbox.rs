@@ -28,8 +28,10 @@
 //! - `next_seq` only grows. A seq is taken in the same transaction as its
 //!   row, so a seq is never reused: not after the row is deleted, not after a
 //!   restart, a SIGKILL or a power loss (WAL, `synchronous = FULL`).
-//! - Status messages (birth, will, shutdown) take their seqs from the same
-//!   counter ([`take_seqs`]) but have no row: they are rebuilt on every connect.
+//! - A seq is only ever taken with its row. Status messages (birth, will,
+//!   shutdown) take none and have no row (contract v1.1; they carry the
+//!   connection's `session`, see `uplink::session`), so a seq missing at a
+//!   receiver is a lost message and nothing else.
 //! - Only the cap deletes a row that was not acknowledged, only `telemetry`
 //!   rows, oldest first, and every such deletion is counted in `dropped`
 //!   (the dropped seqs then show as gaps to a receiver, explained by the
@@ -290,14 +292,6 @@ fn enforce_cap(conn: &Connection, max_bytes: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Take `n` consecutive seqs without rows (status messages); returns the first.
-pub fn take_seqs(conn: &Connection, n: u64) -> Result<u64, StoreError> {
-    let first: i64 = conn
-        .prepare_cached(TAKE_SEQ)?
-        .query_row(params![clamp_i64(n)], |r| r.get(0))?;
-    Ok(first as u64)
-}
-
 /// Up to `limit` rows of `stream` with a seq above `after`, in seq order.
 pub fn next_batch(
     conn: &Connection,
@@ -420,8 +414,7 @@ mod tests {
         delete_acked(&c, &[a, b]).unwrap();
         let d = enqueue(&c, &msg(MessageClass::Durable, 1)).unwrap();
         assert_eq!(d, 3);
-        assert_eq!(take_seqs(&c, 2).unwrap(), 4);
-        assert_eq!(enqueue(&c, &msg(MessageClass::Durable, 1)).unwrap(), 6);
+        assert_eq!(enqueue(&c, &msg(MessageClass::Durable, 1)).unwrap(), 4);
     }
 
     #[test]

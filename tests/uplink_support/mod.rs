@@ -36,6 +36,10 @@ impl Seen {
     pub fn seq(&self) -> Option<u64> {
         self.json.get("seq").and_then(Value::as_u64)
     }
+    /// The connection number of a status message (contract v1.1).
+    pub fn session(&self) -> Option<u64> {
+        self.json.get("session").and_then(Value::as_u64)
+    }
     pub fn is_status(&self) -> bool {
         self.topic.ends_with("/status")
     }

@@ -45,6 +45,9 @@ pub struct BusStats {
     pub timeouts: AtomicU64,
     /// Connections opened again after one was dropped.
     pub reconnects: AtomicU64,
+    /// Serial buses: bytes heard that answered no request (line noise,
+    /// late replies, replies from other units), thrown away.
+    pub discarded_bytes: AtomicU64,
     machines: Mutex<BTreeMap<String, MachineHealth>>,
 }
 
@@ -66,6 +69,7 @@ pub struct BusStatsSnapshot {
     pub errors: u64,
     pub timeouts: u64,
     pub reconnects: u64,
+    pub discarded_bytes: u64,
     pub machines: BTreeMap<String, MachineHealth>,
 }
 
@@ -84,6 +88,7 @@ impl BusStats {
             errors: self.errors.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
+            discarded_bytes: self.discarded_bytes.load(Ordering::Relaxed),
             machines: self.health().clone(),
         }
     }

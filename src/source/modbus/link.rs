@@ -1,14 +1,17 @@
 //! One bus connection and the requests made over it.
 //!
-//! Owns the tokio-modbus context of a bus (a TCP connection shared by the
-//! unit ids behind it, or an open serial line), the rule that every request
-//! runs under the bus's `timeout_ms` (tokio-modbus has no timeout of its own),
-//! the rule that after a timeout, an I/O or protocol error or a malformed
-//! reply the connection is dropped and rebuilt on the next request (a reused
-//! context can hand back a stale reply), the `delay_ms` pause between
-//! requests, and the reply length checks. It also holds the one poll of a
-//! machine ([`poll_machine`]) and the write-with-read-back ([`write_verified`])
-//! that both the bus task and `read --once` use. It never schedules, never
+//! Owns the connection of a bus (a tokio-modbus TCP context shared by the
+//! unit ids behind it, or an open serial line with linegate's own RTU master,
+//! [`super::rtu`]), the rule that every request runs under the bus's
+//! `timeout_ms` (tokio-modbus has no timeout of its own), the rule that after
+//! a timeout, an I/O or protocol error or a malformed reply a TCP connection
+//! is dropped and rebuilt on the next request (a reused context can hand back
+//! a stale reply; a serial line is reopened only after an I/O error, since
+//! the RTU master discards stale input before every request itself), the
+//! `delay_ms` pause between requests, and the reply length checks. It also
+//! holds the one poll of a machine ([`poll_machine`]) and the
+//! write-with-read-back ([`write_verified`]) that both the bus task and
+//! `read --once` use. It never schedules, never
 //! retries and never sends samples.
 
 use std::sync::atomic::Ordering;
@@ -24,15 +27,29 @@ use tokio_util::sync::CancellationToken;
 use super::bus::BusStats;
 use super::decode::{decode_bit, decode_words, exception_name, Decoding};
 use super::plan::ReadRequest;
+use super::rtu::{Answer, RtuError, RtuLine, RtuRequest};
 use super::{RegisterWrite, WriteData, WriteError};
-use crate::config::{Area, BusConfig, MachineConfig, Parity, Transport};
+use crate::config::{Area, BusConfig, MachineConfig, Transport};
 use crate::source::{Readings, SignalError, SignalNames};
 
 /// Why a request got no usable reply; the machine counts as not answering.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum LinkError {
-    #[error("no reply from {target} within {timeout_ms} ms")]
-    Timeout { target: String, timeout_ms: u64 },
+    /// `note` adds what else is known (an earlier late reply), or is empty.
+    #[error("no reply from {target} within {timeout_ms} ms{note}")]
+    Timeout {
+        target: String,
+        timeout_ms: u64,
+        note: String,
+    },
+    /// Serial buses: something came, but no reply that answers the request
+    /// (a CRC error, a reply from another unit or to another request).
+    #[error("{what} on {target}, no valid reply within {timeout_ms} ms")]
+    WrongReply {
+        target: String,
+        what: String,
+        timeout_ms: u64,
+    },
     #[error("cannot connect to {target}: {reason}")]
     Connect { target: String, reason: String },
     #[error("connection to {target} failed: {reason}")]
@@ -49,11 +66,12 @@ pub(crate) enum Reply {
     Exception(u8),
 }
 
-/// A bus connection, opened on first use and rebuilt after any failure.
+/// A bus connection, opened on first use and rebuilt after a failure (TCP:
+/// any; serial: an I/O error).
 pub(crate) struct Link {
     bus: BusConfig,
-    /// `None` until the first request and after any failure.
-    ctx: Option<Context>,
+    /// `None` until the first request and after a failure that needs a new one.
+    conn: Option<Connection>,
     stats: Arc<BusStats>,
     /// `delay_ms` after the previous request ended: the earliest next
     /// request (`None` while `delay_ms` is 0: no pause to keep).
@@ -66,7 +84,7 @@ impl Link {
     pub(crate) fn new(bus: BusConfig, stats: Arc<BusStats>) -> Self {
         Self {
             bus,
-            ctx: None,
+            conn: None,
             stats,
             next_request_at: None,
             connected_before: false,
@@ -91,37 +109,39 @@ impl Link {
 
     /// Forget the connection; the next request opens a new one.
     pub(crate) fn drop_connection(&mut self) {
-        self.ctx = None;
+        self.conn = None;
     }
 
     async fn connect(&mut self) -> Result<(), LinkError> {
         let target = self.target();
-        let opened = tokio::time::timeout(self.timeout(), open(&self.bus)).await;
-        let ctx = match opened {
+        let opened = tokio::time::timeout(self.timeout(), open(&self.bus, &self.stats)).await;
+        let conn = match opened {
             Err(_) => {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 return Err(LinkError::Timeout {
                     target,
                     timeout_ms: self.bus.timeout_ms,
+                    note: String::new(),
                 });
             }
             Ok(Err(reason)) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 return Err(LinkError::Connect { target, reason });
             }
-            Ok(Ok(ctx)) => ctx,
+            Ok(Ok(conn)) => conn,
         };
         if self.connected_before {
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         self.connected_before = true;
-        self.ctx = Some(ctx);
+        self.conn = Some(conn);
         Ok(())
     }
 
     /// Make one request to `unit`: connect if needed, wait out `delay_ms`,
-    /// then the request under the bus timeout. Any failure drops the connection.
+    /// then the request under the bus timeout. A failure drops a TCP connection;
+    /// a serial line only after an I/O error.
     pub(crate) async fn call(
         &mut self,
         unit: u8,
@@ -136,45 +156,90 @@ impl Link {
         if self.bus.delay_ms > 0 {
             self.next_request_at = Some(Instant::now() + Duration::from_millis(self.bus.delay_ms));
         }
-        if result.is_err() {
+        // A serial line stays open after a timeout or a wrong reply: its RTU
+        // master discards stale input itself and must keep listening for a
+        // late reply. Only an I/O error reopens it.
+        let keep_line = matches!(self.conn, Some(Connection::Rtu(_)))
+            && !matches!(result, Err(LinkError::Io { .. }));
+        if result.is_err() && !keep_line {
             self.drop_connection();
         }
         result
     }
 
     async fn call_now(&mut self, unit: u8, request: Request<'_>) -> Result<Reply, LinkError> {
-        if self.ctx.is_none() {
+        if self.conn.is_none() {
             self.connect().await?;
         }
         let timeout = self.timeout();
+        let timeout_ms = self.bus.timeout_ms;
         // The target is named only in errors: made when one happens.
-        let Some(ctx) = self.ctx.as_mut() else {
+        let Some(conn) = self.conn.as_mut() else {
             return Err(LinkError::Io {
                 target: self.target(),
                 reason: "not connected".into(),
             });
         };
-        ctx.set_slave(Slave(unit));
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(timeout, ctx.call(request)).await {
-            Err(_) => {
-                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                Err(LinkError::Timeout {
-                    target: self.target(),
-                    timeout_ms: self.bus.timeout_ms,
-                })
+        let line = match conn {
+            Connection::Rtu(line) => line,
+            Connection::Tcp(ctx) => {
+                ctx.set_slave(Slave(unit));
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                return match tokio::time::timeout(timeout, ctx.call(request)).await {
+                    Err(_) => {
+                        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        Err(LinkError::Timeout {
+                            target: self.target(),
+                            timeout_ms,
+                            note: String::new(),
+                        })
+                    }
+                    Ok(Err(e)) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        Err(LinkError::Io {
+                            target: self.target(),
+                            reason: describe_tcp_call_error(&e),
+                        })
+                    }
+                    Ok(Ok(Err(exception))) => Ok(Reply::Exception(u8::from(exception))),
+                    Ok(Ok(Ok(response))) => Ok(Reply::Response(response)),
+                };
             }
-            Ok(Err(e)) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                Err(LinkError::Io {
-                    target: self.target(),
-                    reason: describe_call_error(self.bus.transport, &e),
-                })
+        };
+        let result = match RtuRequest::new(unit, &request) {
+            Err(e) => Err(e),
+            Ok(framed) => {
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                match line.transact(&framed, timeout).await {
+                    Ok(Answer::Exception(code)) => Ok(Reply::Exception(code)),
+                    Ok(Answer::Data(data)) => Ok(Reply::Response(framed.response(&data))),
+                    Err(e) => Err(e),
+                }
             }
-            Ok(Ok(Err(exception))) => Ok(Reply::Exception(u8::from(exception))),
-            Ok(Ok(Ok(response))) => Ok(Reply::Response(response)),
-        }
+        };
+        result.map_err(|e| {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            let target = self.target();
+            match e {
+                RtuError::NoReply { late_reply } => {
+                    self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    LinkError::Timeout {
+                        target,
+                        timeout_ms,
+                        note: late_reply,
+                    }
+                }
+                RtuError::WrongReply(misfit) => LinkError::WrongReply {
+                    target,
+                    what: misfit.to_string(),
+                    timeout_ms,
+                },
+                RtuError::Io(reason) | RtuError::Unsupported(reason) => {
+                    LinkError::Io { target, reason }
+                }
+            }
+        })
     }
 
     /// A reply that does not fit its request: count it and start afresh.
@@ -184,13 +249,19 @@ impl Link {
     }
 }
 
+/// An open bus connection.
+enum Connection {
+    Tcp(Context),
+    Rtu(RtuLine),
+}
+
 /// The reason of a failed request. tokio-modbus reports a TCP connection
 /// that the device closed before replying as whatever `errno` last held
 /// ("Operation now in progress (os error 115)" after a fresh connect): say
 /// what happened instead.
-fn describe_call_error(transport: Transport, e: &tokio_modbus::Error) -> String {
+fn describe_tcp_call_error(e: &tokio_modbus::Error) -> String {
     use std::io::ErrorKind;
-    if let (Transport::Tcp, tokio_modbus::Error::Transport(io)) = (transport, e) {
+    if let tokio_modbus::Error::Transport(io) = e {
         let leftover_errno = matches!(
             io.raw_os_error(),
             Some(0) | Some(libc::EINPROGRESS) | Some(libc::EAGAIN)
@@ -211,7 +282,7 @@ fn describe_call_error(transport: Transport, e: &tokio_modbus::Error) -> String 
 }
 
 /// Open the transport of a bus. Errors are the reason, for a [`LinkError`].
-async fn open(bus: &BusConfig) -> Result<Context, String> {
+async fn open(bus: &BusConfig, stats: &Arc<BusStats>) -> Result<Connection, String> {
     match bus.transport {
         Transport::Tcp => {
             let address = bus.address.as_deref().ok_or("the bus has no address")?;
@@ -220,29 +291,9 @@ async fn open(bus: &BusConfig) -> Result<Context, String> {
                 .map_err(|e| e.to_string())?;
             // Requests are small and strictly one at a time: send them at once.
             let _ = stream.set_nodelay(true);
-            Ok(tokio_modbus::client::tcp::attach(stream))
+            Ok(Connection::Tcp(tokio_modbus::client::tcp::attach(stream)))
         }
-        Transport::Rtu => {
-            let device = bus.device.as_deref().ok_or("the bus has no device")?;
-            let builder = tokio_serial::new(device, bus.baud)
-                .parity(match bus.parity {
-                    Parity::None => tokio_serial::Parity::None,
-                    Parity::Even => tokio_serial::Parity::Even,
-                    Parity::Odd => tokio_serial::Parity::Odd,
-                })
-                .data_bits(match bus.data_bits {
-                    5 => tokio_serial::DataBits::Five,
-                    6 => tokio_serial::DataBits::Six,
-                    7 => tokio_serial::DataBits::Seven,
-                    _ => tokio_serial::DataBits::Eight,
-                })
-                .stop_bits(match bus.stop_bits {
-                    2 => tokio_serial::StopBits::Two,
-                    _ => tokio_serial::StopBits::One,
-                });
-            let serial = tokio_serial::SerialStream::open(&builder).map_err(|e| e.to_string())?;
-            Ok(tokio_modbus::client::rtu::attach(serial))
-        }
+        Transport::Rtu => Ok(Connection::Rtu(RtuLine::open(bus, stats.clone())?)),
         Transport::Mqtt => Err("an mqtt bus is not a Modbus bus".into()),
     }
 }

@@ -4,6 +4,8 @@
 //! - [`plan`]: which requests read a machine's signals (pure).
 //! - [`decode`]: registers and bits to values and back, exception names (pure).
 //! - `link`: one bus connection, every request under a timeout, one machine's poll.
+//! - `rtu`: the RTU master of a serial bus: frames, CRC, and the rule that a
+//!   reply is taken only for the request it answers.
 //! - [`bus`]: the polling task of a bus: schedule, backoff, writes, counters.
 //! - [`once`]: `linegate read --once`, built on the same poll as the bus task.
 //!
@@ -15,6 +17,7 @@ pub mod decode;
 mod link;
 pub mod once;
 pub mod plan;
+mod rtu;
 
 pub use bus::{run_bus, BusStats, BusStatsSnapshot, MachineHealth};
 pub use decode::{decode_bit, decode_registers, encode_registers, exception_name, EncodeError};

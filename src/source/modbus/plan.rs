@@ -157,6 +157,9 @@ mod tests {
             backoff_max_ms: 60_000,
             client_id: None,
             stale_ms: 10_000,
+            max_payload_bytes: 1024 * 1024,
+            retained: Default::default(),
+            timestamp_pointer: None,
         }
     }
 
