@@ -90,13 +90,17 @@ fn walk_value(text: &str, value: &Spanned<DeValue<'_>>, path: &str, issues: &mut
     match value.get_ref() {
         DeValue::Integer(i) => {
             if i64::from_str_radix(i.as_str(), i.radix()).is_err() {
+                let (what, bound) = if i.as_str().starts_with('-') {
+                    ("small", format!("down to {}", i64::MIN))
+                } else {
+                    ("large", format!("up to {}", i64::MAX))
+                };
                 issues.push(ConfigIssue {
                     key: path.to_string(),
                     message: format!(
-                        "{}: {} is too large for any setting (whole numbers go up to {})",
+                        "{}: {} is too {what} for any setting (whole numbers go {bound})",
                         at(),
                         &text[value.span()],
-                        i64::MAX
                     ),
                 });
             }
@@ -144,7 +148,7 @@ mod tests {
 
     #[test]
     fn numbers_that_do_not_fit_are_named_with_their_key_and_line() {
-        let text = "[[bus]]\nid = \"a\"\ntimeout_ms = 99999999999999999999\n\
+        let text = "[[bus]]\nid = \"a\"\ntimeout_ms = 99999999999999999999\ndelay_ms = -99999999999999999999\n\
                     [[machine]]\n[machine.orders]\nquantity = { max = inf, min = 1.0 }\n\
                     params = { speed = { max = nan } }\n[[machine]]\nx = [1.0, -inf]\n";
         let issues = number_issues(text);
@@ -153,6 +157,7 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "bus[0].delay_ms",
                 "bus[0].timeout_ms",
                 "machine[0].orders.params.speed.max",
                 "machine[0].orders.quantity.max",
@@ -171,6 +176,7 @@ mod tests {
             of("bus[0].timeout_ms").contains("line 3, column 14"),
             "{issues:?}"
         );
+        assert!(of("bus[0].delay_ms").contains("too small"), "{issues:?}");
         assert!(
             of("machine[0].orders.quantity.max").contains("inf is not a finite number"),
             "{issues:?}"
