@@ -11,9 +11,14 @@
 //!   plus the bus `timeout_ms`; MQTT: the bus `stale_ms`) is offline from
 //!   its last good read, and periods close on time.
 //! - Each machine's live [`MachineView`] is published on its `watch`.
-//! - [`EngineHandle::snapshot`] returns every machine's open period for the
-//!   store; on shutdown the engine attributes time up to each last read and
-//!   returns the final snapshots. Pass them back in at the next start.
+//! - Snapshots go into the event stream, so the store keeps them in order
+//!   with the changes: one right after every state change or period of a
+//!   machine, every machine's every [`SNAPSHOT_EVERY_TICKS`] ticks, and on
+//!   shutdown (after the engine attributed time up to each last read). Each
+//!   tick also sends every machine's "attributed up to" mark
+//!   ([`MachineEvent::Observed`]), so a crash costs at most about a second.
+//!   The final snapshots are returned too; pass them back in at the next
+//!   start. [`EngineHandle::snapshot`] returns them on request.
 //!
 //! It never reads devices, writes SQLite or talks MQTT.
 
@@ -37,6 +42,10 @@ use crate::systemd::Heartbeat;
 
 /// How often machines without samples are advanced.
 pub const TICK_MS: u64 = 1000;
+
+/// Every machine's snapshot is sent every this many ticks (besides the one
+/// after each of its changes and periods).
+pub const SNAPSHOT_EVERY_TICKS: u32 = 5;
 
 /// Why the engine cannot start (a config that passed validation never fails here).
 #[derive(Debug, thiserror::Error)]
@@ -327,6 +336,36 @@ struct Machine {
     tracker: MachineTracker,
     view: Option<watch::Sender<MachineView>>,
     span: tracing::Span,
+    /// The last "attributed up to" mark sent.
+    marked: DateTime<Utc>,
+}
+
+impl Machine {
+    /// After what the tracker added to `out` from `from` on: its snapshot,
+    /// when that holds a state change or a period (the store commits them
+    /// together), or when `always`.
+    fn follow_with_snapshot(&self, from: usize, always: bool, out: &mut Vec<MachineEvent>) {
+        let durable = out[from.min(out.len())..]
+            .iter()
+            .any(|e| matches!(e, MachineEvent::State(_) | MachineEvent::Period(_)));
+        if durable || always {
+            out.push(MachineEvent::Snapshot(Box::new(
+                self.tracker.snapshot(Utc::now()),
+            )));
+        }
+    }
+
+    /// The "attributed up to" mark, when it moved.
+    fn mark(&mut self, out: &mut Vec<MachineEvent>) {
+        let to = self.tracker.account.committed_to();
+        if to > self.marked {
+            self.marked = to;
+            out.push(MachineEvent::Observed {
+                machine: self.tracker.account.machine().to_string(),
+                to,
+            });
+        }
+    }
 }
 
 /// Send what the trackers produced: state changes and periods wait for
@@ -415,6 +454,7 @@ async fn run_engine_loop(
     let mut machines: rustc_hash::FxHashMap<String, Machine> = Default::default();
     for m in &config.machine {
         let span = tracing::info_span!("machine", machine = %m.id);
+        let from = out.len();
         let tracker = {
             let _g = span.enter();
             MachineTracker::new(
@@ -427,11 +467,14 @@ async fn run_engine_loop(
                 &mut out,
             )?
         };
+        let marked = tracker.account.committed_to();
         let machine = Machine {
             tracker,
             view: views.remove(&m.id),
             span,
+            marked,
         };
+        machine.follow_with_snapshot(from, false, &mut out);
         publish(&machine);
         machines.insert(m.id.clone(), machine);
     }
@@ -444,6 +487,7 @@ async fn run_engine_loop(
     let mut commands_open = true;
     let mut unknown_warned: std::collections::HashSet<String> = Default::default();
     let mut beat = heartbeat.ticker();
+    let mut ticks = 0u32;
     loop {
         heartbeat.beat();
         tokio::select! {
@@ -455,10 +499,12 @@ async fn run_engine_loop(
                     let mono = mono_ms(origin, sample.mono);
                     match machines.get_mut(&sample.machine) {
                         Some(m) => {
+                            let from = out.len();
                             {
                                 let _g = m.span.enter();
                                 m.tracker.on_sample(&sample, mono, &mut out);
                             }
+                            m.follow_with_snapshot(from, false, &mut out);
                             publish(m);
                         }
                         None => {
@@ -484,11 +530,16 @@ async fn run_engine_loop(
             },
             _ = ticker.tick() => {
                 let mono = mono_ms(origin, Instant::now());
+                ticks = ticks.wrapping_add(1);
+                let all = ticks % SNAPSHOT_EVERY_TICKS == 0;
                 for m in machines.values_mut() {
+                    let from = out.len();
                     {
                         let _g = m.span.enter();
                         m.tracker.tick(mono, &mut out);
                     }
+                    m.follow_with_snapshot(from, all, &mut out);
+                    m.mark(&mut out);
                     publish(m);
                 }
             }
@@ -501,7 +552,10 @@ async fn run_engine_loop(
     for (id, m) in machines.iter_mut() {
         let _g = m.span.enter();
         m.tracker.account.stop(&mut out);
-        snapshots.push((id.clone(), m.tracker.snapshot(now)));
+        let snap = m.tracker.snapshot(now);
+        // Last in the stream: no older snapshot is stored after it.
+        out.push(MachineEvent::Snapshot(Box::new(snap.clone())));
+        snapshots.push((id.clone(), snap));
     }
     deliver(&events, &mut out, &mut dropped).await;
     snapshots.sort_by(|a, b| a.0.cmp(&b.0));
