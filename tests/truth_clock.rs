@@ -176,7 +176,7 @@ fn check_run(dir: &std::path::Path, run: &Run, sub: &Subscriber, ids: &[String])
             );
         }
         let truth = truth_timeline(&dir.join("truth.jsonl"), id);
-        let worst = assert_periods_match_truth(
+        let (worst, changes) = assert_periods_match_truth(
             id,
             &periods,
             &truth,
@@ -186,8 +186,10 @@ fn check_run(dir: &std::path::Path, run: &Run, sub: &Subscriber, ids: &[String])
             },
             &[(first_real, last_real)],
         );
+        assert!(changes >= 3, "{id}: the line should change state often: {changes}");
         println!(
-            "{id}: {} periods, {observed_ms} ms observed, worst state off by {worst} ms",
+            "{id}: {} periods, {observed_ms} ms observed, {changes} truth changes, \
+             worst state off by {worst} ms",
             periods.len()
         );
         every.extend(periods);

@@ -30,8 +30,8 @@ pub use common::Mosquitto;
 pub const BIN: &str = env!("CARGO_BIN_EXE_linegate");
 /// The agent's poll interval in these tests.
 pub const POLL_MS: u64 = 100;
-/// Speed of the simulated line: spells of 0.25 s to 45 s.
-pub const SPEED: f64 = 20.0;
+/// Speed of the simulated line: spells of 0.1 s to 18 s.
+pub const SPEED: f64 = 50.0;
 /// The tolerance: per state and period, 0.5 s plus 0.3 s per state
 /// change of the truth in the period.
 pub const TOLERANCE_MS: i64 = 500;
@@ -452,15 +452,17 @@ pub fn one_timeline_of_periods(stored: &Stored, machine: &str) -> Vec<ClosedPeri
 /// Each period's seconds per machine state (running, idle, down, setup) are
 /// the truth's over the same real time, within the tolerance; `real` maps a
 /// period to the real time it covers, `observed` are the real windows in
-/// which the agent was reading the machine. Returns the worst error in ms.
+/// which the agent was reading the machine. Returns the worst error in ms
+/// and the number of truth changes compared.
 pub fn assert_periods_match_truth(
     machine: &str,
     periods: &[ClosedPeriod],
     truth: &Timeline,
     real: impl Fn(&ClosedPeriod) -> (DateTime<Utc>, DateTime<Utc>),
     observed: &[(DateTime<Utc>, DateTime<Utc>)],
-) -> i64 {
+) -> (i64, usize) {
     let mut worst = 0;
+    let mut all_changes = 0;
     for p in periods {
         let (from, to) = real(p);
         let mut t: BTreeMap<MachineState, i64> = BTreeMap::new();
@@ -474,6 +476,7 @@ pub fn assert_periods_match_truth(
                 changes += changes_within(truth, a, b);
             }
         }
+        all_changes += changes;
         let bound = TOLERANCE_MS + TOLERANCE_PER_CHANGE_MS * changes as i64;
         let agent = seconds_ms(&p.seconds);
         for s in [
@@ -493,7 +496,7 @@ pub fn assert_periods_match_truth(
             );
         }
     }
-    worst
+    (worst, all_changes)
 }
 
 /// Every stored period of `machine` was published exactly once, with the
