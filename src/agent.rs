@@ -364,11 +364,7 @@ impl Pipeline {
                 }
             });
         }
-        downstream.spawn(housekeeping(
-            store.clone(),
-            config.clone(),
-            stop.clone(),
-        ));
+        downstream.spawn(housekeeping(store.clone(), config.clone(), stop.clone()));
         downstream.spawn(record(
             event_rx,
             store.clone(),
@@ -471,12 +467,8 @@ async fn save_snapshots(
 
 /// Applies the retention hourly. (The open periods are saved by the engine
 /// through the event stream, with the changes they follow, and an
-/// "observed up to" mark every second: see `machine::history`.)
-async fn housekeeping(
-    store: Store,
-    config: Arc<Config>,
-    stop: CancellationToken,
-) {
+/// "observed up to" mark about twice a second: see `machine::history`.)
+async fn housekeeping(store: Store, config: Arc<Config>, stop: CancellationToken) {
     let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
     let days = config.store.retention_days;
     loop {

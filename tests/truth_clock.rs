@@ -117,7 +117,12 @@ async fn run_with_steps(
 
 /// Everything the clock rule promises, for every machine. Returns each
 /// machine's periods.
-fn check_run(dir: &std::path::Path, run: &Run, sub: &Subscriber, ids: &[String]) -> Vec<ClosedPeriod> {
+fn check_run(
+    dir: &std::path::Path,
+    run: &Run,
+    sub: &Subscriber,
+    ids: &[String],
+) -> Vec<ClosedPeriod> {
     let stored = read_store(&data_dir(dir));
     let epochs = epochs(&run.written);
     let mut every = Vec::new();
@@ -186,7 +191,10 @@ fn check_run(dir: &std::path::Path, run: &Run, sub: &Subscriber, ids: &[String])
             },
             &[(first_real, last_real)],
         );
-        assert!(changes >= 3, "{id}: the line should change state often: {changes}");
+        assert!(
+            changes >= 3,
+            "{id}: the line should change state often: {changes}"
+        );
         println!(
             "{id}: {} periods, {observed_ms} ms observed, {changes} truth changes, \
              worst state off by {worst} ms",

@@ -110,11 +110,22 @@ async fn crash_and_check(
         if let Some(from) = open {
             windows.push((from, end));
         }
-        assert_eq!(windows.len(), 2, "{id}: read before and after the crash: {windows:?}");
-        assert_eq!(windows[0].1, crash.0, "{id}: the first run ends where offline starts");
+        assert_eq!(
+            windows.len(),
+            2,
+            "{id}: read before and after the crash: {windows:?}"
+        );
+        assert_eq!(
+            windows[0].1, crash.0,
+            "{id}: the first run ends where offline starts"
+        );
         let truth = truth_timeline(&truth, id);
-        let (worst, changes) = assert_periods_match_truth(id, &periods, &truth, |p| (p.start, p.end), &windows);
-        assert!(changes >= 3, "{id}: the line should change state often: {changes}");
+        let (worst, changes) =
+            assert_periods_match_truth(id, &periods, &truth, |p| (p.start, p.end), &windows);
+        assert!(
+            changes >= 3,
+            "{id}: the line should change state often: {changes}"
+        );
         println!(
             "{id}: {} periods, {changes} truth changes, worst state off by {worst} ms",
             periods.len()
@@ -151,7 +162,11 @@ async fn a_sigkill_mid_period_loses_at_most_a_second_and_the_timeline_stays_mono
             .iter()
             .filter(|p| &p.machine == id && p.start < crash.killed_at && p.end > crash.killed_at)
             .collect();
-        assert_eq!(across.len(), 1, "{id}: the period open at the kill is stored once");
+        assert_eq!(
+            across.len(),
+            1,
+            "{id}: the period open at the kill is stored once"
+        );
         assert_eq!(across[0].end, boundary, "{id}: and closes at its end");
         assert!(
             across[0].seconds.offline >= 2.0,
@@ -177,7 +192,11 @@ async fn a_sigkill_just_after_a_period_boundary_keeps_that_period_once() {
             .iter()
             .filter(|p| &p.machine == id && p.end == boundary)
             .collect();
-        assert_eq!(ending.len(), 1, "{id}: the period ending at the boundary, once");
+        assert_eq!(
+            ending.len(),
+            1,
+            "{id}: the period ending at the boundary, once"
+        );
         let from_boundary = stored
             .snapshots
             .get(id)

@@ -58,8 +58,8 @@ use serde::{Deserialize, Serialize};
 use super::counters::{CountDelta, MachineCounters};
 use super::shift::ShiftCalendar;
 use super::{
-    ClockStep, ClosedPeriod, Kpi, MachineEvent, MachineState, PeriodCounts, PeriodKind, StateChange,
-    StateSeconds,
+    ClockStep, ClosedPeriod, Kpi, MachineEvent, MachineState, PeriodCounts, PeriodKind,
+    StateChange, StateSeconds,
 };
 use crate::config::{Config, MachineConfig};
 
@@ -74,7 +74,11 @@ pub enum WallClock {
     /// The wall clock stepped by `by_ms` (negative: backwards); the timeline
     /// moves forward by `jump_ms` (0 unless the wall clock is now ahead of
     /// it) and then runs `lag_ms` ahead of the wall clock.
-    Stepped { by_ms: i64, jump_ms: i64, lag_ms: i64 },
+    Stepped {
+        by_ms: i64,
+        jump_ms: i64,
+        lag_ms: i64,
+    },
 }
 
 /// The clock rule. `timeline_ms` is the timeline's now, `wall_ms` the wall
@@ -1583,7 +1587,10 @@ mod tests {
             (t("2026-03-02T10:01:29Z"), t("2026-03-02T10:15:00Z"))
         );
         assert_eq!(p[1].clock_step, None);
-        assert_eq!(p[1].seconds.idle, 1.0, "the read before the step carries on");
+        assert_eq!(
+            p[1].seconds.idle, 1.0,
+            "the read before the step carries on"
+        );
         let observed: f64 = all.iter().map(total_s).sum();
         assert_eq!(observed, 20.0 * 60.0 - 1.0);
         assert_sums(&p);
@@ -1617,7 +1624,11 @@ mod tests {
         });
         let first = first.expect("a change at the restart");
         assert_eq!(first.state, MachineState::Offline);
-        assert_eq!(first.prev, Some(MachineState::Down), "prev: the state last published");
+        assert_eq!(
+            first.prev,
+            Some(MachineState::Down),
+            "prev: the state last published"
+        );
         assert_eq!(first.since, t("2026-03-02T10:03:59Z"), "from the last mark");
         assert!(first.since >= published.1, "since never goes back");
         l2.hold(0, 10 * MIN, S, state(MachineState::Running));

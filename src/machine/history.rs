@@ -17,9 +17,9 @@
 //!   one right after every state change or period (same or next event, and
 //!   the agent commits them in one transaction) and every few seconds.
 //! - `machine_observed` (migration "observation marks"): up to when each
-//!   machine's time was attributed, written every second; loaded into the
-//!   snapshot's `observed_to`, so a crash costs at most about a second of
-//!   observed time.
+//!   machine's time was attributed, written about twice a second; loaded
+//!   into the snapshot's `observed_to`, so a crash costs at most about half
+//!   a second of observed time.
 //!
 //! Instants are stored as RFC 3339 UTC text with milliseconds
 //! (`2026-11-26T08:00:00.125Z`), which sorts in time order.
@@ -230,10 +230,7 @@ pub fn load_snapshots(conn: &Connection) -> Result<Vec<(String, AccountSnapshot)
         let (machine, json) = row?;
         match serde_json::from_str::<AccountSnapshot>(&json) {
             Ok(mut s) => {
-                s.observed_to = marks
-                    .get(&machine)
-                    .copied()
-                    .filter(|m| *m > s.committed_to);
+                s.observed_to = marks.get(&machine).copied().filter(|m| *m > s.committed_to);
                 out.push((machine, s))
             }
             Err(e) => {

@@ -152,9 +152,12 @@ pub enum MachineEvent {
     /// after every state change or period it sends (so the store never holds
     /// a change newer than the snapshot it resumes from) and every few seconds.
     Snapshot(Box<accounting::AccountSnapshot>),
-    /// A machine's time is attributed up to `to` (sent every second, so a
-    /// crash loses at most about that much observed time to `offline`).
-    Observed { machine: String, to: DateTime<Utc> },
+    /// A machine's time is attributed up to `to` (sent about twice a second,
+    /// so a crash loses at most about that much observed time to `offline`).
+    Observed {
+        machine: String,
+        to: DateTime<Utc>,
+    },
 }
 
 /// The live view of one machine that other parts of the agent watch (order

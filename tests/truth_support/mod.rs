@@ -171,7 +171,11 @@ impl AgentProcess {
         let mut c = self.child.take().expect("a running agent");
         for _ in 0..300 {
             if let Ok(Some(status)) = c.try_wait() {
-                assert!(status.success(), "agent exit {status}:\n{}", self.log_text());
+                assert!(
+                    status.success(),
+                    "agent exit {status}:\n{}",
+                    self.log_text()
+                );
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
