@@ -142,8 +142,8 @@ fn check_run(
         // offline to its last attributed instant.
         let first_seen = msgs
             .iter()
-            .find(|m| m.1 != "offline")
-            .map(|m| m.0)
+            .find(|m| m.state != "offline")
+            .map(|m| m.since)
             .expect("the machine was seen");
         let last = stored.snapshots[id].committed_to;
         let real = |label: DateTime<Utc>| label - offset_at(&epochs, label);

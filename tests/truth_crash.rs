@@ -62,16 +62,16 @@ async fn crash_and_check(
         let crash = msgs
             .iter()
             .find(|m| {
-                m.1 == "offline"
-                    && m.3.as_deref() == Some("agent not running")
-                    && m.0 > started + ChronoDuration::seconds(1)
+                m.state == "offline"
+                    && m.reason.as_deref() == Some("agent not running")
+                    && m.since > started + ChronoDuration::seconds(1)
             })
             .unwrap_or_else(|| panic!("{id}: no offline spell for the crash: {msgs:?}"));
-        let lost = ms(killed_at - crash.0);
+        let lost = ms(killed_at - crash.since);
         assert!(
             (0..=MAX_LOST_MS).contains(&lost),
             "{id}: offline from {}, killed at {killed_at}: {lost} ms of observed time lost",
-            crash.0
+            crash.since
         );
         println!("{id}: the crash cost {lost} ms of observed time");
 
@@ -116,7 +116,7 @@ async fn crash_and_check(
             "{id}: read before and after the crash: {windows:?}"
         );
         assert_eq!(
-            windows[0].1, crash.0,
+            windows[0].1, crash.since,
             "{id}: the first run ends where offline starts"
         );
         let truth = truth_timeline(&truth, id);

@@ -545,39 +545,41 @@ pub fn assert_published_once(machine: &str, stored: &[ClosedPeriod], sub: &Subsc
     }
 }
 
+/// One published state message.
+#[derive(Debug, Clone)]
+pub struct StateMessage {
+    pub since: DateTime<Utc>,
+    pub state: String,
+    pub prev: Option<String>,
+    pub reason: Option<String>,
+}
+
 /// The state messages of `machine`, in `seq` order: `since` never goes
-/// back, and each `prev` is the state of the message before it. Returns
-/// them as (since, state, prev, reason).
-pub fn assert_state_messages_monotonic(
-    machine: &str,
-    sub: &Subscriber,
-) -> Vec<(DateTime<Utc>, String, Option<String>, Option<String>)> {
-    let msgs: Vec<_> = sub
+/// back, and each `prev` is the state of the message before it.
+pub fn assert_state_messages_monotonic(machine: &str, sub: &Subscriber) -> Vec<StateMessage> {
+    let msgs: Vec<StateMessage> = sub
         .messages(machine, "state")
         .into_iter()
-        .map(|v| {
-            let since = DateTime::parse_from_rfc3339(v["since"].as_str().expect("since"))
+        .map(|v| StateMessage {
+            since: DateTime::parse_from_rfc3339(v["since"].as_str().expect("since"))
                 .expect("since is RFC 3339")
-                .with_timezone(&Utc);
-            (
-                since,
-                v["state"].as_str().expect("state").to_string(),
-                v["prev"].as_str().map(str::to_string),
-                v["reason"].as_str().map(str::to_string),
-            )
+                .with_timezone(&Utc),
+            state: v["state"].as_str().expect("state").to_string(),
+            prev: v["prev"].as_str().map(str::to_string),
+            reason: v["reason"].as_str().map(str::to_string),
         })
         .collect();
     assert!(!msgs.is_empty(), "{machine}: no state message");
     for pair in msgs.windows(2) {
         assert!(
-            pair[1].0 >= pair[0].0,
+            pair[1].since >= pair[0].since,
             "{machine}: since goes back: {:?} then {:?}",
             pair[0],
             pair[1]
         );
         assert_eq!(
-            pair[1].2.as_deref(),
-            Some(pair[0].1.as_str()),
+            pair[1].prev.as_deref(),
+            Some(pair[0].state.as_str()),
             "{machine}: prev is not the state last published: {:?} then {:?}",
             pair[0],
             pair[1]
