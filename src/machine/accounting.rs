@@ -666,6 +666,34 @@ impl Account {
         }
     }
 
+    /// The wall clock at a monotonic instant without a read (the engine's
+    /// tick), for a machine silent for longer than `stale_ms`: applies the
+    /// clock rule, so a silent machine's periods follow a step too. (A
+    /// machine that is read sees the step at its next read; checking it
+    /// here could judge a read taken before the step, and still queued, as
+    /// a step back.)
+    pub fn wall_clock(
+        &mut self,
+        at: DateTime<Utc>,
+        mono_ms: i64,
+        stale_ms: i64,
+        out: &mut Vec<MachineEvent>,
+    ) {
+        let t = self.timeline(mono_ms);
+        if t - self.last_obs <= stale_ms {
+            return;
+        }
+        if let WallClock::Stepped {
+            by_ms,
+            jump_ms,
+            lag_ms,
+        } = judge_wall_clock(t, at.timestamp_millis(), self.wall_lag_ms)
+        {
+            self.clock_step(by_ms, jump_ms, out);
+            self.wall_lag_ms = lag_ms;
+        }
+    }
+
     /// A clean stop: attribute time up to the last read (a state still
     /// waiting out its dwell is dropped), so a snapshot holds everything known.
     pub fn stop(&mut self, out: &mut Vec<MachineEvent>) {
@@ -1594,6 +1622,56 @@ mod tests {
         let observed: f64 = all.iter().map(total_s).sum();
         assert_eq!(observed, 20.0 * 60.0 - 1.0);
         assert_sums(&p);
+    }
+
+    #[test]
+    fn a_silent_machine_follows_a_step_forward_on_the_tick() {
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, MIN, S, state(MachineState::Running)); // last read 10:00:59
+        let mut x = MIN;
+        while x <= 3 * MIN {
+            l.acc.tick(x, 5 * S, &mut l.out);
+            x += S;
+        }
+        // NTP steps the clock an hour forward; the machine stays silent.
+        l.wall_skew = 60 * MIN;
+        while x <= 20 * MIN {
+            let wall = l.wall(x);
+            l.acc.wall_clock(wall, x, 5 * S, &mut l.out);
+            l.acc.tick(x, 5 * S, &mut l.out);
+            x += S;
+        }
+        let all = assert_one_timeline(&l);
+        let p = l.intervals();
+        assert_eq!(
+            (p[0].start, p[0].end),
+            (t("2026-03-02T10:00:00Z"), t("2026-03-02T10:03:00Z"))
+        );
+        assert_eq!(p[0].clock_step, Some(ClockStep { by_s: 3600.0 }));
+        assert_eq!(p[0].seconds.running, 59.0);
+        assert_eq!(p[1].start, t("2026-03-02T11:03:00Z"));
+        assert_eq!(p[1].end, t("2026-03-02T11:15:00Z"));
+        assert_eq!(p[1].seconds.offline, 720.0);
+        let total: f64 = all.iter().map(total_s).sum();
+        assert_eq!(total, 20.0 * 60.0, "every monotonic second once");
+    }
+
+    #[test]
+    fn a_read_machine_does_not_judge_the_clock_on_the_tick() {
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, MIN, S, state(MachineState::Running));
+        l.wall_skew = 60 * MIN;
+        let wall = l.wall(MIN);
+        l.acc.wall_clock(wall, MIN, 5 * S, &mut l.out);
+        assert!(l.intervals().is_empty(), "the next read judges it");
+        // A read taken before the step, processed after the tick: steady.
+        l.wall_skew = 0;
+        l.read(MIN, state(MachineState::Running));
+        l.wall_skew = 60 * MIN;
+        l.hold(MIN + S, 2 * MIN, S, state(MachineState::Running));
+        let p = l.intervals();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].clock_step, Some(ClockStep { by_s: 3600.0 }));
     }
 
     #[test]

@@ -218,6 +218,12 @@ impl MachineTracker {
         self.account.tick(mono_ms, self.stale_ms, out);
     }
 
+    /// The wall clock at a tick: a machine silent for its staleness time
+    /// follows a wall-clock step without waiting for a read.
+    pub fn wall_clock(&mut self, at: DateTime<Utc>, mono_ms: i64, out: &mut Vec<MachineEvent>) {
+        self.account.wall_clock(at, mono_ms, self.stale_ms, out);
+    }
+
     pub fn view(&self) -> MachineView {
         let (state, since, reason) = self.account.state();
         MachineView {
@@ -536,12 +542,14 @@ async fn run_engine_loop(
             },
             _ = ticker.tick() => {
                 let mono = mono_ms(origin, Instant::now());
+                let wall = Utc::now();
                 ticks = ticks.wrapping_add(1);
                 let all = ticks % SNAPSHOT_EVERY_TICKS == 0;
                 for m in machines.values_mut() {
                     let from = out.len();
                     {
                         let _g = m.span.enter();
+                        m.tracker.wall_clock(wall, mono, &mut out);
                         m.tracker.tick(mono, &mut out);
                     }
                     m.follow_with_snapshot(from, all, &mut out);
