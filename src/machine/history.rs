@@ -509,6 +509,41 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_loads_with_the_observation_mark_only_when_the_mark_is_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (acc, _) = run("press07", 2);
+        let snap = acc.snapshot(t("2026-03-02T10:02:00Z"));
+        assert_eq!(snap.committed_to, t("2026-03-02T10:02:00Z"));
+        let mark = |at: &str| MachineEvent::Observed {
+            machine: "press07".into(),
+            to: t(at),
+        };
+        let (early, late) = (
+            mark("2026-03-02T10:01:30Z"),
+            mark("2026-03-02T10:02:45.500Z"),
+        );
+        let snapshot = MachineEvent::Snapshot(Box::new(snap));
+        let loaded = store
+            .call_blocking(move |c| {
+                assert!(!record(c, &snapshot)?, "a snapshot is not sent");
+                assert!(!record(c, &early)?, "a mark is not sent");
+                let before = load_snapshots(c)?;
+                record(c, &late)?;
+                Ok((before, load_snapshots(c)?))
+            })
+            .unwrap();
+        assert_eq!(
+            loaded.0[0].1.observed_to, None,
+            "a mark older than the snapshot"
+        );
+        assert_eq!(
+            loaded.1[0].1.observed_to,
+            Some(t("2026-03-02T10:02:45.500Z"))
+        );
+    }
+
+    #[test]
     fn a_period_closed_twice_keeps_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -36,7 +36,6 @@ pub const SPEED: f64 = 50.0;
 /// change of the truth in the period.
 pub const TOLERANCE_MS: i64 = 500;
 pub const TOLERANCE_PER_CHANGE_MS: i64 = 300;
-const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 /// The demo config's topic prefix.
 const PREFIX: &str = "linegate/v1/demo/gw-demo";
 
@@ -89,21 +88,31 @@ pub fn data_dir(dir: &Path) -> PathBuf {
 
 // ---------- a wall clock the test steps ----------
 
+/// Debian's libfaketime (multi-threaded build), for any architecture.
+fn faketime_lib() -> PathBuf {
+    let mut dirs = vec![PathBuf::from("/usr/lib/faketime")];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(entries.flatten().map(|e| e.path().join("faketime")));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("libfaketimeMT.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime is not installed: apt-get install libfaketime (scripts/test does)")
+}
+
 /// libfaketime's control file: the agent's wall clock is the real one plus
 /// the offset written here, read again on every clock call
 /// (`FAKETIME_NO_CACHE`); the monotonic clock is not faked.
 pub struct FakeClock {
     file: PathBuf,
+    lib: PathBuf,
 }
 
 impl FakeClock {
     pub fn new(dir: &Path, offset_s: i64) -> FakeClock {
-        assert!(
-            Path::new(FAKETIME_LIB).exists(),
-            "libfaketime is not installed ({FAKETIME_LIB}): apt-get install libfaketime"
-        );
         let c = FakeClock {
             file: dir.join("faketime.rc"),
+            lib: faketime_lib(),
         };
         c.set(offset_s);
         c
@@ -142,7 +151,7 @@ impl AgentProcess {
                     .expect("agent log"),
             );
         if let Some(c) = clock {
-            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+            cmd.env("LD_PRELOAD", &c.lib)
                 .env("FAKETIME_TIMESTAMP_FILE", &c.file)
                 .env("FAKETIME_NO_CACHE", "1")
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
