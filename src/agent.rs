@@ -364,12 +364,7 @@ impl Pipeline {
                 }
             });
         }
-        downstream.spawn(housekeeping(
-            engine.clone(),
-            store.clone(),
-            config.clone(),
-            stop.clone(),
-        ));
+        downstream.spawn(housekeeping(store.clone(), config.clone(), stop.clone()));
         downstream.spawn(record(
             event_rx,
             store.clone(),
@@ -470,25 +465,15 @@ async fn save_snapshots(
     }
 }
 
-/// Saves the open periods every few seconds (so a power loss costs at most
-/// that much attribution) and applies the retention hourly.
-async fn housekeeping(
-    engine: crate::machine::engine::EngineHandle,
-    store: Store,
-    config: Arc<Config>,
-    stop: CancellationToken,
-) {
-    let mut snapshot_tick = tokio::time::interval(Duration::from_secs(SNAPSHOT_EVERY_S));
+/// Applies the retention hourly. (The open periods are saved by the engine
+/// through the event stream, with the changes they follow, and an
+/// "observed up to" mark about twice a second: see `machine::history`.)
+async fn housekeeping(store: Store, config: Arc<Config>, stop: CancellationToken) {
     let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
     let days = config.store.retention_days;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = snapshot_tick.tick() => {
-                if let Some(s) = engine.snapshot().await {
-                    save_snapshots(&store, s).await;
-                }
-            }
             _ = retention_tick.tick() => {
                 let result = store
                     .call(move |c| crate::machine::history::apply_retention(c, Utc::now(), days))
@@ -502,9 +487,6 @@ async fn housekeeping(
         }
     }
 }
-
-/// How often open periods are saved.
-const SNAPSHOT_EVERY_S: u64 = 5;
 
 /// Copies what sources read onto the board and the store's last-value table,
 /// then hands the sample on to the engine unchanged.
@@ -832,6 +814,18 @@ async fn record(
                 Err(_) => break,
             }
         }
+        // A state change or period is committed with the snapshot the engine
+        // sends right after it, so a crash never leaves a stored change newer
+        // than the snapshot the next start resumes from.
+        while matches!(
+            batch.last(),
+            Some(MachineEvent::State(_) | MachineEvent::Period(_))
+        ) {
+            match events.recv().await {
+                Some(e) => batch.push(e),
+                None => break,
+            }
+        }
         let mut work: EventWork = Vec::with_capacity(batch.len());
         for event in batch.drain(..) {
             if let MachineEvent::State(change) = &event {
@@ -852,6 +846,7 @@ async fn record(
                 MachineEvent::Telemetry(t) => filter
                     .offer(t, tokio::time::Instant::now())
                     .map(|t| crate::uplink::message::telemetry_message(&t)),
+                MachineEvent::Snapshot(_) | MachineEvent::Observed { .. } => None,
             };
             let keep = !matches!(event, MachineEvent::Telemetry(_));
             if keep || outgoing.is_some() {

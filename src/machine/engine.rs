@@ -11,9 +11,15 @@
 //!   plus the bus `timeout_ms`; MQTT: the bus `stale_ms`) is offline from
 //!   its last good read, and periods close on time.
 //! - Each machine's live [`MachineView`] is published on its `watch`.
-//! - [`EngineHandle::snapshot`] returns every machine's open period for the
-//!   store; on shutdown the engine attributes time up to each last read and
-//!   returns the final snapshots. Pass them back in at the next start.
+//! - Snapshots go into the event stream, so the store keeps them in order
+//!   with the changes: one right after every state change or period of a
+//!   machine, every machine's every [`SNAPSHOT_EVERY_TICKS`] ticks, and on
+//!   shutdown (after the engine attributed time up to each last read). Each
+//!   tick, and a sample that moves it by [`MARK_EVERY_MS`], sends the
+//!   machine's "attributed up to" mark ([`MachineEvent::Observed`]), so a
+//!   crash turns at most about half a second of observed time into offline.
+//!   The final snapshots are returned too; pass them back in at the next
+//!   start. [`EngineHandle::snapshot`] returns them on request.
 //!
 //! It never reads devices, writes SQLite or talks MQTT.
 
@@ -37,6 +43,14 @@ use crate::systemd::Heartbeat;
 
 /// How often machines without samples are advanced.
 pub const TICK_MS: u64 = 1000;
+
+/// A machine's "attributed up to" mark is sent when it moved by this much
+/// since the last one (checked on every sample), and on every tick.
+pub const MARK_EVERY_MS: i64 = 500;
+
+/// Every machine's snapshot is sent every this many ticks (besides the one
+/// after each of its changes and periods).
+pub const SNAPSHOT_EVERY_TICKS: u32 = 5;
 
 /// Why the engine cannot start (a config that passed validation never fails here).
 #[derive(Debug, thiserror::Error)]
@@ -229,6 +243,12 @@ impl MachineTracker {
         self.account.tick(mono_ms, self.stale_ms, out);
     }
 
+    /// The wall clock at a tick: a machine silent for its staleness time
+    /// follows a wall-clock step without waiting for a read.
+    pub fn wall_clock(&mut self, at: DateTime<Utc>, mono_ms: i64, out: &mut Vec<MachineEvent>) {
+        self.account.wall_clock(at, mono_ms, self.stale_ms, out);
+    }
+
     pub fn view(&self) -> MachineView {
         let (state, since, reason) = self.account.state();
         MachineView {
@@ -352,6 +372,36 @@ struct Machine {
     tracker: MachineTracker,
     view: Option<watch::Sender<MachineView>>,
     span: tracing::Span,
+    /// The last "attributed up to" mark sent.
+    marked: DateTime<Utc>,
+}
+
+impl Machine {
+    /// After what the tracker added to `out` from `from` on: its snapshot,
+    /// when that holds a state change or a period (the store commits them
+    /// together), or when `always`.
+    fn follow_with_snapshot(&self, from: usize, always: bool, out: &mut Vec<MachineEvent>) {
+        let durable = out[from.min(out.len())..]
+            .iter()
+            .any(|e| matches!(e, MachineEvent::State(_) | MachineEvent::Period(_)));
+        if durable || always {
+            out.push(MachineEvent::Snapshot(Box::new(
+                self.tracker.snapshot(Utc::now()),
+            )));
+        }
+    }
+
+    /// The "attributed up to" mark, when it moved by at least `min_ms`.
+    fn mark(&mut self, min_ms: i64, out: &mut Vec<MachineEvent>) {
+        let to = self.tracker.account.committed_to();
+        if to > self.marked && (to - self.marked).num_milliseconds() >= min_ms {
+            self.marked = to;
+            out.push(MachineEvent::Observed {
+                machine: self.tracker.account.machine().to_string(),
+                to,
+            });
+        }
+    }
 }
 
 /// Send what the trackers produced: state changes and periods wait for
@@ -440,6 +490,7 @@ async fn run_engine_loop(
     let mut machines: rustc_hash::FxHashMap<String, Machine> = Default::default();
     for m in &config.machine {
         let span = tracing::info_span!("machine", machine = %m.id);
+        let from = out.len();
         let tracker = {
             let _g = span.enter();
             MachineTracker::new(
@@ -452,11 +503,14 @@ async fn run_engine_loop(
                 &mut out,
             )?
         };
+        let marked = tracker.account.committed_to();
         let machine = Machine {
             tracker,
             view: views.remove(&m.id),
             span,
+            marked,
         };
+        machine.follow_with_snapshot(from, false, &mut out);
         publish(&machine);
         machines.insert(m.id.clone(), machine);
     }
@@ -469,6 +523,7 @@ async fn run_engine_loop(
     let mut commands_open = true;
     let mut unknown_warned: std::collections::HashSet<String> = Default::default();
     let mut beat = heartbeat.ticker();
+    let mut ticks = 0u32;
     loop {
         heartbeat.beat();
         tokio::select! {
@@ -480,10 +535,13 @@ async fn run_engine_loop(
                     let mono = mono_ms(origin, sample.mono);
                     match machines.get_mut(&sample.machine) {
                         Some(m) => {
+                            let from = out.len();
                             {
                                 let _g = m.span.enter();
                                 m.tracker.on_sample(&sample, mono, &mut out);
                             }
+                            m.follow_with_snapshot(from, false, &mut out);
+                            m.mark(MARK_EVERY_MS, &mut out);
                             publish(m);
                         }
                         None => {
@@ -509,11 +567,18 @@ async fn run_engine_loop(
             },
             _ = ticker.tick() => {
                 let mono = mono_ms(origin, Instant::now());
+                let wall = Utc::now();
+                ticks = ticks.wrapping_add(1);
+                let all = ticks % SNAPSHOT_EVERY_TICKS == 0;
                 for m in machines.values_mut() {
+                    let from = out.len();
                     {
                         let _g = m.span.enter();
+                        m.tracker.wall_clock(wall, mono, &mut out);
                         m.tracker.tick(mono, &mut out);
                     }
+                    m.follow_with_snapshot(from, all, &mut out);
+                    m.mark(0, &mut out);
                     publish(m);
                 }
             }
@@ -526,7 +591,10 @@ async fn run_engine_loop(
     for (id, m) in machines.iter_mut() {
         let _g = m.span.enter();
         m.tracker.account.stop(&mut out);
-        snapshots.push((id.clone(), m.tracker.snapshot(now)));
+        let snap = m.tracker.snapshot(now);
+        // Last in the stream: no older snapshot is stored after it.
+        out.push(MachineEvent::Snapshot(Box::new(snap.clone())));
+        snapshots.push((id.clone(), snap));
     }
     deliver(&events, &mut out, &mut dropped).await;
     snapshots.sort_by(|a, b| a.0.cmp(&b.0));

@@ -905,6 +905,9 @@ mod tests {
             backoff_max_ms: 60_000,
             client_id: None,
             stale_ms: 10_000,
+            max_payload_bytes: 1024 * 1024,
+            retained: Default::default(),
+            timestamp_pointer: None,
         };
         // 11 bits a character at 9600 baud: 3.5 * 11 / 9600 s.
         assert_eq!(
