@@ -175,6 +175,9 @@ impl SimLine {
     /// Wait until every task of the line has ended (after the shutdown token
     /// was cancelled); the truth file is then complete.
     pub async fn stopped(self) {
+        // The switches hold a sender of the truth writer, which ends when
+        // every sender is gone.
+        drop(self.wires);
         for task in self.tasks {
             let _ = task.await;
         }
