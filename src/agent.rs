@@ -299,7 +299,10 @@ struct Task {
 }
 
 impl Task {
-    fn spawn(stop: CancellationToken, future: impl std::future::Future<Output = ()> + Send + 'static) -> Task {
+    fn spawn(
+        stop: CancellationToken,
+        future: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Task {
         Task {
             stop,
             handle: tokio::spawn(future),
@@ -578,7 +581,10 @@ impl Running {
                 .call(|c| crate::machine::history::load_snapshots(c))
                 .await
             {
-                Ok(all) => all.into_iter().filter(|(id, _)| added.contains(id)).collect(),
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|(id, _)| added.contains(id))
+                    .collect(),
                 Err(e) => {
                     error!(error = %e, "could not load machine snapshots; added machines start fresh");
                     Vec::new()
@@ -673,7 +679,9 @@ async fn forward_orders(
             Some(tx) => {
                 if let Err(e) = tx.send(message).await {
                     drop(e);
-                    warn!("order task gone while reloading: an order message is left unacknowledged");
+                    warn!(
+                        "order task gone while reloading: an order message is left unacknowledged"
+                    );
                 }
             }
             None => warn!("no order task while reloading: an order message is left unacknowledged"),

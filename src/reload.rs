@@ -246,7 +246,10 @@ url = "mqtt://127.0.0.1:1883"
         assert!(!plan.machines_or_buses_changed());
         let renamed = BASE.replace("id = \"gw1\"", "id = \"gw2\"");
         assert!(plan_reload(&config(BASE), &config(&renamed)).uplink_restarted);
-        let zone = BASE.replace("site = \"site1\"", "site = \"site1\"\ntimezone = \"Europe/Berlin\"");
+        let zone = BASE.replace(
+            "site = \"site1\"",
+            "site = \"site1\"\ntimezone = \"Europe/Berlin\"",
+        );
         let plan = plan_reload(&config(BASE), &config(&zone));
         assert!(!plan.uplink_restarted && plan.accounting_changed);
     }

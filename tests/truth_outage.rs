@@ -31,7 +31,11 @@ fn outages_s() -> Vec<u64> {
     match std::env::var("TRUTH_OUTAGE_S") {
         Ok(v) => v
             .split(',')
-            .map(|s| s.trim().parse().expect("TRUTH_OUTAGE_S: seconds, comma separated"))
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .expect("TRUTH_OUTAGE_S: seconds, comma separated")
+            })
             .collect(),
         Err(_) => vec![10, 30],
     }
@@ -52,7 +56,8 @@ fn agent_config(demo: &str) -> Config {
         }
     }
     assert!(text.contains(&format!("poll_ms = {POLL_MS}\n")), "{text}");
-    let config = Config::from_toml(&text, Path::new("outage.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        Config::from_toml(&text, Path::new("outage.toml")).unwrap_or_else(|e| panic!("{e}"));
     for bus in &config.bus {
         assert_eq!(
             (bus.backoff_min_ms, bus.backoff_max_ms, bus.backoff_after_ms),

@@ -139,7 +139,11 @@ impl MachineTracker {
     /// settings differ (period length, micro-stop, dwell, ideal cycle time,
     /// good counter, time zone): then the caller starts it again from its
     /// snapshot.
-    pub fn reconfigure(&mut self, config: &Config, machine: &MachineConfig) -> Result<bool, EngineError> {
+    pub fn reconfigure(
+        &mut self,
+        config: &Config,
+        machine: &MachineConfig,
+    ) -> Result<bool, EngineError> {
         let was = self.account.settings();
         let mut now = AccountSettings::from_config(config, machine, was.calendar.clone());
         let rules = StateRules::compile(machine.state.as_ref(), &machine.signal).map_err(|p| {
@@ -700,7 +704,9 @@ fn reconfigure(
                     m.tracker = t;
                     done.restarted.push(mc.id.clone());
                 }
-                Err(e) => tracing::error!(error = %e, "machine not restarted; it keeps its old config"),
+                Err(e) => {
+                    tracing::error!(error = %e, "machine not restarted; it keeps its old config")
+                }
             }
             publish(m);
             continue;
@@ -708,7 +714,15 @@ fn reconfigure(
         let span = tracing::info_span!("machine", machine = %mc.id);
         let tracker = {
             let _g = span.enter();
-            MachineTracker::new(&new, mc, new_calendar.clone(), resume.get(&mc.id), now, mono, out)
+            MachineTracker::new(
+                &new,
+                mc,
+                new_calendar.clone(),
+                resume.get(&mc.id),
+                now,
+                mono,
+                out,
+            )
         };
         match tracker {
             Ok(tracker) => {

@@ -137,7 +137,13 @@ impl BusStats {
 ///
 /// `jitter` (0..=1) adds up to a quarter of the wait (spreading the retries
 /// of devices that went silent together), never beyond `max_ms`.
-pub fn retry_delay(silent: Duration, min_ms: u64, max_ms: u64, steady_ms: u64, jitter: f64) -> Duration {
+pub fn retry_delay(
+    silent: Duration,
+    min_ms: u64,
+    max_ms: u64,
+    steady_ms: u64,
+    jitter: f64,
+) -> Duration {
     let silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX);
     let max_ms = max_ms.max(min_ms);
     let base = silent_ms.saturating_sub(steady_ms).clamp(min_ms, max_ms);
