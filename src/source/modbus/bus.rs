@@ -120,17 +120,18 @@ impl BusStats {
     }
 }
 
-/// How long after the start of a failed poll a silent machine is tried
-/// again, `silent` being how long it has been failing (from the start of its
-/// first failed poll to the start of this one).
+/// How long after a failed poll a silent machine is tried again, `silent`
+/// being how long it has been failing (from the start of its first failed
+/// poll to the start of this one).
 ///
 /// The rule it keeps: a failed poll ends at its first unanswered request, so
 /// every retry costs the bus neighbours at most one `timeout_ms`, whatever
 /// the interval. The interval only trades that cost against how late a
 /// device that answers again is seen:
-/// - for the first `steady_ms` of silence (`backoff_after_ms`), a retry every
-///   `min_ms` (`backoff_min_ms`): a device back from a short outage (a
-///   reboot, a pulled cable) is read again within `min_ms` plus jitter;
+/// - for the first `steady_ms` of silence (`backoff_after_ms`), a retry
+///   `min_ms` (`backoff_min_ms`) after the last one failed: a device back
+///   from a short outage (a reboot, a pulled cable) is read again within
+///   one timeout plus `min_ms` plus jitter (1.75 s by default);
 /// - after that the wait is the silence beyond `steady_ms`, at least `min_ms`
 ///   and at most `max_ms`: it doubles with each retry, so a device that is
 ///   switched off for the weekend costs one timeout per `max_ms`.
@@ -334,10 +335,10 @@ fn settle_poll(
                 bus.backoff_after_ms,
                 jitter,
             );
-            // Counted from the start of the failed poll, so the timeout it
-            // took does not lengthen the outage seen; never sooner than
-            // the machine's own poll interval, nor before this poll ended.
-            m.due = (started + delay.max(m.poll)).max(now);
+            // Counted from the end of the failed poll, so the neighbours
+            // get their turns between two retries; a device that answers
+            // again is read at most `timeout_ms` plus this wait later.
+            m.due = now + delay.max(m.poll);
             let reason = e.to_string();
             if m.failures == 1 {
                 warn!(machine = %id, "not answering: {reason}; retrying with backoff");
@@ -428,7 +429,7 @@ mod tests {
         for s in [0, 1, 10, 30, 59, 60] {
             assert_eq!(wait_ms(s, 0.0), 1000, "silent {s} s");
         }
-        // An outage of up to a minute is over at most 1.25 s before it is seen.
+        // With jitter, never more than a quarter longer.
         for s in [0, 12, 40, 60] {
             assert_eq!(wait_ms(s, 1.0), 1250, "silent {s} s");
         }
