@@ -112,7 +112,7 @@ pub async fn run(
             watchdog_stop.clone(),
         ))
     });
-    let mut running = Running::start(&config, &store, &options, &liveness, started_at).await?;
+    let mut running = Running::start(&config, &store, &options, &liveness, started_at)?;
     crate::systemd::ready();
     loop {
         if !wait_for_stop_or_reload(&shutdown, &mut hangup).await {
@@ -140,7 +140,7 @@ pub async fn run(
                 if plan.is_empty() {
                     info!(file = %path.display(), "config unchanged: nothing restarted");
                 } else {
-                    running.reload(&new, &plan).await?;
+                    running.reload(&new, &plan).await;
                     config = new;
                     info!(
                         file = %path.display(),
@@ -324,7 +324,7 @@ impl Task {
 const STOP_PATIENCE: Duration = Duration::from_secs(8);
 
 impl Running {
-    async fn start(
+    fn start(
         config: &Arc<Config>,
         store: &Store,
         options: &RunOptions,
@@ -554,13 +554,11 @@ impl Running {
     }
 
     /// Carry out a reload: only what `plan` names is stopped and started.
-    async fn reload(
-        &mut self,
-        new: &Arc<Config>,
-        plan: &crate::reload::ReloadPlan,
-    ) -> Result<(), AgentError> {
+    async fn reload(&mut self, new: &Arc<Config>, plan: &crate::reload::ReloadPlan) {
         if plan.other_changed {
-            configure_outbox(&self.store, new).await?;
+            if let Err(e) = configure_outbox(&self.store, new).await {
+                error!(error = %e, "could not apply the new [store] settings; the old ones stay");
+            }
         }
         // Buses first: nothing is read with the old plan of a machine that
         // the engine already follows with the new one.
@@ -629,13 +627,16 @@ impl Running {
             self.stop_uplink().await;
             self.start_uplink(new);
         }
-        Ok(())
     }
 
     /// Stop in data-flow order: sources after their in-flight request; the
     /// engine drains what they sent and saves its snapshots; the recorder
     /// commits every event; the order task; the uplink says `online: false`.
     async fn stop(mut self) {
+        // Every bus stops at once; each is then waited for.
+        for task in self.buses.values() {
+            task.stop.cancel();
+        }
         let ids: Vec<String> = self.buses.keys().cloned().collect();
         for id in ids {
             self.stop_bus(&id).await;

@@ -131,12 +131,12 @@ impl BusStats {
 /// - for the first `steady_ms` of silence (`backoff_after_ms`), a retry
 ///   `min_ms` (`backoff_min_ms`) after the last one failed: a device back
 ///   from a short outage (a reboot, a pulled cable) is read again within
-///   one timeout plus `min_ms` plus jitter (1.75 s by default);
+///   one timeout plus `min_ms` plus jitter (1.6 s by default);
 /// - after that the wait is the silence beyond `steady_ms`, at least `min_ms`
 ///   and at most `max_ms`: it doubles with each retry, so a device that is
 ///   switched off for the weekend costs one timeout per `max_ms`.
 ///
-/// `jitter` (0..=1) adds up to a quarter of the wait (spreading the retries
+/// `jitter` (0..=1) adds up to a tenth of the wait (spreading the retries
 /// of devices that went silent together), never beyond `max_ms`.
 pub fn retry_delay(
     silent: Duration,
@@ -148,7 +148,7 @@ pub fn retry_delay(
     let silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX);
     let max_ms = max_ms.max(min_ms);
     let base = silent_ms.saturating_sub(steady_ms).clamp(min_ms, max_ms);
-    let extra = (base as f64 * 0.25 * jitter.clamp(0.0, 1.0)) as u64;
+    let extra = (base as f64 * 0.1 * jitter.clamp(0.0, 1.0)) as u64;
     Duration::from_millis(base.saturating_add(extra).min(max_ms))
 }
 
@@ -429,9 +429,9 @@ mod tests {
         for s in [0, 1, 10, 30, 59, 60] {
             assert_eq!(wait_ms(s, 0.0), 1000, "silent {s} s");
         }
-        // With jitter, never more than a quarter longer.
+        // With jitter, never more than a tenth longer.
         for s in [0, 12, 40, 60] {
-            assert_eq!(wait_ms(s, 1.0), 1250, "silent {s} s");
+            assert_eq!(wait_ms(s, 1.0), 1100, "silent {s} s");
         }
     }
 
@@ -463,8 +463,8 @@ mod tests {
         };
         assert_eq!(ms(0, 0.0), 500);
         assert_eq!(ms(2000, 0.0), 2000);
-        assert_eq!(ms(2000, 1.0), 2500);
-        assert_eq!(ms(4500, 1.0), 5000);
+        assert_eq!(ms(2000, 1.0), 2200);
+        assert_eq!(ms(4800, 1.0), 5000);
         assert_eq!(ms(u64::MAX, 1.0), 5000);
         // A maximum below the minimum: the minimum wins.
         assert_eq!(
