@@ -86,7 +86,7 @@ async fn a_machine_that_answers_again_is_back_within_two_seconds_and_its_numbers
         SimOptions {
             machines: outages.len() + 1,
             base_port: 0,
-            seed: 2026_12_01,
+            seed: 20261201,
             speed: SPEED,
             truth: Some(truth.clone()),
             honour_orders: true,

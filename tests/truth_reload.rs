@@ -4,9 +4,10 @@
 //! subscriber records everything from before the agent starts to after it
 //! stops. A reload that changes nothing must leave every machine's state,
 //! timeline and periods untouched and keep the connection (no new birth); a
-//! reload that removes one machine, adds another and then changes `[uplink]`
-//! must end the removed one with a clear reason, start the added one cleanly,
-//! leave the machine that stays untouched, and reconnect only for the uplink.
+//! reload that removes one machine, adds another and changes the bus of a
+//! third, then one that changes `[uplink]`, must end the removed one with a
+//! clear reason, start the added one cleanly, leave the machine that stays
+//! (on its reconnected bus) untouched, and reconnect only for the uplink.
 
 mod common;
 mod truth_support;
@@ -111,6 +112,19 @@ fn without_machine(config: &str, id: &str) -> String {
         }
     }
     out
+}
+
+/// The config with bus `id`'s `timeout_ms` set to `ms`.
+fn with_bus_timeout(config: &str, id: &str, ms: u64) -> String {
+    let at = config
+        .find(&format!("id = \"{id}\""))
+        .expect("the bus is in the config");
+    let key = at
+        + config[at..]
+            .find("timeout_ms = ")
+            .expect("the bus has a timeout");
+    let end = key + config[key..].find('\n').expect("a line");
+    format!("{}timeout_ms = {ms}{}", &config[..key], &config[end..])
 }
 
 /// `linegate run` with its log in a file.
@@ -315,9 +329,16 @@ async fn a_reload_ends_a_removed_machine_starts_an_added_one_and_reconnects_only
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    // sim02 out, sim03 in; [uplink] unchanged.
-    fs::write(&path, without_machine(&full, "sim02")).expect("write the config");
+    // sim02 out, sim03 in, sim01's bus changed (its machine's section
+    // not); [uplink] unchanged.
+    let changed = with_bus_timeout(&without_machine(&full, "sim02"), "bus-sim01", 400);
+    fs::write(&path, &changed).expect("write the config");
     agent.reload("config reloaded");
+    assert!(
+        agent.log().contains("buses_restarted=2"),
+        "bus-sim01 (changed) and bus-sim03 (added) start, no other:\n{}",
+        agent.log()
+    );
     uplink_support::wait_for("sim03 read", PATIENCE, || {
         read_state(&subscriber.seen(), "sim03")
     })
@@ -330,7 +351,7 @@ async fn a_reload_ends_a_removed_machine_starts_an_added_one_and_reconnects_only
     );
 
     // [uplink] changed: a new connection, a new birth.
-    let heartbeat = without_machine(&full, "sim02").replace(
+    let heartbeat = changed.replace(
         "backoff_max_ms = 1000\n\n[[bus]]",
         "backoff_max_ms = 1000\nheartbeat_s = 30\n\n[[bus]]",
     );
