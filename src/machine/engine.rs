@@ -14,6 +14,11 @@
 //! - [`EngineHandle::snapshot`] returns every machine's open period for the
 //!   store; on shutdown the engine attributes time up to each last read and
 //!   returns the final snapshots. Pass them back in at the next start.
+//! - [`EngineHandle::reconfigure`] follows a reloaded config without a
+//!   restart: a machine that stays keeps its state, timeline and open
+//!   periods (its new rules apply from its next read), a removed one ends
+//!   `offline` with the given reason, an added one starts. Only a change of
+//!   its accounting settings starts a machine again from its snapshot.
 //!
 //! It never reads devices, writes SQLite or talks MQTT.
 
@@ -347,7 +352,8 @@ pub struct Reconfigure {
 pub struct Reconfigured {
     /// Final snapshots of the machines that left the config, to save.
     pub removed: Vec<(String, AccountSnapshot)>,
-    /// Machines that follow their new section with state and periods kept.
+    /// Changed machines that follow their new section in place (state,
+    /// timeline and periods kept; unchanged ones are not listed).
     pub kept: Vec<String>,
     /// Machines started again from their snapshot (accounting settings changed).
     pub restarted: Vec<String>,
