@@ -160,3 +160,19 @@ fn mqtt_payload_limit_and_retained_policy_are_checked_with_their_keys() {
     assert!(e.contains("retained"), "{e}");
     assert!(e.contains("ignore") && e.contains("timestamped"), "{e}");
 }
+
+#[test]
+fn a_steady_retry_phase_longer_than_a_day_is_refused_by_name() {
+    let text = GOOD.replace(
+        "address = \"127.0.0.1:502\"",
+        "address = \"127.0.0.1:502\"\nbackoff_after_ms = 90000000",
+    );
+    let e = error_of(&text);
+    assert!(e.contains("bus[0].backoff_after_ms"), "{e}");
+    assert!(e.contains("above a day"), "{e}");
+    let ok = GOOD.replace(
+        "address = \"127.0.0.1:502\"",
+        "address = \"127.0.0.1:502\"\nbackoff_after_ms = 0",
+    );
+    assert_eq!(load(&ok).unwrap().bus[0].backoff_after_ms, 0);
+}

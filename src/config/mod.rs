@@ -151,11 +151,16 @@ pub struct BusConfig {
     /// Unused registers (or bits) a request may read to join two signals into one request.
     #[serde(default = "default_max_gap")]
     pub max_gap: u16,
-    /// First retry delay after a device stops answering; doubles up to `backoff_max_ms`.
+    /// Retry interval of a device that stopped answering, for its first
+    /// `backoff_after_ms` of silence; then the first step of the backoff.
     #[serde(default = "default_backoff_min_ms")]
     pub backoff_min_ms: u64,
     #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
+    /// Modbus: how long a silent device is retried every `backoff_min_ms`
+    /// before the wait starts doubling (short outages end quickly).
+    #[serde(default = "default_backoff_after_ms")]
+    pub backoff_after_ms: u64,
     /// mqtt: client id on the local broker (default `linegate-<gateway>-<bus>`).
     #[serde(default)]
     pub client_id: Option<String>,
@@ -217,6 +222,9 @@ fn default_backoff_min_ms() -> u64 {
     1000
 }
 fn default_backoff_max_ms() -> u64 {
+    60_000
+}
+fn default_backoff_after_ms() -> u64 {
     60_000
 }
 fn default_stale_ms() -> u64 {
