@@ -197,7 +197,8 @@ impl MachineTracker {
         if !same_accounting {
             return Ok(false);
         }
-        let mut counters = MachineCounters::new(machine.counters.as_ref(), &machine.signal);
+        let mut counters =
+            MachineCounters::new(&machine.id, machine.counters.as_ref(), &machine.signal);
         counters.resume_from(&self.counters);
         self.counters = counters;
         self.values = SignalValues::read_by(&machine.signal, &rules);
@@ -801,6 +802,8 @@ fn reconfigure(
             match MachineTracker::new(&new, mc, new_calendar.clone(), Some(&snap), now, mono, out) {
                 Ok(t) => {
                     m.tracker = t;
+                    m.marked = m.tracker.account.committed_to();
+                    m.follow_with_snapshot(out.len(), true, out);
                     done.restarted.push(mc.id.clone());
                 }
                 Err(e) => {
@@ -825,11 +828,15 @@ fn reconfigure(
         };
         match tracker {
             Ok(tracker) => {
+                let marked = tracker.account.committed_to();
                 let machine = Machine {
                     tracker,
                     view: views.remove(&mc.id),
                     span,
+                    marked,
                 };
+                // The store keeps its open period from the start, as at a start.
+                machine.follow_with_snapshot(out.len(), true, out);
                 publish(&machine);
                 machines.insert(mc.id.clone(), machine);
                 done.added.push(mc.id.clone());
