@@ -79,8 +79,9 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     // One copy of the config, shared by every task of the running pipeline.
     let mut config = Arc::new(config);
-    let store = Store::open(&config.gateway.data_dir)?;
-    configure_outbox(&store, &config).await?;
+    // A full disk does not stop the start: the store opens when it can.
+    let store = Store::open_resilient(&config.gateway.data_dir, config.store.reserve_mb)?;
+    configure_outbox(&store, &config).await;
     info!(
         gateway = %config.gateway.id,
         store = %store.path().display(),
@@ -142,7 +143,7 @@ pub async fn run(
                         );
                     }
                     config = Arc::new(new);
-                    configure_outbox(&store, &config).await?;
+                    configure_outbox(&store, &config).await;
                     info!(
                         file = %path.display(),
                         machines = config.machine.len(),
@@ -172,12 +173,37 @@ pub async fn run(
     Ok(())
 }
 
-async fn configure_outbox(store: &Store, config: &Config) -> Result<(), AgentError> {
+/// Write the outbox cap; when the store cannot take it now (a full disk),
+/// keep trying in the background with backoff: the agent runs meanwhile.
+async fn configure_outbox(store: &Store, config: &Config) {
     let policy = crate::uplink::outbox::OutboxPolicy::from_mb(config.store.outbox_max_mb);
-    store
-        .call(move |c| crate::uplink::outbox::configure(c, policy))
-        .await?;
-    Ok(())
+    let configure = move |store: Store| async move {
+        store
+            .call(move |c| crate::uplink::outbox::configure(c, policy))
+            .await
+    };
+    match configure(store.clone()).await {
+        Ok(()) => {}
+        Err(StoreError::Closed) => {}
+        Err(e) => {
+            warn!(error = %e, "cannot write the outbox settings now; retrying in the background");
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut retry = Duration::from_secs(1);
+                loop {
+                    tokio::time::sleep(retry).await;
+                    match configure(store.clone()).await {
+                        Ok(()) => {
+                            info!("outbox settings written");
+                            break;
+                        }
+                        Err(StoreError::Closed) => break,
+                        Err(_) => retry = (retry * 2).min(Duration::from_secs(30)),
+                    }
+                }
+            });
+        }
+    }
 }
 
 /// SIGHUP's handler, installed before READY=1 so an early `systemctl reload`
@@ -466,7 +492,12 @@ async fn save_snapshots(
         .call(move |c| crate::machine::history::save_snapshots(c, &snapshots))
         .await
     {
-        error!(error = %e, "could not save machine snapshots");
+        // Retried on the next tick; a store in trouble says so itself, once.
+        if store.health().condition() == crate::store::health::Condition::Ok {
+            error!(error = %e, "could not save machine snapshots");
+        } else {
+            tracing::debug!(error = %e, "could not save machine snapshots");
+        }
     }
 }
 
@@ -788,7 +819,9 @@ ON CONFLICT (machine, signal) DO UPDATE SET
   error = excluded.error, read_at = excluded.read_at";
 
 async fn flush_last_values(store: &Store, rows: Vec<SignalRow>) {
-    if rows.is_empty() {
+    // Short of disk space the last values wait: they are a convenience for
+    // `status`, and their rows must not eat the reserve.
+    if rows.is_empty() || !store.health().accepts_telemetry() {
         return;
     }
     let result = store
@@ -805,11 +838,19 @@ async fn flush_last_values(store: &Store, rows: Vec<SignalRow>) {
         })
         .await;
     if let Err(e) = result {
-        warn!(error = %e, "could not store last signal values");
+        // The store logs its own condition once per change.
+        tracing::debug!(error = %e, "could not store last signal values");
     }
 }
 
 /// Commits every machine event (with its outbox message) and wakes the uplink.
+///
+/// A store that cannot write (a full disk) never blocks the engine: events
+/// keep being taken, state changes and periods wait in order in bounded
+/// memory ([`MAX_HELD_EVENTS`]) and are committed, with their seqs, once the
+/// store takes them again; telemetry is dropped while the store is short of
+/// space and counted (`dropped_telemetry`); events beyond the bound are
+/// counted in `lost_events`. Both counts are written with the next commit.
 async fn record(
     mut events: mpsc::Receiver<MachineEvent>,
     store: Store,
@@ -821,69 +862,183 @@ async fn record(
     let uplink = config.uplink.is_some();
     let heartbeat_s = config.uplink.as_ref().map(|u| u.heartbeat_s).unwrap_or(60);
     let mut filter = crate::uplink::telemetry::TelemetryFilter::new(&config.machine, heartbeat_s);
-    let mut batch = Vec::new();
-    while let Some(first) = events.recv().await {
+    let health = store.health().clone();
+    let mut held = Held::default();
+    let mut open = true;
+    let mut retry = Duration::from_millis(200);
+    // Set while a commit failed: when to try again.
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    // After the events channel closed: how long held events still get.
+    let mut give_up_at: Option<tokio::time::Instant> = None;
+    loop {
+        if held.is_empty() {
+            if !open {
+                break;
+            }
+            match events.recv().await {
+                Some(e) => held.take(e, uplink, &mut filter, &health, retry_at.is_none()),
+                None => break,
+            }
+        } else if let Some(at) = retry_at {
+            if open {
+                tokio::select! {
+                    e = events.recv() => match e {
+                        Some(e) => held.take(e, uplink, &mut filter, &health, false),
+                        None => open = false,
+                    },
+                    _ = tokio::time::sleep_until(at) => retry_at = None,
+                }
+            } else {
+                let deadline = *give_up_at
+                    .get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_HOLD);
+                if tokio::time::Instant::now() >= deadline {
+                    let n = held.durable();
+                    health.count_lost_events(n);
+                    error!(
+                        lost_events = n,
+                        "stopping with state changes or periods the store could not take: they are lost (counted in lost_events, reported once the store works)"
+                    );
+                    return;
+                }
+                tokio::time::sleep_until(at.min(deadline)).await;
+                retry_at = None;
+            }
+        }
         // Everything already waiting goes into the same transaction: one
         // fsync per batch, not per event.
-        batch.push(first);
-        while batch.len() < MAX_EVENTS_PER_COMMIT {
+        while open {
             match events.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+                Ok(e) => held.take(e, uplink, &mut filter, &health, retry_at.is_none()),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        let mut work: EventWork = Vec::with_capacity(batch.len());
-        for event in batch.drain(..) {
-            if let MachineEvent::State(change) = &event {
-                info!(
-                    machine = %change.machine,
-                    state = %change.state,
-                    prev = change.prev.map(|p| p.as_str()),
-                    reason = change.reason.as_deref(),
-                    "state change"
-                );
-            }
-            let outgoing = match &event {
-                _ if !uplink => None,
-                MachineEvent::State(change) => Some(crate::uplink::message::state_message(change)),
-                MachineEvent::Period(period) => {
-                    Some(crate::uplink::message::period_message(period))
-                }
-                MachineEvent::Telemetry(t) => filter
-                    .offer(t, tokio::time::Instant::now())
-                    .map(|t| crate::uplink::message::telemetry_message(&t)),
-            };
-            let keep = !matches!(event, MachineEvent::Telemetry(_));
-            if keep || outgoing.is_some() {
-                work.push((keep.then_some(event), outgoing));
-            }
-        }
-        if work.is_empty() {
+        if retry_at.is_some() || held.is_empty() {
             continue;
         }
-        let enqueued = work.iter().any(|(_, o)| o.is_some());
-        // A failed commit (disk full, I/O error) is retried until it works:
-        // state changes and periods are never dropped. Meanwhile the engine
-        // waits for room and drops only telemetry.
-        let mut retry = Duration::from_millis(200);
-        loop {
-            let attempt = work.clone();
-            let result = store.call(move |conn| commit_events(conn, &attempt)).await;
-            match result {
-                Ok(()) => {
-                    if enqueued {
-                        wake.notify_one();
-                    }
-                    break;
+        let n = held.work.len().min(MAX_EVENTS_PER_COMMIT);
+        let attempt: EventWork = held.work.iter().take(n).cloned().collect();
+        let enqueued = attempt.iter().any(|(_, o)| o.is_some());
+        let unstored = health.take_unstored();
+        let result = store
+            .call(move |conn| commit_events(conn, &attempt, unstored))
+            .await;
+        match result {
+            Ok(()) => {
+                held.work.drain(..n);
+                if enqueued {
+                    wake.notify_one();
                 }
-                Err(StoreError::Closed) => return,
-                Err(e) => {
-                    error!(error = %e, retry_ms = retry.as_millis() as u64, "could not store machine events; retrying");
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(Duration::from_secs(30));
+                if retry > Duration::from_millis(200) {
+                    info!(waiting = held.work.len(), "machine events stored again");
                 }
+                retry = Duration::from_millis(200);
+            }
+            Err(StoreError::Closed) => return,
+            Err(e) => {
+                health.give_back(unstored);
+                // The store logs its condition once per change; here only
+                // the first failure of a run of them.
+                if retry == Duration::from_millis(200) {
+                    error!(error = %e, held = held.work.len(), "could not store machine events; holding them in memory and retrying");
+                }
+                // Telemetry gives way: only state changes and periods wait.
+                held.drop_telemetry(&health);
+                retry_at = Some(tokio::time::Instant::now() + retry);
+                retry = (retry * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+/// Most state changes and periods held in memory while the store cannot
+/// write (a few hundred bytes each): about a day of a 50-machine line.
+const MAX_HELD_EVENTS: usize = 50_000;
+
+/// How long, after the engine stopped, held events still wait for the store.
+const SHUTDOWN_HOLD: Duration = Duration::from_secs(5);
+
+/// Events taken from the engine, not yet committed, in order.
+#[derive(Default)]
+struct Held {
+    work: std::collections::VecDeque<(
+        Option<MachineEvent>,
+        Option<crate::uplink::outbox::Outgoing>,
+    )>,
+    /// Logged the overflow of this run of failures.
+    overflow_logged: bool,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.work.is_empty()
+    }
+
+    /// State changes and periods held.
+    fn durable(&self) -> u64 {
+        self.work.iter().filter(|(e, _)| e.is_some()).count() as u64
+    }
+
+    /// Take one event from the engine. `store_well`: the last commit
+    /// worked (otherwise telemetry is dropped at once, and counted).
+    fn take(
+        &mut self,
+        event: MachineEvent,
+        uplink: bool,
+        filter: &mut crate::uplink::telemetry::TelemetryFilter,
+        health: &crate::store::health::Health,
+        store_well: bool,
+    ) {
+        if let MachineEvent::State(change) = &event {
+            info!(
+                machine = %change.machine,
+                state = %change.state,
+                prev = change.prev.map(|p| p.as_str()),
+                reason = change.reason.as_deref(),
+                "state change"
+            );
+        }
+        let outgoing = match &event {
+            _ if !uplink => None,
+            MachineEvent::State(change) => Some(crate::uplink::message::state_message(change)),
+            MachineEvent::Period(period) => Some(crate::uplink::message::period_message(period)),
+            MachineEvent::Telemetry(t) => filter
+                .offer(t, tokio::time::Instant::now())
+                .map(|t| crate::uplink::message::telemetry_message(&t)),
+        };
+        let keep = !matches!(event, MachineEvent::Telemetry(_));
+        if !keep {
+            if outgoing.is_some() {
+                if store_well && health.accepts_telemetry() {
+                    self.work.push_back((None, outgoing));
+                } else {
+                    health.count_unstored_telemetry(1);
+                }
+            }
+            return;
+        }
+        if self.work.len() >= MAX_HELD_EVENTS {
+            health.count_lost_events(1);
+            if !self.overflow_logged {
+                self.overflow_logged = true;
+                error!(
+                    held = self.work.len(),
+                    "the store has not taken machine events for too long: memory is full, new state changes and periods are lost (counted in lost_events)"
+                );
+            }
+            return;
+        }
+        if self.work.is_empty() {
+            self.overflow_logged = false;
+        }
+        self.work.push_back((Some(event), outgoing));
+    }
+
+    /// Drop the telemetry waiting (counted), keeping events in order.
+    fn drop_telemetry(&mut self, health: &crate::store::health::Health) {
+        let before = self.work.len();
+        self.work.retain(|(e, _)| e.is_some());
+        health.count_unstored_telemetry((before - self.work.len()) as u64);
     }
 }
 
@@ -892,7 +1047,11 @@ type EventWork = Vec<(
     Option<crate::uplink::outbox::Outgoing>,
 )>;
 
-fn commit_events(conn: &mut rusqlite::Connection, work: &EventWork) -> Result<(), StoreError> {
+fn commit_events(
+    conn: &mut rusqlite::Connection,
+    work: &EventWork,
+    unstored: crate::store::health::Unstored,
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     for (event, outgoing) in work {
         // A period closed again from an older snapshot after a crash is
@@ -905,6 +1064,8 @@ fn commit_events(conn: &mut rusqlite::Connection, work: &EventWork) -> Result<()
             crate::uplink::outbox::enqueue(&tx, out)?;
         }
     }
+    crate::uplink::outbox::count_unstored_telemetry(&tx, unstored.telemetry)?;
+    crate::store::health::add_lost_events(&tx, unstored.lost_events)?;
     tx.commit()?;
     Ok(())
 }

@@ -35,6 +35,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("machine history", crate::machine::history::SCHEMA_V1),
     ("outbox", crate::uplink::outbox::SCHEMA_V1),
     ("orders", crate::orders::book::SCHEMA_V1),
+    ("store losses", super::health::SCHEMA_V1),
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

@@ -239,7 +239,10 @@ pub async fn run_uplink(
     shutdown: CancellationToken,
 ) -> Result<(), UplinkError> {
     let settings = ConnectSettings::new(&cfg, &gateway.id)?;
-    store.call(|c| outbox::set_link_up(c, false)).await?;
+    // A store that cannot write now (a full disk) is no reason to stop: the
+    // serve loop marks the link down again before every connect.
+    let mut store_trouble = StoreTrouble::default();
+    store_trouble.note(store.call(|c| outbox::set_link_up(c, false)).await)?;
 
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();
     let deleter = tokio::spawn(delete_acked(store.clone(), acked_rx, stats.clone()));
@@ -255,7 +258,7 @@ pub async fn run_uplink(
         heartbeat,
         retained: Default::default(),
     };
-    let result = serve(&shared, &cfg).await;
+    let result = serve(&shared, &cfg, store_trouble).await;
 
     stats.connected.store(false, Ordering::Relaxed);
     let connection::Shared {
@@ -271,7 +274,44 @@ pub async fn run_uplink(
     result
 }
 
-async fn serve(shared: &connection::Shared, cfg: &UplinkConfig) -> Result<(), UplinkError> {
+/// Store errors of the uplink's own bookkeeping (marking the link down,
+/// reserving status seqs): none ends the uplink. Logged once per change of
+/// condition; only a stopped store thread (the agent is stopping) ends it.
+#[derive(Debug, Default)]
+struct StoreTrouble {
+    /// The error of the current run of failures.
+    failing: Option<String>,
+}
+
+impl StoreTrouble {
+    /// `Ok(Some(v))` when it worked, `Ok(None)` to retry later,
+    /// `Err` only when the store thread has stopped.
+    fn note<T>(&mut self, r: Result<T, StoreError>) -> Result<Option<T>, UplinkError> {
+        match r {
+            Ok(v) => {
+                if let Some(was) = self.failing.take() {
+                    tracing::info!(was = %was, "uplink: the store works again");
+                }
+                Ok(Some(v))
+            }
+            Err(StoreError::Closed) => Err(StoreError::Closed.into()),
+            Err(e) => {
+                let e = e.to_string();
+                if self.failing.as_deref() != Some(e.as_str()) {
+                    tracing::error!(error = %e, "uplink: store error; retrying with backoff (the uplink keeps running)");
+                    self.failing = Some(e);
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+async fn serve(
+    shared: &connection::Shared,
+    cfg: &UplinkConfig,
+    mut trouble: StoreTrouble,
+) -> Result<(), UplinkError> {
     let mut backoff = pacing::Backoff::new(cfg.backoff_min_ms, cfg.backoff_max_ms);
     // Birth and will/goodbye seqs, reserved until a connection gets its CONNACK.
     let mut status_seq: Option<u64> = None;
@@ -280,16 +320,26 @@ async fn serve(shared: &connection::Shared, cfg: &UplinkConfig) -> Result<(), Up
             return Ok(());
         }
         let seq = match status_seq {
-            Some(s) => s,
+            Some(s) => Some(s),
             None => {
-                let s = shared.store.call(|c| outbox::take_seqs(c, 2)).await?;
-                status_seq = Some(s);
+                let s = trouble.note(shared.store.call(|c| outbox::take_seqs(c, 2)).await)?;
+                status_seq = s;
                 s
             }
         };
         if let Ok(k) = shared.store.call(|c| outbox::counts(c)).await {
             shared.stats.set_counts(k);
         }
+        let Some(seq) = seq else {
+            // No seqs for a birth: wait and try again (the store says why).
+            shared
+                .stats
+                .set_last_error(trouble.failing.clone().map(|e| format!("store: {e}")));
+            if wait_backoff(shared, &mut backoff).await {
+                return Ok(());
+            }
+            continue;
+        };
         match connection::run(shared, seq).await {
             Ok(connection::Ended::Shutdown) => return Ok(()),
             Ok(connection::Ended::Lost {
@@ -310,26 +360,36 @@ async fn serve(shared: &connection::Shared, cfg: &UplinkConfig) -> Result<(), Up
             }
             Err(StoreError::Closed) => return Err(StoreError::Closed.into()),
             Err(e) => {
-                tracing::error!(error = %e, "uplink: store error, reconnecting");
+                // The reserved seqs may be spent (a CONNACK may have come):
+                // reserve new ones, a gap the birth explains.
+                status_seq = None;
                 shared.stats.set_last_error(Some(e.to_string()));
+                trouble.note::<()>(Err(e))?;
             }
         }
         shared.stats.connected.store(false, Ordering::Relaxed);
-        shared.store.call(|c| outbox::set_link_up(c, false)).await?;
-        let delay = backoff.next_delay(rand::random::<f64>());
-        tracing::debug!(
-            delay_ms = delay.as_millis() as u64,
-            "uplink reconnect backoff"
-        );
-        let retry_at = tokio::time::Instant::now() + delay;
-        let mut beat = shared.heartbeat.ticker();
-        loop {
-            shared.heartbeat.beat();
-            tokio::select! {
-                _ = shared.shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(retry_at) => break,
-                _ = beat.tick() => {}
-            }
+        trouble.note(shared.store.call(|c| outbox::set_link_up(c, false)).await)?;
+        if wait_backoff(shared, &mut backoff).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Wait a jittered, growing backoff, beating; true when shutdown came first.
+async fn wait_backoff(shared: &connection::Shared, backoff: &mut pacing::Backoff) -> bool {
+    let delay = backoff.next_delay(rand::random::<f64>());
+    tracing::debug!(
+        delay_ms = delay.as_millis() as u64,
+        "uplink reconnect backoff"
+    );
+    let retry_at = tokio::time::Instant::now() + delay;
+    let mut beat = shared.heartbeat.ticker();
+    loop {
+        shared.heartbeat.beat();
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return true,
+            _ = tokio::time::sleep_until(retry_at) => return false,
+            _ = beat.tick() => {}
         }
     }
 }
