@@ -889,8 +889,8 @@ async fn record(
                     _ = tokio::time::sleep_until(at) => retry_at = None,
                 }
             } else {
-                let deadline = *give_up_at
-                    .get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_HOLD);
+                let deadline =
+                    *give_up_at.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_HOLD);
                 if tokio::time::Instant::now() >= deadline {
                     let n = held.durable();
                     health.count_lost_events(n);

@@ -99,7 +99,10 @@ impl TinyDisk {
 
 impl Drop for TinyDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -114,8 +117,8 @@ struct Line {
 }
 
 impl Line {
-    /// Two simulated machines at speed 20 (spells of 0.25 s and more, read
-    /// every 50 ms, so the agent sees every one), the agent's data folder on
+    /// Four simulated machines at speed 40 (spells of 0.125 s to 22 s, read
+    /// every 50 ms), the agent's data folder on
     /// `data_dir`, a reserve of `reserve_mb`.
     async fn start(broker_url: &str, data_dir: &Path, reserve_mb: u64) -> Line {
         let dir = tempfile::tempdir().unwrap();
@@ -123,9 +126,9 @@ impl Line {
         let stop = CancellationToken::new();
         let line = linegate::sim::serve(
             linegate::sim::SimOptions {
-                machines: 2,
+                machines: 4,
                 base_port: 0,
-                speed: 20.0,
+                speed: 40.0,
                 truth: Some(truth.clone()),
                 ..Default::default()
             },
@@ -159,25 +162,49 @@ impl Line {
         }
     }
 
-    /// The simulator's states per machine, changes made in `[from, to]`.
-    fn truth_states(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> BTreeMap<String, Vec<String>> {
+    /// The simulator's states per machine, changes made in `[from, to]`
+    /// that lasted at least [`MIN_SPELL_MS`] (a shorter one may fall
+    /// between two reads), consecutive repeats merged.
+    fn truth_states(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> BTreeMap<String, Vec<String>> {
         let text = std::fs::read_to_string(&self.truth).unwrap_or_default();
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut changes: BTreeMap<String, Vec<(DateTime<Utc>, String)>> = BTreeMap::new();
         for l in text.lines() {
             let v: Value = serde_json::from_str(l).expect("a truth line is JSON");
             let at = DateTime::parse_from_rfc3339(v["at"].as_str().unwrap())
                 .unwrap()
                 .with_timezone(&Utc);
-            if at < from || at > to {
-                continue;
-            }
-            out.entry(v["machine"].as_str().unwrap().to_string())
+            changes
+                .entry(v["machine"].as_str().unwrap().to_string())
                 .or_default()
-                .push(v["state"].as_str().unwrap().to_string());
+                .push((at, v["state"].as_str().unwrap().to_string()));
+        }
+        let mut out = BTreeMap::new();
+        for (machine, list) in changes {
+            let mut states: Vec<String> = Vec::new();
+            for (i, (at, state)) in list.iter().enumerate() {
+                let end = list.get(i + 1).map_or(Utc::now(), |(next, _)| *next);
+                let lasted = (end - *at).num_milliseconds();
+                if *at < from || *at > to || lasted < MIN_SPELL_MS {
+                    continue;
+                }
+                if states.last() != Some(state) {
+                    states.push(state.clone());
+                }
+            }
+            if !states.is_empty() {
+                out.insert(machine, states);
+            }
         }
         out
     }
 }
+
+/// Shortest spell of the simulator that the agent must have seen: ten reads.
+const MIN_SPELL_MS: i64 = 500;
 
 impl Drop for Line {
     fn drop(&mut self) {
@@ -222,7 +249,11 @@ impl AgentProcess {
             matches!(self.child.try_wait(), Ok(Some(_)))
         })
         .await;
-        assert!(stopped, "agent did not stop on SIGTERM\n{}", self.log_tail());
+        assert!(
+            stopped,
+            "agent did not stop on SIGTERM\n{}",
+            self.log_tail()
+        );
     }
 
     fn log_tail(&self) -> String {
@@ -308,7 +339,11 @@ impl Subscriber {
             task,
         };
         assert!(
-            eventually(Duration::from_secs(10), || sub.subacks.load(Ordering::SeqCst) > 0).await,
+            eventually(Duration::from_secs(10), || sub
+                .subacks
+                .load(Ordering::SeqCst)
+                > 0)
+            .await,
             "subscriber did not subscribe"
         );
         sub
@@ -336,7 +371,7 @@ impl Subscriber {
     }
 
     fn last_birth(&self) -> Option<Seen> {
-        self.seen().into_iter().filter(Seen::is_birth).last()
+        self.seen().into_iter().rfind(Seen::is_birth)
     }
 }
 
@@ -430,11 +465,11 @@ async fn a_disk_filled_to_the_brim_while_the_link_is_down_loses_only_counted_tel
         "the reserve is released when the disk is full\n{}",
         agent.log_tail()
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
 
     // 2. The reserve's space fills too: nothing can be written any more.
     disk.fill("filler-2");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(
         agent.running(),
         "the agent runs on a full disk\n{}",
@@ -456,7 +491,8 @@ async fn a_disk_filled_to_the_brim_while_the_link_is_down_loses_only_counted_tel
         "the simulator changed state while the disk was full: {truth:?}"
     );
     let delivered = eventually(LONG, || {
-        missing_states(&truth, &sub.states()).is_empty() && unexplained_holes(&sub.seen()).is_empty()
+        missing_states(&truth, &sub.states()).is_empty()
+            && unexplained_holes(&sub.seen()).is_empty()
     })
     .await;
     assert!(
@@ -490,6 +526,15 @@ async fn a_disk_filled_to_the_brim_while_the_link_is_down_loses_only_counted_tel
         truth.values().map(Vec::len).sum::<usize>(),
         birth.json["dropped_telemetry"]
     );
+    if std::env::var_os("SHOW_AGENT_LOG").is_some() {
+        let text = std::fs::read_to_string(&agent.log).unwrap_or_default();
+        for l in text
+            .lines()
+            .filter(|l| !l.contains("INFO") || l.contains("store"))
+        {
+            println!("{l}");
+        }
+    }
     agent.stop().await;
 }
 
@@ -508,7 +553,7 @@ async fn the_agent_starts_on_a_full_disk_and_recovers_when_space_is_freed() {
     // First life: a store and a reserve exist.
     let mut first = AgentProcess::start(&line, 1);
     assert!(
-        eventually(LONG, || sub.states().len() == 2).await,
+        eventually(LONG, || sub.states().len() == 4).await,
         "both machines report\n{}",
         first.log_tail()
     );
@@ -521,7 +566,7 @@ async fn the_agent_starts_on_a_full_disk_and_recovers_when_space_is_freed() {
 
     let from = Utc::now();
     let mut agent = AgentProcess::start(&line, 2);
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(
         agent.running(),
         "the agent starts on a full disk\n{}",
@@ -537,7 +582,8 @@ async fn the_agent_starts_on_a_full_disk_and_recovers_when_space_is_freed() {
         "the simulator changed state while the disk was full: {truth:?}"
     );
     let delivered = eventually(LONG, || {
-        missing_states(&truth, &sub.states()).is_empty() && unexplained_holes(&sub.seen()).is_empty()
+        missing_states(&truth, &sub.states()).is_empty()
+            && unexplained_holes(&sub.seen()).is_empty()
     })
     .await;
     assert!(
@@ -558,6 +604,15 @@ async fn the_agent_starts_on_a_full_disk_and_recovers_when_space_is_freed() {
         "the reserve is made again\n{}",
         agent.log_tail()
     );
+    if std::env::var_os("SHOW_AGENT_LOG").is_some() {
+        let text = std::fs::read_to_string(&agent.log).unwrap_or_default();
+        for l in text
+            .lines()
+            .filter(|l| !l.contains("INFO") || l.contains("store"))
+        {
+            println!("{l}");
+        }
+    }
     agent.stop().await;
 }
 

@@ -73,6 +73,9 @@ struct Slot {
     open_failed: Option<(Instant, String)>,
 }
 
+/// Free space that ends "writes failing" (then running on the reserve).
+const SPACE_BACK_BYTES: u64 = 1024 * 1024;
+
 /// How often an unopened store is tried again.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
@@ -124,7 +127,15 @@ impl Slot {
     }
 
     /// After a job that worked: `Ok` once the reserve is back in place.
+    /// While writes fail, a job that worked (a read) changes nothing until
+    /// some space is free again, so the condition does not flap.
     fn settle(&mut self, now_anyway: bool) {
+        if matches!(self.health.condition(), health::Condition::Failing(_)) {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            if health::free_bytes(dir).unwrap_or(0) < SPACE_BACK_BYTES {
+                return;
+            }
+        }
         if self.reserve.try_restore(now_anyway) {
             self.health.set(health::Condition::Ok);
         } else if self.health.condition() != health::Condition::OnReserve {
