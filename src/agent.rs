@@ -945,7 +945,8 @@ async fn record(
                 // Telemetry gives way: only state changes and periods wait.
                 held.drop_telemetry(&health);
                 retry_at = Some(tokio::time::Instant::now() + retry);
-                retry = (retry * 2).min(Duration::from_secs(30));
+                // At most 5 s: held events are committed soon after space returns.
+                retry = (retry * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -1109,6 +1110,59 @@ mod tests {
                     .collect(),
             ),
         }
+    }
+
+    fn state_change(n: i64) -> MachineEvent {
+        MachineEvent::State(crate::machine::StateChange {
+            machine: "press07".into(),
+            state: MachineState::Running,
+            prev: None,
+            since: DateTime::from_timestamp(n, 0).unwrap(),
+            reason: None,
+        })
+    }
+
+    fn telemetry(n: i64) -> MachineEvent {
+        MachineEvent::Telemetry(crate::machine::Telemetry {
+            machine: "press07".into(),
+            at: DateTime::from_timestamp(n, 0).unwrap(),
+            values: [("count".to_string(), Value::Int(n))].into_iter().collect(),
+        })
+    }
+
+    #[test]
+    fn held_events_keep_their_order_drop_telemetry_first_and_count_what_overflows() {
+        let health = crate::store::health::Health::default();
+        let mut filter = crate::uplink::telemetry::TelemetryFilter::new(&[], 60);
+        let mut held = Held::default();
+        // The store works: telemetry waits with the events.
+        held.take(state_change(1), true, &mut filter, &health, true);
+        held.take(telemetry(2), true, &mut filter, &health, true);
+        assert_eq!(held.work.len(), 2);
+        // A commit failed: the telemetry waiting gives way, counted.
+        held.drop_telemetry(&health);
+        assert_eq!(held.work.len(), 1);
+        assert_eq!(health.unstored().telemetry, 1);
+        // While it fails, new telemetry is counted, not held.
+        held.take(telemetry(3), true, &mut filter, &health, false);
+        assert_eq!(health.unstored().telemetry, 2);
+        // Events wait in order up to the bound; beyond it they are counted.
+        for n in 0..(MAX_HELD_EVENTS as i64 + 2) {
+            held.take(state_change(10 + n), true, &mut filter, &health, false);
+        }
+        assert_eq!(held.work.len(), MAX_HELD_EVENTS);
+        assert_eq!(health.unstored().lost_events, 3);
+        let sinces: Vec<i64> = held
+            .work
+            .iter()
+            .take(3)
+            .map(|(e, _)| match e {
+                Some(MachineEvent::State(c)) => c.since.timestamp(),
+                _ => -1,
+            })
+            .collect();
+        assert_eq!(sinces, [1, 10, 11], "oldest first, in the order taken");
+        assert_eq!(held.durable(), MAX_HELD_EVENTS as u64);
     }
 
     #[test]
