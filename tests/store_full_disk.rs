@@ -13,7 +13,8 @@
 //! (`lost_events` stays 0).
 //!
 //! Mounting needs root (CI runs as root); without it each test says so and
-//! passes without running.
+//! passes without running. `SHOW_AGENT_LOG=1` (with `--nocapture`) prints
+//! the agent's warnings and store lines at the end of the agent tests.
 
 mod common;
 mod uplink_support;
@@ -613,6 +614,69 @@ async fn the_agent_starts_on_a_full_disk_and_recovers_when_space_is_freed() {
             println!("{l}");
         }
     }
+    agent.stop().await;
+}
+
+/// A new gateway on a disk that is already full: the store cannot even be
+/// created. The agent runs and polls anyway, holds what it reads, creates
+/// its store once space is freed, and every state change since its start
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_gateway_on_a_full_disk_creates_its_store_once_space_is_freed() {
+    let Some(disk) = TinyDisk::mount("new_gateway_on_a_full_disk", 32) else {
+        return;
+    };
+    let broker = common::Mosquitto::start();
+    let sub = Subscriber::start(broker.port, "central-new-full").await;
+    let line = Line::start(&broker.url(), &disk.data_dir(), 4).await;
+    std::fs::create_dir_all(disk.data_dir()).unwrap();
+    disk.fill("filler");
+    assert_eq!(disk.free_bytes(), 0, "filled to the brim");
+
+    let from = Utc::now();
+    let mut agent = AgentProcess::start(&line, 1);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        agent.running(),
+        "the agent starts without a store\n{}",
+        agent.log_tail()
+    );
+    assert!(
+        sub.states().is_empty(),
+        "nothing could be stored, nothing sent"
+    );
+    disk.unfill("filler");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let to = Utc::now();
+
+    let truth = line.truth_states(from, to);
+    assert!(
+        truth.values().map(Vec::len).sum::<usize>() >= 2,
+        "the simulator changed state while the disk was full: {truth:?}"
+    );
+    let delivered = eventually(LONG, || {
+        missing_states(&truth, &sub.states()).is_empty()
+            && unexplained_holes(&sub.seen()).is_empty()
+    })
+    .await;
+    assert!(
+        delivered,
+        "every state change since the start arrives, no hole in seq\nmissing: {:?}\nholes: {:?}\n{}",
+        missing_states(&truth, &sub.states()),
+        unexplained_holes(&sub.seen()),
+        agent.log_tail()
+    );
+    let birth = sub.last_birth().expect("a birth");
+    assert_eq!(birth.json["lost_events"], 0, "{}", birth.json);
+    assert!(
+        eventually(Duration::from_secs(30), || disk
+            .data_dir()
+            .join(RESERVE_FILE)
+            .exists())
+        .await,
+        "the reserve is made once there is room\n{}",
+        agent.log_tail()
+    );
     agent.stop().await;
 }
 
