@@ -88,6 +88,10 @@ impl Slot {
                     return Err(StoreError::Unavailable(why.clone()));
                 }
             }
+            if let Some(dir) = self.path.parent() {
+                // The data folder itself may not have been made at start.
+                let _ = std::fs::create_dir_all(dir);
+            }
             match open_and_migrate(&self.path) {
                 Ok(c) => {
                     self.conn = Some(c);

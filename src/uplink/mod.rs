@@ -332,9 +332,7 @@ async fn serve(
         }
         let Some(seq) = seq else {
             // No seqs for a birth: wait and try again (the store says why).
-            shared
-                .stats
-                .set_last_error(trouble.failing.clone().map(|e| format!("store: {e}")));
+            shared.stats.set_last_error(trouble.failing.clone());
             if wait_backoff(shared, &mut backoff).await {
                 return Ok(());
             }
