@@ -85,8 +85,9 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     // One copy of the config, shared by every task that reads it.
     let mut config = Arc::new(config);
-    let store = Store::open(&config.gateway.data_dir)?;
-    configure_outbox(&store, &config).await?;
+    // A full disk does not stop the start: the store opens when it can.
+    let store = Store::open_resilient(&config.gateway.data_dir, config.store.reserve_mb)?;
+    configure_outbox(&store, &config).await;
     info!(
         gateway = %config.gateway.id,
         store = %store.path().display(),
@@ -177,12 +178,37 @@ pub async fn run(
     Ok(())
 }
 
-async fn configure_outbox(store: &Store, config: &Config) -> Result<(), AgentError> {
+/// Write the outbox cap; when the store cannot take it now (a full disk),
+/// keep trying in the background with backoff: the agent runs meanwhile.
+async fn configure_outbox(store: &Store, config: &Config) {
     let policy = crate::uplink::outbox::OutboxPolicy::from_mb(config.store.outbox_max_mb);
-    store
-        .call(move |c| crate::uplink::outbox::configure(c, policy))
-        .await?;
-    Ok(())
+    let configure = move |store: Store| async move {
+        store
+            .call(move |c| crate::uplink::outbox::configure(c, policy))
+            .await
+    };
+    match configure(store.clone()).await {
+        Ok(()) => {}
+        Err(StoreError::Closed) => {}
+        Err(e) => {
+            warn!(error = %e, "cannot write the outbox settings now; retrying in the background");
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut retry = Duration::from_secs(1);
+                loop {
+                    tokio::time::sleep(retry).await;
+                    match configure(store.clone()).await {
+                        Ok(()) => {
+                            info!("outbox settings written");
+                            break;
+                        }
+                        Err(StoreError::Closed) => break,
+                        Err(_) => retry = (retry * 2).min(Duration::from_secs(30)),
+                    }
+                }
+            });
+        }
+    }
 }
 
 /// SIGHUP's handler, installed before READY=1 so an early `systemctl reload`
@@ -555,9 +581,8 @@ impl Running {
     /// Carry out a reload: only what `plan` names is stopped and started.
     async fn reload(&mut self, new: &Arc<Config>, plan: &crate::reload::ReloadPlan) {
         if plan.other_changed {
-            if let Err(e) = configure_outbox(&self.store, new).await {
-                error!(error = %e, "could not apply the new [store] settings; the old ones stay");
-            }
+            // A store that cannot take them now gets them in the background.
+            configure_outbox(&self.store, new).await;
         }
         // Buses first: nothing is read with the old plan of a machine that
         // the engine already follows with the new one.
@@ -697,7 +722,12 @@ async fn save_snapshots(
         .call(move |c| crate::machine::history::save_snapshots(c, &snapshots))
         .await
     {
-        error!(error = %e, "could not save machine snapshots");
+        // Retried on the next tick; a store in trouble says so itself, once.
+        if store.health().condition() == crate::store::health::Condition::Ok {
+            error!(error = %e, "could not save machine snapshots");
+        } else {
+            tracing::debug!(error = %e, "could not save machine snapshots");
+        }
     }
 }
 
@@ -1010,7 +1040,9 @@ ON CONFLICT (machine, signal) DO UPDATE SET
   error = excluded.error, read_at = excluded.read_at";
 
 async fn flush_last_values(store: &Store, rows: Vec<SignalRow>) {
-    if rows.is_empty() {
+    // Short of disk space the last values wait: they are a convenience for
+    // `status`, and their rows must not eat the reserve.
+    if rows.is_empty() || !store.health().accepts_telemetry() {
         return;
     }
     let result = store
@@ -1027,11 +1059,19 @@ async fn flush_last_values(store: &Store, rows: Vec<SignalRow>) {
         })
         .await;
     if let Err(e) = result {
-        warn!(error = %e, "could not store last signal values");
+        // The store logs its own condition once per change.
+        tracing::debug!(error = %e, "could not store last signal values");
     }
 }
 
 /// Commits every machine event (with its outbox message) and wakes the uplink.
+///
+/// A store that cannot write (a full disk) never blocks the engine: events
+/// keep being taken, state changes and periods wait in order in bounded
+/// memory ([`MAX_HELD_EVENTS`]) and are committed, with their seqs, once the
+/// store takes them again; telemetry is dropped while the store is short of
+/// space and counted (`dropped_telemetry`); events beyond the bound are
+/// counted in `lost_events`. Both counts are written with the next commit.
 async fn record(
     mut events: mpsc::Receiver<MachineEvent>,
     store: Store,
@@ -1046,86 +1086,232 @@ async fn record(
         (config.uplink.is_some(), filter)
     };
     let (mut uplink, mut filter) = telemetry_of(&config.borrow_and_update());
-    let mut batch = Vec::new();
-    while let Some(first) = events.recv().await {
+    let health = store.health().clone();
+    let mut held = Held::default();
+    let mut open = true;
+    let mut retry = Duration::from_millis(200);
+    // Set while a commit failed: when to try again.
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    // After the events channel closed: how long held events still get.
+    let mut give_up_at: Option<tokio::time::Instant> = None;
+    loop {
         // A reload: the uplink and the telemetry filter follow the new config.
         if config.has_changed().unwrap_or(false) {
             (uplink, filter) = telemetry_of(&config.borrow_and_update());
         }
+        if held.is_empty() {
+            if !open {
+                break;
+            }
+            match events.recv().await {
+                Some(e) => held.take(e, uplink, &mut filter, &health, retry_at.is_none()),
+                None => break,
+            }
+        } else if let Some(at) = retry_at {
+            if open {
+                tokio::select! {
+                    e = events.recv() => match e {
+                        Some(e) => held.take(e, uplink, &mut filter, &health, false),
+                        None => open = false,
+                    },
+                    _ = tokio::time::sleep_until(at) => retry_at = None,
+                }
+            } else {
+                let deadline =
+                    *give_up_at.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_HOLD);
+                if tokio::time::Instant::now() >= deadline {
+                    let n = held.durable();
+                    health.count_lost_events(n);
+                    error!(
+                        lost_events = n,
+                        "stopping with state changes or periods the store could not take: they are lost (counted in lost_events, reported once the store works)"
+                    );
+                    return;
+                }
+                tokio::time::sleep_until(at.min(deadline)).await;
+                retry_at = None;
+            }
+        }
         // Everything already waiting goes into the same transaction: one
         // fsync per batch, not per event.
-        batch.push(first);
-        while batch.len() < MAX_EVENTS_PER_COMMIT {
+        while open {
             match events.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+                Ok(e) => held.take(e, uplink, &mut filter, &health, retry_at.is_none()),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
         // A state change or period is committed with the snapshot the engine
         // sends right after it, so a crash never leaves a stored change newer
         // than the snapshot the next start resumes from.
-        while matches!(
-            batch.last(),
-            Some(MachineEvent::State(_) | MachineEvent::Period(_))
-        ) {
+        while open && retry_at.is_none() && held.ends_with_change() {
             match events.recv().await {
-                Some(e) => batch.push(e),
-                None => break,
+                Some(e) => held.take(e, uplink, &mut filter, &health, true),
+                None => open = false,
             }
         }
-        let mut work: EventWork = Vec::with_capacity(batch.len());
-        for event in batch.drain(..) {
-            if let MachineEvent::State(change) = &event {
-                info!(
-                    machine = %change.machine,
-                    state = %change.state,
-                    prev = change.prev.map(|p| p.as_str()),
-                    reason = change.reason.as_deref(),
-                    "state change"
-                );
-            }
-            let outgoing = match &event {
-                _ if !uplink => None,
-                MachineEvent::State(change) => Some(crate::uplink::message::state_message(change)),
-                MachineEvent::Period(period) => {
-                    Some(crate::uplink::message::period_message(period))
-                }
-                MachineEvent::Telemetry(t) => filter
-                    .offer(t, tokio::time::Instant::now())
-                    .map(|t| crate::uplink::message::telemetry_message(&t)),
-                MachineEvent::Snapshot(_) | MachineEvent::Observed { .. } => None,
-            };
-            let keep = !matches!(event, MachineEvent::Telemetry(_));
-            if keep || outgoing.is_some() {
-                work.push((keep.then_some(event), outgoing));
-            }
-        }
-        if work.is_empty() {
+        if retry_at.is_some() || held.is_empty() {
             continue;
         }
-        let enqueued = work.iter().any(|(_, o)| o.is_some());
-        // A failed commit (disk full, I/O error) is retried until it works:
-        // state changes and periods are never dropped. Meanwhile the engine
-        // waits for room and drops only telemetry.
-        let mut retry = Duration::from_millis(200);
-        loop {
-            let attempt = work.clone();
-            let result = store.call(move |conn| commit_events(conn, &attempt)).await;
-            match result {
-                Ok(()) => {
-                    if enqueued {
-                        wake.notify_one();
-                    }
-                    break;
+        let n = held.commit_len(MAX_EVENTS_PER_COMMIT);
+        let attempt: EventWork = held.work.iter().take(n).cloned().collect();
+        let enqueued = attempt.iter().any(|(_, o)| o.is_some());
+        let unstored = health.take_unstored();
+        let result = store
+            .call(move |conn| commit_events(conn, &attempt, unstored))
+            .await;
+        match result {
+            Ok(()) => {
+                held.work.drain(..n);
+                if enqueued {
+                    wake.notify_one();
                 }
-                Err(StoreError::Closed) => return,
-                Err(e) => {
-                    error!(error = %e, retry_ms = retry.as_millis() as u64, "could not store machine events; retrying");
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(Duration::from_secs(30));
+                if retry > Duration::from_millis(200) {
+                    info!(waiting = held.work.len(), "machine events stored again");
                 }
+                retry = Duration::from_millis(200);
+            }
+            Err(StoreError::Closed) => return,
+            Err(e) => {
+                health.give_back(unstored);
+                // The store logs its condition once per change; here only
+                // the first failure of a run of them.
+                if retry == Duration::from_millis(200) {
+                    error!(error = %e, held = held.work.len(), "could not store machine events; holding them in memory and retrying");
+                }
+                // Telemetry gives way: only state changes and periods wait.
+                held.drop_telemetry(&health);
+                retry_at = Some(tokio::time::Instant::now() + retry);
+                // At most 5 s: held events are committed soon after space returns.
+                retry = (retry * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Most state changes and periods held in memory while the store cannot
+/// write (a few hundred bytes each): about a day of a 50-machine line.
+const MAX_HELD_EVENTS: usize = 50_000;
+
+/// How long, after the engine stopped, held events still wait for the store.
+const SHUTDOWN_HOLD: Duration = Duration::from_secs(5);
+
+/// Events taken from the engine, not yet committed, in order.
+#[derive(Default)]
+struct Held {
+    work: std::collections::VecDeque<(
+        Option<MachineEvent>,
+        Option<crate::uplink::outbox::Outgoing>,
+    )>,
+    /// Logged the overflow of this run of failures.
+    overflow_logged: bool,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.work.is_empty()
+    }
+
+    /// State changes and periods held.
+    fn durable(&self) -> u64 {
+        self.work
+            .iter()
+            .filter(|(e, _)| {
+                matches!(e, Some(MachineEvent::State(_) | MachineEvent::Period(_)))
+            })
+            .count() as u64
+    }
+
+    /// The last event held is a state change or period still waiting for
+    /// the snapshot the engine sends right after it.
+    fn ends_with_change(&self) -> bool {
+        matches!(
+            self.work.back(),
+            Some((Some(MachineEvent::State(_) | MachineEvent::Period(_)), _))
+        )
+    }
+
+    /// How many held events the next commit takes: at most `most`, but never
+    /// a state change or period without the snapshot that follows it.
+    fn commit_len(&self, most: usize) -> usize {
+        let mut n = self.work.len().min(most);
+        while n < self.work.len()
+            && matches!(
+                self.work.get(n - 1),
+                Some((Some(MachineEvent::State(_) | MachineEvent::Period(_)), _))
+            )
+        {
+            n += 1;
+        }
+        n
+    }
+
+    /// Take one event from the engine. `store_well`: the last commit
+    /// worked (otherwise telemetry is dropped at once, and counted).
+    fn take(
+        &mut self,
+        event: MachineEvent,
+        uplink: bool,
+        filter: &mut crate::uplink::telemetry::TelemetryFilter,
+        health: &crate::store::health::Health,
+        store_well: bool,
+    ) {
+        if let MachineEvent::State(change) = &event {
+            info!(
+                machine = %change.machine,
+                state = %change.state,
+                prev = change.prev.map(|p| p.as_str()),
+                reason = change.reason.as_deref(),
+                "state change"
+            );
+        }
+        let outgoing = match &event {
+            _ if !uplink => None,
+            MachineEvent::State(change) => Some(crate::uplink::message::state_message(change)),
+            MachineEvent::Period(period) => Some(crate::uplink::message::period_message(period)),
+            MachineEvent::Telemetry(t) => filter
+                .offer(t, tokio::time::Instant::now())
+                .map(|t| crate::uplink::message::telemetry_message(&t)),
+            MachineEvent::Snapshot(_) | MachineEvent::Observed { .. } => None,
+        };
+        // An "observed up to" mark only narrows what a crash costs; while the
+        // store fails, the next one after it works will do.
+        if matches!(event, MachineEvent::Observed { .. }) && !store_well {
+            return;
+        }
+        let keep = !matches!(event, MachineEvent::Telemetry(_));
+        if !keep {
+            if outgoing.is_some() {
+                if store_well && health.accepts_telemetry() {
+                    self.work.push_back((None, outgoing));
+                } else {
+                    health.count_unstored_telemetry(1);
+                }
+            }
+            return;
+        }
+        if self.work.len() >= MAX_HELD_EVENTS {
+            health.count_lost_events(1);
+            if !self.overflow_logged {
+                self.overflow_logged = true;
+                error!(
+                    held = self.work.len(),
+                    "the store has not taken machine events for too long: memory is full, new state changes and periods are lost (counted in lost_events)"
+                );
+            }
+            return;
+        }
+        if self.work.is_empty() {
+            self.overflow_logged = false;
+        }
+        self.work.push_back((Some(event), outgoing));
+    }
+
+    /// Drop the telemetry waiting (counted), keeping events in order.
+    fn drop_telemetry(&mut self, health: &crate::store::health::Health) {
+        let before = self.work.len();
+        self.work.retain(|(e, _)| e.is_some());
+        health.count_unstored_telemetry((before - self.work.len()) as u64);
     }
 }
 
@@ -1134,7 +1320,11 @@ type EventWork = Vec<(
     Option<crate::uplink::outbox::Outgoing>,
 )>;
 
-fn commit_events(conn: &mut rusqlite::Connection, work: &EventWork) -> Result<(), StoreError> {
+fn commit_events(
+    conn: &mut rusqlite::Connection,
+    work: &EventWork,
+    unstored: crate::store::health::Unstored,
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     for (event, outgoing) in work {
         // A period closed again from an older snapshot after a crash is
@@ -1147,6 +1337,8 @@ fn commit_events(conn: &mut rusqlite::Connection, work: &EventWork) -> Result<()
             crate::uplink::outbox::enqueue(&tx, out)?;
         }
     }
+    crate::uplink::outbox::count_unstored_telemetry(&tx, unstored.telemetry)?;
+    crate::store::health::add_lost_events(&tx, unstored.lost_events)?;
     tx.commit()?;
     Ok(())
 }
@@ -1190,6 +1382,59 @@ mod tests {
                     .collect(),
             ),
         }
+    }
+
+    fn state_change(n: i64) -> MachineEvent {
+        MachineEvent::State(crate::machine::StateChange {
+            machine: "press07".into(),
+            state: MachineState::Running,
+            prev: None,
+            since: DateTime::from_timestamp(n, 0).unwrap(),
+            reason: None,
+        })
+    }
+
+    fn telemetry(n: i64) -> MachineEvent {
+        MachineEvent::Telemetry(crate::machine::Telemetry {
+            machine: "press07".into(),
+            at: DateTime::from_timestamp(n, 0).unwrap(),
+            values: [("count".to_string(), Value::Int(n))].into_iter().collect(),
+        })
+    }
+
+    #[test]
+    fn held_events_keep_their_order_drop_telemetry_first_and_count_what_overflows() {
+        let health = crate::store::health::Health::default();
+        let mut filter = crate::uplink::telemetry::TelemetryFilter::new(&[], 60);
+        let mut held = Held::default();
+        // The store works: telemetry waits with the events.
+        held.take(state_change(1), true, &mut filter, &health, true);
+        held.take(telemetry(2), true, &mut filter, &health, true);
+        assert_eq!(held.work.len(), 2);
+        // A commit failed: the telemetry waiting gives way, counted.
+        held.drop_telemetry(&health);
+        assert_eq!(held.work.len(), 1);
+        assert_eq!(health.unstored().telemetry, 1);
+        // While it fails, new telemetry is counted, not held.
+        held.take(telemetry(3), true, &mut filter, &health, false);
+        assert_eq!(health.unstored().telemetry, 2);
+        // Events wait in order up to the bound; beyond it they are counted.
+        for n in 0..(MAX_HELD_EVENTS as i64 + 2) {
+            held.take(state_change(10 + n), true, &mut filter, &health, false);
+        }
+        assert_eq!(held.work.len(), MAX_HELD_EVENTS);
+        assert_eq!(health.unstored().lost_events, 3);
+        let sinces: Vec<i64> = held
+            .work
+            .iter()
+            .take(3)
+            .map(|(e, _)| match e {
+                Some(MachineEvent::State(c)) => c.since.timestamp(),
+                _ => -1,
+            })
+            .collect();
+        assert_eq!(sinces, [1, 10, 11], "oldest first, in the order taken");
+        assert_eq!(held.durable(), MAX_HELD_EVENTS as u64);
     }
 
     #[test]

@@ -598,6 +598,10 @@ pub struct StoreConfig {
     /// Closed periods and state changes older than this are deleted.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// Disk space held back in `data_dir/reserve.bin`, released when the
+    /// disk is full so state changes, periods and order statuses still commit.
+    #[serde(default = "default_reserve_mb")]
+    pub reserve_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -605,6 +609,7 @@ impl Default for StoreConfig {
         Self {
             outbox_max_mb: default_outbox_max_mb(),
             retention_days: default_retention_days(),
+            reserve_mb: default_reserve_mb(),
         }
     }
 }
@@ -614,6 +619,9 @@ fn default_outbox_max_mb() -> u64 {
 }
 fn default_retention_days() -> u32 {
     90
+}
+fn default_reserve_mb() -> u64 {
+    16
 }
 
 impl Config {

@@ -165,6 +165,12 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     if config.store.outbox_max_mb == 0 {
         issues.push("store.outbox_max_mb", "must be at least 1");
     }
+    if config.store.reserve_mb > 4096 {
+        issues.push(
+            "store.reserve_mb",
+            "must be at most 4096 (0 turns the reserve off)",
+        );
+    }
     issues.0
 }
 

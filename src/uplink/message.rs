@@ -150,6 +150,9 @@ pub struct StatusCounts {
     pub dropped_telemetry: u64,
     /// Messages waiting in the outbox.
     pub outbox_depth: u64,
+    /// State changes and periods lost because the store could not take
+    /// them (a full disk for longer than the agent can hold them).
+    pub lost_events: u64,
 }
 
 /// Birth: `{"online": true, "session", "version", "started_at", "machines", ...}`,
@@ -191,6 +194,7 @@ fn status_payload(
     body.insert("machines".into(), json!(gw.machines));
     body.insert("dropped_telemetry".into(), json!(counts.dropped_telemetry));
     body.insert("outbox_depth".into(), json!(counts.outbox_depth));
+    body.insert("lost_events".into(), json!(counts.lost_events));
     body.insert("gateway".into(), json!(gw.id));
     body.insert("ts".into(), json!(format_ts(ts)));
     Value::Object(body).to_string().into_bytes()
@@ -390,6 +394,7 @@ mod tests {
         let counts = StatusCounts {
             dropped_telemetry: 3,
             outbox_depth: 10,
+            lost_events: 1,
         };
         let b: Value =
             serde_json::from_slice(&birth_payload(&gw, 42, at(8, 0, 0), counts)).unwrap();
