@@ -15,6 +15,11 @@
 //! request; the engine drains what they sent and saves its snapshots; the
 //! recorder commits every event; the uplink says `online: false`; the store
 //! thread finishes its queue.
+//!
+//! A SIGHUP reload is a difference, not a restart ([`crate::reload`]): an
+//! unchanged config changes nothing; otherwise only the bus tasks, the
+//! order task and the uplink that the change touches restart, and the state
+//! engine follows the new config in place.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -30,6 +35,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, Transport};
 use crate::machine::{MachineEvent, MachineState, MachineView};
+use crate::source::modbus::WriteRequest;
 use crate::source::{Sample, SampleContent};
 use crate::store::{Store, StoreError};
 
@@ -77,10 +83,11 @@ pub async fn run(
     options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    // One copy of the config, shared by every task of the running pipeline.
+    // One copy of the config, shared by every task that reads it.
     let mut config = Arc::new(config);
-    let store = Store::open(&config.gateway.data_dir)?;
-    configure_outbox(&store, &config).await?;
+    // A full disk does not stop the start: the store opens when it can.
+    let store = Store::open_resilient(&config.gateway.data_dir, config.store.reserve_mb)?;
+    configure_outbox(&store, &config).await;
     info!(
         gateway = %config.gateway.id,
         store = %store.path().display(),
@@ -89,8 +96,8 @@ pub async fn run(
     );
     let started_at = Utc::now();
     let mut hangup = Hangup::install();
-    // The watchdog pets systemd only while every loop of the running
-    // pipeline beats; it outlives reloads (each generation registers anew).
+    // The watchdog pets systemd only while every running loop beats; it
+    // outlives reloads (each restarted task registers anew).
     let liveness = match crate::systemd::watchdog_interval() {
         Some(interval) => crate::systemd::Liveness::for_watchdog(interval),
         None => crate::systemd::Liveness::new(),
@@ -106,61 +113,60 @@ pub async fn run(
             watchdog_stop.clone(),
         ))
     });
-    'generation: loop {
-        let generation = shutdown.child_token();
-        let pipeline = Pipeline::start(
-            &config,
-            &store,
-            &options,
-            &liveness,
-            started_at,
-            generation.clone(),
-        )?;
-        crate::systemd::ready();
-        loop {
-            if !wait_for_stop_or_reload(&shutdown, &mut hangup).await {
-                crate::systemd::stopping();
-                pipeline.stop(&generation).await;
-                break 'generation;
-            }
-            crate::systemd::reloading();
-            let Some(path) = options.config_path.as_deref() else {
-                warn!("SIGHUP: no config file to reload; the running config stays");
-                crate::systemd::ready();
-                continue;
-            };
-            info!(file = %path.display(), "SIGHUP: reloading the config");
-            match Config::load(path) {
-                Ok(new) => {
-                    pipeline.stop(&generation).await;
-                    // Every task of the old pipeline has ended or was aborted.
-                    liveness.forget_all();
-                    if new.gateway.data_dir != config.gateway.data_dir {
-                        warn!(
-                            store = %store.path().display(),
-                            "gateway.data_dir changed: the store moves only on a restart"
-                        );
-                    }
-                    config = Arc::new(new);
-                    configure_outbox(&store, &config).await?;
+    let mut running = Running::start(&config, &store, &options, &liveness, started_at)?;
+    crate::systemd::ready();
+    loop {
+        if !wait_for_stop_or_reload(&shutdown, &mut hangup).await {
+            crate::systemd::stopping();
+            running.stop().await;
+            break;
+        }
+        crate::systemd::reloading();
+        let Some(path) = options.config_path.as_deref() else {
+            warn!("SIGHUP: no config file to reload; the running config stays");
+            crate::systemd::ready();
+            continue;
+        };
+        info!(file = %path.display(), "SIGHUP: reloading the config");
+        match Config::load(path) {
+            Ok(new) => {
+                let new = Arc::new(new);
+                let plan = crate::reload::plan_reload(&config, &new);
+                if new.gateway.data_dir != config.gateway.data_dir {
+                    warn!(
+                        store = %store.path().display(),
+                        "gateway.data_dir changed: the store moves only on a restart"
+                    );
+                }
+                if plan.is_empty() {
+                    info!(file = %path.display(), "config unchanged: nothing restarted");
+                } else {
+                    running.reload(&new, &plan).await;
+                    config = new;
                     info!(
                         file = %path.display(),
                         machines = config.machine.len(),
+                        added = plan.machines_added.len(),
+                        removed = plan.machines_removed.len(),
+                        changed = plan.machines_changed.len(),
+                        buses_restarted = plan.buses_started.len(),
+                        uplink_restarted = plan.uplink_restarted,
                         "config reloaded"
                     );
-                    continue 'generation;
                 }
-                Err(e) => {
-                    // One line: the errors name the file and every bad key.
-                    let errors = e.to_string().replace('\n', "; ");
-                    error!(
-                        file = %path.display(),
-                        errors = %errors,
-                        "reload refused: the new config is invalid; the running config stays"
-                    );
-                    crate::systemd::ready();
-                    crate::systemd::status("running; last reload refused: invalid config");
-                }
+                crate::systemd::ready();
+                crate::systemd::status("running");
+            }
+            Err(e) => {
+                // One line: the errors name the file and every bad key.
+                let errors = e.to_string().replace('\n', "; ");
+                error!(
+                    file = %path.display(),
+                    errors = %errors,
+                    "reload refused: the new config is invalid; the running config stays"
+                );
+                crate::systemd::ready();
+                crate::systemd::status("running; last reload refused: invalid config");
             }
         }
     }
@@ -172,12 +178,37 @@ pub async fn run(
     Ok(())
 }
 
-async fn configure_outbox(store: &Store, config: &Config) -> Result<(), AgentError> {
+/// Write the outbox cap; when the store cannot take it now (a full disk),
+/// keep trying in the background with backoff: the agent runs meanwhile.
+async fn configure_outbox(store: &Store, config: &Config) {
     let policy = crate::uplink::outbox::OutboxPolicy::from_mb(config.store.outbox_max_mb);
-    store
-        .call(move |c| crate::uplink::outbox::configure(c, policy))
-        .await?;
-    Ok(())
+    let configure = move |store: Store| async move {
+        store
+            .call(move |c| crate::uplink::outbox::configure(c, policy))
+            .await
+    };
+    match configure(store.clone()).await {
+        Ok(()) => {}
+        Err(StoreError::Closed) => {}
+        Err(e) => {
+            warn!(error = %e, "cannot write the outbox settings now; retrying in the background");
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut retry = Duration::from_secs(1);
+                loop {
+                    tokio::time::sleep(retry).await;
+                    match configure(store.clone()).await {
+                        Ok(()) => {
+                            info!("outbox settings written");
+                            break;
+                        }
+                        Err(StoreError::Closed) => break,
+                        Err(_) => retry = (retry * 2).min(Duration::from_secs(30)),
+                    }
+                }
+            });
+        }
+    }
 }
 
 /// SIGHUP's handler, installed before READY=1 so an early `systemctl reload`
@@ -251,76 +282,91 @@ pub fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
-/// One generation of running tasks for one config.
-struct Pipeline {
-    sources: JoinSet<()>,
+/// The running tasks. A reload changes only the parts its
+/// [`ReloadPlan`](crate::reload::ReloadPlan) names: a bus task each, the
+/// order task and the uplink restart on their own; the tap, the state
+/// engine, the recorder and housekeeping run from start to stop (the engine
+/// follows a new config in place, so unchanged machines keep their state,
+/// timeline and periods).
+struct Running {
+    store: Store,
+    board: Option<Board>,
+    liveness: crate::systemd::Liveness,
+    started_at: DateTime<Utc>,
+    /// The running config, for the tasks that read it while running
+    /// (recorder, housekeeping).
+    config: watch::Sender<Arc<Config>>,
+    /// What bus tasks send to the tap; the tap (then the engine) ends when
+    /// the last clone is gone.
+    samples: Option<mpsc::Sender<Sample>>,
+    buses: BTreeMap<String, Task>,
+    /// Each machine's write channel: that of its bus task.
+    writers: HashMap<String, mpsc::Sender<WriteRequest>>,
+    /// Each machine's live view (for the order task).
+    views: HashMap<String, watch::Receiver<MachineView>>,
+    engine: crate::machine::engine::EngineHandle,
+    /// Tap, engine, recorder, housekeeping, board watchers, order forwarder.
     downstream: JoinSet<()>,
-    uplink_stop: CancellationToken,
-    uplink: JoinSet<()>,
+    /// Stops housekeeping and the board watchers.
+    downstream_stop: CancellationToken,
+    /// Order messages of every uplink connection go here...
+    order_tx: mpsc::Sender<crate::orders::OrderMessage>,
+    /// ... and on to the order task running now.
+    order_target: watch::Sender<Option<mpsc::Sender<crate::orders::OrderMessage>>>,
+    orders: Option<Task>,
+    uplink: Option<Task>,
+    wake: Arc<Notify>,
 }
 
-impl Pipeline {
+/// One task that a reload may stop on its own.
+struct Task {
+    stop: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Task {
+    fn spawn(
+        stop: CancellationToken,
+        future: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Task {
+        Task {
+            stop,
+            handle: tokio::spawn(future),
+        }
+    }
+
+    /// Stop it and wait up to `patience` for it to end; then abort it.
+    async fn stop(self, what: &str, patience: Duration) {
+        self.stop.cancel();
+        let mut handle = self.handle;
+        if tokio::time::timeout(patience, &mut handle).await.is_err() {
+            warn!("{what} still running after {patience:?}: aborted");
+            handle.abort();
+        }
+    }
+}
+
+/// How long a bus task or the order task may take to stop.
+const STOP_PATIENCE: Duration = Duration::from_secs(8);
+
+impl Running {
     fn start(
         config: &Arc<Config>,
         store: &Store,
         options: &RunOptions,
         liveness: &crate::systemd::Liveness,
         started_at: DateTime<Utc>,
-        stop: CancellationToken,
-    ) -> Result<Pipeline, AgentError> {
-        let config = config.clone();
+    ) -> Result<Running, AgentError> {
         let wake = Arc::new(Notify::new());
-        let mut sources = JoinSet::new();
         let mut downstream = JoinSet::new();
-        let mut uplink = JoinSet::new();
-        let uplink_stop = CancellationToken::new();
+        let downstream_stop = CancellationToken::new();
+        let (config_tx, config_rx) = watch::channel(config.clone());
 
         let (sample_tx, sample_rx) = mpsc::channel::<Sample>(1024);
         let (engine_tx, engine_rx) = mpsc::channel::<Sample>(1024);
         let (event_tx, event_rx) = mpsc::channel::<MachineEvent>(1024);
         let (order_tx, order_rx) = mpsc::channel(64);
-
-        // Sources: one task per bus, each with a write channel for order dispatch.
-        let mut writers = HashMap::new();
-        for bus in &config.bus {
-            let machines: Vec<_> = config
-                .machine
-                .iter()
-                .filter(|m| m.bus == bus.id)
-                .cloned()
-                .collect();
-            if machines.is_empty() {
-                continue;
-            }
-            match bus.transport {
-                Transport::Tcp | Transport::Rtu => {
-                    let (write_tx, write_rx) = mpsc::channel(16);
-                    for m in &machines {
-                        writers.insert(m.id.clone(), write_tx.clone());
-                    }
-                    let stats = Arc::new(crate::source::modbus::bus::BusStats::new(&bus.id));
-                    sources.spawn(crate::source::modbus::bus::run_bus(
-                        bus.clone(),
-                        machines,
-                        sample_tx.clone(),
-                        write_rx,
-                        stats,
-                        liveness.register(format!("modbus bus {}", bus.id)),
-                        stop.clone(),
-                    ));
-                }
-                Transport::Mqtt => {
-                    sources.spawn(crate::source::mqtt::run_mqtt_bus(
-                        bus.clone(),
-                        machines,
-                        sample_tx.clone(),
-                        liveness.register(format!("mqtt bus {}", bus.id)),
-                        stop.clone(),
-                    ));
-                }
-            }
-        }
-        drop(sample_tx);
+        let (order_target, order_target_rx) = watch::channel(None);
 
         // The engine stops when the tap has passed on the last sample of the
         // stopped sources, so nothing read is left unaccounted.
@@ -333,7 +379,7 @@ impl Pipeline {
             engine_stop.clone(),
         ));
 
-        let (views_tx, views_rx) = crate::machine::engine::machine_views(&config, Utc::now());
+        let (views_tx, views_rx) = crate::machine::engine::machine_views(config, Utc::now());
         let (engine, engine_commands) = crate::machine::engine::engine_channel();
         {
             let config = config.clone();
@@ -365,96 +411,306 @@ impl Pipeline {
             });
         }
         downstream.spawn(housekeeping(
-            engine.clone(),
             store.clone(),
-            config.clone(),
-            stop.clone(),
+            config_rx.clone(),
+            downstream_stop.clone(),
         ));
-        downstream.spawn(record(
-            event_rx,
-            store.clone(),
-            config.clone(),
-            wake.clone(),
-        ));
-        if let Some(board) = options.board.clone() {
-            for rx in views_rx.values() {
-                downstream.spawn(watch_view(rx.clone(), board.clone(), stop.clone()));
-            }
-        }
+        downstream.spawn(record(event_rx, store.clone(), config_rx, wake.clone()));
+        downstream.spawn(forward_orders(order_rx, order_target_rx));
 
-        downstream.spawn(crate::orders::dispatch::run_orders(
-            config.clone(),
-            store.clone(),
-            order_rx,
-            views_rx,
-            writers,
+        let mut running = Running {
+            store: store.clone(),
+            board: options.board.clone(),
+            liveness: liveness.clone(),
+            started_at,
+            config: config_tx,
+            samples: Some(sample_tx),
+            buses: BTreeMap::new(),
+            writers: HashMap::new(),
+            views: HashMap::new(),
             engine,
-            wake.clone(),
-            stop.clone(),
-        ));
-
-        if let Some(u) = &config.uplink {
-            let info = crate::uplink::GatewayInfo {
-                id: config.gateway.id.clone(),
-                prefix: config.topic_prefix(),
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                started_at,
-                machines: config.machine.iter().map(|m| m.id.clone()).collect(),
-            };
-            let u = u.clone();
-            let store = store.clone();
-            let wake = wake.clone();
-            let ustop = uplink_stop.clone();
-            let heartbeat = liveness.register("uplink");
-            uplink.spawn(async move {
-                let stats = Arc::new(crate::uplink::UplinkStats::default());
-                if let Err(e) = crate::uplink::run_uplink(
-                    u, info, store, wake, order_tx, stats, heartbeat, ustop,
-                )
-                .await
-                {
-                    error!(error = %e, "uplink stopped");
-                }
-            });
-        } else {
-            drop(order_tx);
-        }
-
-        Ok(Pipeline {
-            sources,
             downstream,
-            uplink_stop,
-            uplink,
-        })
+            downstream_stop,
+            order_tx,
+            order_target,
+            orders: None,
+            uplink: None,
+            wake,
+        };
+        running.add_views(views_rx);
+        for bus in &config.bus {
+            running.start_bus(config, &bus.id);
+        }
+        running.start_orders(config);
+        running.start_uplink(config);
+        Ok(running)
     }
 
-    /// Stop in data-flow order; `stop` is the token the sources watch.
-    async fn stop(mut self, stop: &CancellationToken) {
-        stop.cancel();
-        let deadline = Duration::from_secs(8);
-        let drained = tokio::time::timeout(deadline, async {
-            while self.sources.join_next().await.is_some() {}
-            while self.downstream.join_next().await.is_some() {}
+    fn add_views(&mut self, views: HashMap<String, watch::Receiver<MachineView>>) {
+        if let Some(board) = &self.board {
+            for rx in views.values() {
+                self.downstream.spawn(watch_view(
+                    rx.clone(),
+                    board.clone(),
+                    self.downstream_stop.clone(),
+                ));
+            }
+        }
+        self.views.extend(views);
+    }
+
+    /// Start the task of bus `id` of `config`, if it has machines.
+    fn start_bus(&mut self, config: &Config, id: &str) {
+        let Some(bus) = config.bus(id) else { return };
+        let machines: Vec<_> = config
+            .machine
+            .iter()
+            .filter(|m| m.bus == bus.id)
+            .cloned()
+            .collect();
+        let Some(samples) = self.samples.clone() else {
+            return;
+        };
+        if machines.is_empty() {
+            return;
+        }
+        let stop = CancellationToken::new();
+        let task = match bus.transport {
+            Transport::Tcp | Transport::Rtu => {
+                let (write_tx, write_rx) = mpsc::channel(16);
+                for m in &machines {
+                    self.writers.insert(m.id.clone(), write_tx.clone());
+                }
+                let stats = Arc::new(crate::source::modbus::bus::BusStats::new(&bus.id));
+                Task::spawn(
+                    stop.clone(),
+                    crate::source::modbus::bus::run_bus(
+                        bus.clone(),
+                        machines,
+                        samples,
+                        write_rx,
+                        stats,
+                        self.liveness.register(format!("modbus bus {}", bus.id)),
+                        stop,
+                    ),
+                )
+            }
+            Transport::Mqtt => Task::spawn(
+                stop.clone(),
+                crate::source::mqtt::run_mqtt_bus(
+                    bus.clone(),
+                    machines,
+                    samples,
+                    self.liveness.register(format!("mqtt bus {}", bus.id)),
+                    stop,
+                ),
+            ),
+        };
+        self.buses.insert(bus.id.clone(), task);
+    }
+
+    /// Stop the task of bus `id` after its request in flight.
+    async fn stop_bus(&mut self, id: &str) {
+        if let Some(task) = self.buses.remove(id) {
+            task.stop(&format!("bus {id}"), STOP_PATIENCE).await;
+        }
+        // Its machines' write channels closed with it.
+        self.writers.retain(|_, w| !w.is_closed());
+    }
+
+    fn start_orders(&mut self, config: &Arc<Config>) {
+        let (inbox_tx, inbox_rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        self.orders = Some(Task::spawn(
+            stop.clone(),
+            crate::orders::dispatch::run_orders(
+                config.clone(),
+                self.store.clone(),
+                inbox_rx,
+                self.views.clone(),
+                self.writers.clone(),
+                self.engine.clone(),
+                self.wake.clone(),
+                stop,
+            ),
+        ));
+        self.order_target.send_replace(Some(inbox_tx));
+    }
+
+    async fn stop_orders(&mut self) {
+        self.order_target.send_replace(None);
+        if let Some(task) = self.orders.take() {
+            task.stop("order task", STOP_PATIENCE).await;
+        }
+    }
+
+    fn start_uplink(&mut self, config: &Config) {
+        let Some(u) = &config.uplink else { return };
+        let info = crate::uplink::GatewayInfo {
+            id: config.gateway.id.clone(),
+            prefix: config.topic_prefix(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: self.started_at,
+            machines: config.machine.iter().map(|m| m.id.clone()).collect(),
+        };
+        let u = u.clone();
+        let store = self.store.clone();
+        let wake = self.wake.clone();
+        let order_tx = self.order_tx.clone();
+        let stop = CancellationToken::new();
+        let ustop = stop.clone();
+        let heartbeat = self.liveness.register("uplink");
+        self.uplink = Some(Task::spawn(stop, async move {
+            let stats = Arc::new(crate::uplink::UplinkStats::default());
+            if let Err(e) =
+                crate::uplink::run_uplink(u, info, store, wake, order_tx, stats, heartbeat, ustop)
+                    .await
+            {
+                error!(error = %e, "uplink stopped");
+            }
+        }));
+    }
+
+    /// Say goodbye upstream and close the connection.
+    async fn stop_uplink(&mut self) {
+        if let Some(task) = self.uplink.take() {
+            task.stop("uplink", Duration::from_secs(3)).await;
+        }
+    }
+
+    /// Carry out a reload: only what `plan` names is stopped and started.
+    async fn reload(&mut self, new: &Arc<Config>, plan: &crate::reload::ReloadPlan) {
+        if plan.other_changed {
+            // A store that cannot take them now gets them in the background.
+            configure_outbox(&self.store, new).await;
+        }
+        // Buses first: nothing is read with the old plan of a machine that
+        // the engine already follows with the new one.
+        for id in &plan.buses_stopped {
+            self.stop_bus(id).await;
+        }
+        if plan.machines_or_buses_changed() || plan.accounting_changed {
+            self.stop_orders().await;
+        }
+        // New machines' saved snapshots (from before they were removed, or
+        // from an earlier run), so their open periods resume.
+        let resume = if plan.machines_added.is_empty() {
+            Vec::new()
+        } else {
+            let added = plan.machines_added.clone();
+            match self
+                .store
+                .call(|c| crate::machine::history::load_snapshots(c))
+                .await
+            {
+                Ok(all) => all
+                    .into_iter()
+                    .filter(|(id, _)| added.contains(id))
+                    .collect(),
+                Err(e) => {
+                    error!(error = %e, "could not load machine snapshots; added machines start fresh");
+                    Vec::new()
+                }
+            }
+        };
+        let (mut views_tx, mut views_rx) = crate::machine::engine::machine_views(new, Utc::now());
+        views_tx.retain(|id, _| plan.machines_added.contains(id));
+        views_rx.retain(|id, _| plan.machines_added.contains(id));
+        let done = self
+            .engine
+            .reconfigure(crate::machine::engine::Reconfigure {
+                config: new.clone(),
+                views: views_tx,
+                resume,
+                removed_reason: crate::reload::REMOVED_REASON.to_string(),
+            })
+            .await;
+        match done {
+            Some(done) if done.refused.is_none() => {
+                if !done.removed.is_empty() {
+                    save_snapshots(&self.store, done.removed).await;
+                }
+                if !done.restarted.is_empty() {
+                    info!(machines = ?done.restarted, "machines restarted from their snapshot (accounting settings changed)");
+                }
+            }
+            Some(_) | None => warn!("the state engine did not take the new config"),
+        }
+        for id in &plan.machines_removed {
+            self.views.remove(id);
+        }
+        self.add_views(views_rx);
+        self.config.send_replace(new.clone());
+        for id in &plan.buses_started {
+            self.start_bus(new, id);
+        }
+        if plan.machines_or_buses_changed() || plan.accounting_changed {
+            self.start_orders(new);
+        }
+        if plan.uplink_restarted {
+            self.stop_uplink().await;
+            self.start_uplink(new);
+        }
+    }
+
+    /// Stop in data-flow order: sources after their in-flight request; the
+    /// engine drains what they sent and saves its snapshots; the recorder
+    /// commits every event; the order task; the uplink says `online: false`.
+    async fn stop(mut self) {
+        // Every bus stops at once; each is then waited for.
+        for task in self.buses.values() {
+            task.stop.cancel();
+        }
+        let ids: Vec<String> = self.buses.keys().cloned().collect();
+        for id in ids {
+            self.stop_bus(&id).await;
+        }
+        // The last sender: the tap ends, then the engine, then the recorder.
+        self.samples = None;
+        self.downstream_stop.cancel();
+        self.stop_orders().await;
+        let deadline = STOP_PATIENCE;
+        if tokio::time::timeout(deadline, async {
+            // The forwarder ends when the uplink's sender is gone: not waited for.
+            while self.downstream.len() > 1 {
+                if self.downstream.join_next().await.is_none() {
+                    break;
+                }
+            }
         })
-        .await;
-        if drained.is_err() {
+        .await
+        .is_err()
+        {
             warn!(
-                sources = self.sources.len(),
                 downstream = self.downstream.len(),
                 "tasks still running after {deadline:?}: aborted"
             );
         }
-        self.uplink_stop.cancel();
-        let said_goodbye = tokio::time::timeout(Duration::from_secs(3), async {
-            while self.uplink.join_next().await.is_some() {}
-        })
-        .await;
-        if said_goodbye.is_err() {
-            warn!("uplink still running after 3 s: aborted");
-        }
-        self.sources.abort_all();
+        self.stop_uplink().await;
         self.downstream.abort_all();
-        self.uplink.abort_all();
+    }
+}
+
+/// Hands the order messages of every uplink connection to the order task
+/// running now. A message that finds none (during a reload) is dropped
+/// unacknowledged: the broker sends it again on the next connection.
+async fn forward_orders(
+    mut inbox: mpsc::Receiver<crate::orders::OrderMessage>,
+    target: watch::Receiver<Option<mpsc::Sender<crate::orders::OrderMessage>>>,
+) {
+    while let Some(message) = inbox.recv().await {
+        let to = target.borrow().clone();
+        match to {
+            Some(tx) => {
+                if let Err(e) = tx.send(message).await {
+                    drop(e);
+                    warn!(
+                        "order task gone while reloading: an order message is left unacknowledged"
+                    );
+                }
+            }
+            None => warn!("no order task while reloading: an order message is left unacknowledged"),
+        }
     }
 }
 
@@ -466,30 +722,25 @@ async fn save_snapshots(
         .call(move |c| crate::machine::history::save_snapshots(c, &snapshots))
         .await
     {
-        error!(error = %e, "could not save machine snapshots");
+        // Retried on the next tick; a store in trouble says so itself, once.
+        if store.health().condition() == crate::store::health::Condition::Ok {
+            error!(error = %e, "could not save machine snapshots");
+        } else {
+            tracing::debug!(error = %e, "could not save machine snapshots");
+        }
     }
 }
 
-/// Saves the open periods every few seconds (so a power loss costs at most
-/// that much attribution) and applies the retention hourly.
-async fn housekeeping(
-    engine: crate::machine::engine::EngineHandle,
-    store: Store,
-    config: Arc<Config>,
-    stop: CancellationToken,
-) {
-    let mut snapshot_tick = tokio::time::interval(Duration::from_secs(SNAPSHOT_EVERY_S));
+/// Applies the retention hourly. (The open periods are saved by the engine
+/// through the event stream, with the changes they follow, and an
+/// "observed up to" mark about twice a second: see `machine::history`.)
+async fn housekeeping(store: Store, config: watch::Receiver<Arc<Config>>, stop: CancellationToken) {
     let mut retention_tick = tokio::time::interval(Duration::from_secs(3600));
-    let days = config.store.retention_days;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = snapshot_tick.tick() => {
-                if let Some(s) = engine.snapshot().await {
-                    save_snapshots(&store, s).await;
-                }
-            }
             _ = retention_tick.tick() => {
+                let days = config.borrow().store.retention_days;
                 let result = store
                     .call(move |c| crate::machine::history::apply_retention(c, Utc::now(), days))
                     .await;
@@ -502,9 +753,6 @@ async fn housekeeping(
         }
     }
 }
-
-/// How often open periods are saved.
-const SNAPSHOT_EVERY_S: u64 = 5;
 
 /// Copies what sources read onto the board and the store's last-value table,
 /// then hands the sample on to the engine unchanged.
@@ -788,7 +1036,9 @@ ON CONFLICT (machine, signal) DO UPDATE SET
   error = excluded.error, read_at = excluded.read_at";
 
 async fn flush_last_values(store: &Store, rows: Vec<SignalRow>) {
-    if rows.is_empty() {
+    // Short of disk space the last values wait: they are a convenience for
+    // `status`, and their rows must not eat the reserve.
+    if rows.is_empty() || !store.health().accepts_telemetry() {
         return;
     }
     let result = store
@@ -805,85 +1055,257 @@ async fn flush_last_values(store: &Store, rows: Vec<SignalRow>) {
         })
         .await;
     if let Err(e) = result {
-        warn!(error = %e, "could not store last signal values");
+        // The store logs its own condition once per change.
+        tracing::debug!(error = %e, "could not store last signal values");
     }
 }
 
 /// Commits every machine event (with its outbox message) and wakes the uplink.
+///
+/// A store that cannot write (a full disk) never blocks the engine: events
+/// keep being taken, state changes and periods wait in order in bounded
+/// memory ([`MAX_HELD_EVENTS`]) and are committed, with their seqs, once the
+/// store takes them again; telemetry is dropped while the store is short of
+/// space and counted (`dropped_telemetry`); events beyond the bound are
+/// counted in `lost_events`. Both counts are written with the next commit.
 async fn record(
     mut events: mpsc::Receiver<MachineEvent>,
     store: Store,
-    config: Arc<Config>,
+    mut config: watch::Receiver<Arc<Config>>,
     wake: Arc<Notify>,
 ) {
     // Without an uplink nothing would ever drain the outbox: keep the history
     // locally (state changes, periods) and send nothing.
-    let uplink = config.uplink.is_some();
-    let heartbeat_s = config.uplink.as_ref().map(|u| u.heartbeat_s).unwrap_or(60);
-    let mut filter = crate::uplink::telemetry::TelemetryFilter::new(&config.machine, heartbeat_s);
-    let mut batch = Vec::new();
-    while let Some(first) = events.recv().await {
+    let telemetry_of = |config: &Config| {
+        let heartbeat_s = config.uplink.as_ref().map(|u| u.heartbeat_s).unwrap_or(60);
+        let filter = crate::uplink::telemetry::TelemetryFilter::new(&config.machine, heartbeat_s);
+        (config.uplink.is_some(), filter)
+    };
+    let (mut uplink, mut filter) = telemetry_of(&config.borrow_and_update());
+    let health = store.health().clone();
+    let mut held = Held::default();
+    let mut open = true;
+    let mut retry = Duration::from_millis(200);
+    // Set while a commit failed: when to try again.
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    // After the events channel closed: how long held events still get.
+    let mut give_up_at: Option<tokio::time::Instant> = None;
+    loop {
+        // A reload: the uplink and the telemetry filter follow the new config.
+        if config.has_changed().unwrap_or(false) {
+            (uplink, filter) = telemetry_of(&config.borrow_and_update());
+        }
+        if held.is_empty() {
+            if !open {
+                break;
+            }
+            match events.recv().await {
+                Some(e) => held.take(e, uplink, &mut filter, &health, retry_at.is_none()),
+                None => break,
+            }
+        } else if let Some(at) = retry_at {
+            if open {
+                tokio::select! {
+                    e = events.recv() => match e {
+                        Some(e) => held.take(e, uplink, &mut filter, &health, false),
+                        None => open = false,
+                    },
+                    _ = tokio::time::sleep_until(at) => retry_at = None,
+                }
+            } else {
+                let deadline =
+                    *give_up_at.get_or_insert_with(|| tokio::time::Instant::now() + SHUTDOWN_HOLD);
+                if tokio::time::Instant::now() >= deadline {
+                    let n = held.durable();
+                    health.count_lost_events(n);
+                    error!(
+                        lost_events = n,
+                        "stopping with state changes or periods the store could not take: they are lost (counted in lost_events, reported once the store works)"
+                    );
+                    return;
+                }
+                tokio::time::sleep_until(at.min(deadline)).await;
+                retry_at = None;
+            }
+        }
         // Everything already waiting goes into the same transaction: one
         // fsync per batch, not per event.
-        batch.push(first);
-        while batch.len() < MAX_EVENTS_PER_COMMIT {
+        while open {
             match events.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+                Ok(e) => held.take(e, uplink, &mut filter, &health, retry_at.is_none()),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
-        let mut work: EventWork = Vec::with_capacity(batch.len());
-        for event in batch.drain(..) {
-            if let MachineEvent::State(change) = &event {
-                info!(
-                    machine = %change.machine,
-                    state = %change.state,
-                    prev = change.prev.map(|p| p.as_str()),
-                    reason = change.reason.as_deref(),
-                    "state change"
-                );
-            }
-            let outgoing = match &event {
-                _ if !uplink => None,
-                MachineEvent::State(change) => Some(crate::uplink::message::state_message(change)),
-                MachineEvent::Period(period) => {
-                    Some(crate::uplink::message::period_message(period))
-                }
-                MachineEvent::Telemetry(t) => filter
-                    .offer(t, tokio::time::Instant::now())
-                    .map(|t| crate::uplink::message::telemetry_message(&t)),
-            };
-            let keep = !matches!(event, MachineEvent::Telemetry(_));
-            if keep || outgoing.is_some() {
-                work.push((keep.then_some(event), outgoing));
+        // A state change or period is committed with the snapshot the engine
+        // sends right after it, so a crash never leaves a stored change newer
+        // than the snapshot the next start resumes from.
+        while open && retry_at.is_none() && held.ends_with_change() {
+            match events.recv().await {
+                Some(e) => held.take(e, uplink, &mut filter, &health, true),
+                None => open = false,
             }
         }
-        if work.is_empty() {
+        if retry_at.is_some() || held.is_empty() {
             continue;
         }
-        let enqueued = work.iter().any(|(_, o)| o.is_some());
-        // A failed commit (disk full, I/O error) is retried until it works:
-        // state changes and periods are never dropped. Meanwhile the engine
-        // waits for room and drops only telemetry.
-        let mut retry = Duration::from_millis(200);
-        loop {
-            let attempt = work.clone();
-            let result = store.call(move |conn| commit_events(conn, &attempt)).await;
-            match result {
-                Ok(()) => {
-                    if enqueued {
-                        wake.notify_one();
-                    }
-                    break;
+        let n = held.commit_len(MAX_EVENTS_PER_COMMIT);
+        let attempt: EventWork = held.work.iter().take(n).cloned().collect();
+        let enqueued = attempt.iter().any(|(_, o)| o.is_some());
+        let unstored = health.take_unstored();
+        let result = store
+            .call(move |conn| commit_events(conn, &attempt, unstored))
+            .await;
+        match result {
+            Ok(()) => {
+                held.work.drain(..n);
+                if enqueued {
+                    wake.notify_one();
                 }
-                Err(StoreError::Closed) => return,
-                Err(e) => {
-                    error!(error = %e, retry_ms = retry.as_millis() as u64, "could not store machine events; retrying");
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(Duration::from_secs(30));
+                if retry > Duration::from_millis(200) {
+                    info!(waiting = held.work.len(), "machine events stored again");
                 }
+                retry = Duration::from_millis(200);
+            }
+            Err(StoreError::Closed) => return,
+            Err(e) => {
+                health.give_back(unstored);
+                // The store logs its condition once per change; here only
+                // the first failure of a run of them.
+                if retry == Duration::from_millis(200) {
+                    error!(error = %e, held = held.work.len(), "could not store machine events; holding them in memory and retrying");
+                }
+                // Telemetry gives way: only state changes and periods wait.
+                held.drop_telemetry(&health);
+                retry_at = Some(tokio::time::Instant::now() + retry);
+                // At most 5 s: held events are committed soon after space returns.
+                retry = (retry * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Most state changes and periods held in memory while the store cannot
+/// write (a few hundred bytes each): about a day of a 50-machine line.
+const MAX_HELD_EVENTS: usize = 50_000;
+
+/// How long, after the engine stopped, held events still wait for the store.
+const SHUTDOWN_HOLD: Duration = Duration::from_secs(5);
+
+/// Events taken from the engine, not yet committed, in order.
+#[derive(Default)]
+struct Held {
+    work: std::collections::VecDeque<(
+        Option<MachineEvent>,
+        Option<crate::uplink::outbox::Outgoing>,
+    )>,
+    /// Logged the overflow of this run of failures.
+    overflow_logged: bool,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.work.is_empty()
+    }
+
+    /// State changes and periods held.
+    fn durable(&self) -> u64 {
+        self.work
+            .iter()
+            .filter(|(e, _)| matches!(e, Some(MachineEvent::State(_) | MachineEvent::Period(_))))
+            .count() as u64
+    }
+
+    /// The last event held is a state change or period still waiting for
+    /// the snapshot the engine sends right after it.
+    fn ends_with_change(&self) -> bool {
+        matches!(
+            self.work.back(),
+            Some((Some(MachineEvent::State(_) | MachineEvent::Period(_)), _))
+        )
+    }
+
+    /// How many held events the next commit takes: at most `most`, but never
+    /// a state change or period without the snapshot that follows it.
+    fn commit_len(&self, most: usize) -> usize {
+        let mut n = self.work.len().min(most);
+        while n < self.work.len()
+            && matches!(
+                self.work.get(n - 1),
+                Some((Some(MachineEvent::State(_) | MachineEvent::Period(_)), _))
+            )
+        {
+            n += 1;
+        }
+        n
+    }
+
+    /// Take one event from the engine. `store_well`: the last commit
+    /// worked (otherwise telemetry is dropped at once, and counted).
+    fn take(
+        &mut self,
+        event: MachineEvent,
+        uplink: bool,
+        filter: &mut crate::uplink::telemetry::TelemetryFilter,
+        health: &crate::store::health::Health,
+        store_well: bool,
+    ) {
+        if let MachineEvent::State(change) = &event {
+            info!(
+                machine = %change.machine,
+                state = %change.state,
+                prev = change.prev.map(|p| p.as_str()),
+                reason = change.reason.as_deref(),
+                "state change"
+            );
+        }
+        let outgoing = match &event {
+            _ if !uplink => None,
+            MachineEvent::State(change) => Some(crate::uplink::message::state_message(change)),
+            MachineEvent::Period(period) => Some(crate::uplink::message::period_message(period)),
+            MachineEvent::Telemetry(t) => filter
+                .offer(t, tokio::time::Instant::now())
+                .map(|t| crate::uplink::message::telemetry_message(&t)),
+            MachineEvent::Snapshot(_) | MachineEvent::Observed { .. } => None,
+        };
+        // An "observed up to" mark only narrows what a crash costs; while the
+        // store fails, the next one after it works will do.
+        if matches!(event, MachineEvent::Observed { .. }) && !store_well {
+            return;
+        }
+        let keep = !matches!(event, MachineEvent::Telemetry(_));
+        if !keep {
+            if outgoing.is_some() {
+                if store_well && health.accepts_telemetry() {
+                    self.work.push_back((None, outgoing));
+                } else {
+                    health.count_unstored_telemetry(1);
+                }
+            }
+            return;
+        }
+        if self.work.len() >= MAX_HELD_EVENTS {
+            health.count_lost_events(1);
+            if !self.overflow_logged {
+                self.overflow_logged = true;
+                error!(
+                    held = self.work.len(),
+                    "the store has not taken machine events for too long: memory is full, new state changes and periods are lost (counted in lost_events)"
+                );
+            }
+            return;
+        }
+        if self.work.is_empty() {
+            self.overflow_logged = false;
+        }
+        self.work.push_back((Some(event), outgoing));
+    }
+
+    /// Drop the telemetry waiting (counted), keeping events in order.
+    fn drop_telemetry(&mut self, health: &crate::store::health::Health) {
+        let before = self.work.len();
+        self.work.retain(|(e, _)| e.is_some());
+        health.count_unstored_telemetry((before - self.work.len()) as u64);
     }
 }
 
@@ -892,7 +1314,11 @@ type EventWork = Vec<(
     Option<crate::uplink::outbox::Outgoing>,
 )>;
 
-fn commit_events(conn: &mut rusqlite::Connection, work: &EventWork) -> Result<(), StoreError> {
+fn commit_events(
+    conn: &mut rusqlite::Connection,
+    work: &EventWork,
+    unstored: crate::store::health::Unstored,
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     for (event, outgoing) in work {
         // A period closed again from an older snapshot after a crash is
@@ -905,6 +1331,8 @@ fn commit_events(conn: &mut rusqlite::Connection, work: &EventWork) -> Result<()
             crate::uplink::outbox::enqueue(&tx, out)?;
         }
     }
+    crate::uplink::outbox::count_unstored_telemetry(&tx, unstored.telemetry)?;
+    crate::store::health::add_lost_events(&tx, unstored.lost_events)?;
     tx.commit()?;
     Ok(())
 }
@@ -948,6 +1376,59 @@ mod tests {
                     .collect(),
             ),
         }
+    }
+
+    fn state_change(n: i64) -> MachineEvent {
+        MachineEvent::State(crate::machine::StateChange {
+            machine: "press07".into(),
+            state: MachineState::Running,
+            prev: None,
+            since: DateTime::from_timestamp(n, 0).unwrap(),
+            reason: None,
+        })
+    }
+
+    fn telemetry(n: i64) -> MachineEvent {
+        MachineEvent::Telemetry(crate::machine::Telemetry {
+            machine: "press07".into(),
+            at: DateTime::from_timestamp(n, 0).unwrap(),
+            values: [("count".to_string(), Value::Int(n))].into_iter().collect(),
+        })
+    }
+
+    #[test]
+    fn held_events_keep_their_order_drop_telemetry_first_and_count_what_overflows() {
+        let health = crate::store::health::Health::default();
+        let mut filter = crate::uplink::telemetry::TelemetryFilter::new(&[], 60);
+        let mut held = Held::default();
+        // The store works: telemetry waits with the events.
+        held.take(state_change(1), true, &mut filter, &health, true);
+        held.take(telemetry(2), true, &mut filter, &health, true);
+        assert_eq!(held.work.len(), 2);
+        // A commit failed: the telemetry waiting gives way, counted.
+        held.drop_telemetry(&health);
+        assert_eq!(held.work.len(), 1);
+        assert_eq!(health.unstored().telemetry, 1);
+        // While it fails, new telemetry is counted, not held.
+        held.take(telemetry(3), true, &mut filter, &health, false);
+        assert_eq!(health.unstored().telemetry, 2);
+        // Events wait in order up to the bound; beyond it they are counted.
+        for n in 0..(MAX_HELD_EVENTS as i64 + 2) {
+            held.take(state_change(10 + n), true, &mut filter, &health, false);
+        }
+        assert_eq!(held.work.len(), MAX_HELD_EVENTS);
+        assert_eq!(health.unstored().lost_events, 3);
+        let sinces: Vec<i64> = held
+            .work
+            .iter()
+            .take(3)
+            .map(|(e, _)| match e {
+                Some(MachineEvent::State(c)) => c.since.timestamp(),
+                _ => -1,
+            })
+            .collect();
+        assert_eq!(sinces, [1, 10, 11], "oldest first, in the order taken");
+        assert_eq!(held.durable(), MAX_HELD_EVENTS as u64);
     }
 
     #[test]

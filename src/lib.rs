@@ -16,6 +16,7 @@
 //! - [`store`]: the SQLite file: state changes, periods, outbox, orders.
 //! - [`uplink`]: the central broker: birth/will, outbox drain, order intake.
 //! - [`orders`]: levelled work orders: intake, sequencing, safe dispatch.
+//! - [`reload`]: what a SIGHUP reload changes (running config vs new one, pure).
 //! - [`sim`]: simulated machines served over real Modbus TCP (demo, tests).
 //! - [`systemd`]: readiness, watchdog and journal logging under systemd.
 //! - [`cli`]: the `linegate` command line.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod machine;
 pub mod orders;
+pub mod reload;
 pub mod sim;
 pub mod source;
 pub mod store;

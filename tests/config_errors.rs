@@ -445,3 +445,29 @@ fn mqtt_payload_limit_and_retained_policy_are_checked_with_their_keys() {
     assert!(e.contains("retained"), "{e}");
     assert!(e.contains("ignore") && e.contains("timestamped"), "{e}");
 }
+
+#[test]
+fn a_steady_retry_phase_longer_than_a_day_is_refused_by_name() {
+    let text = GOOD.replace(
+        "address = \"127.0.0.1:502\"",
+        "address = \"127.0.0.1:502\"\nbackoff_after_ms = 90000000",
+    );
+    let e = error_of(&text);
+    assert!(e.contains("bus[0].backoff_after_ms"), "{e}");
+    assert!(e.contains("above a day"), "{e}");
+    let ok = GOOD.replace(
+        "address = \"127.0.0.1:502\"",
+        "address = \"127.0.0.1:502\"\nbackoff_after_ms = 0",
+    );
+    assert_eq!(load(&ok).unwrap().bus[0].backoff_after_ms, 0);
+}
+
+#[test]
+fn a_store_reserve_beyond_its_bound_is_named() {
+    let e = error_of(&format!("{GOOD}\n[store]\nreserve_mb = 5000\n"));
+    assert!(e.contains("store.reserve_mb"), "{e}");
+    assert!(e.contains("4096"), "{e}");
+    let c = load(&format!("{GOOD}\n[store]\nreserve_mb = 0\n")).unwrap();
+    assert_eq!(c.store.reserve_mb, 0, "0 turns the reserve off");
+    assert_eq!(load(GOOD).unwrap().store.reserve_mb, 16, "the default");
+}

@@ -402,6 +402,7 @@ fn assert_status_payload(m: &Seen, online: bool) {
             "machines",
             "dropped_telemetry",
             "outbox_depth",
+            "lost_events",
             "gateway",
             "ts"
         ]),
@@ -416,7 +417,7 @@ fn assert_status_payload(m: &Seen, online: bool) {
     assert!(is_contract_ts(&j["started_at"]), "{}", m.raw);
     assert_eq!(j["machines"], serde_json::json!(MACHINES), "{}", m.raw);
     assert!(
-        j["dropped_telemetry"].is_u64() && j["outbox_depth"].is_u64(),
+        j["dropped_telemetry"].is_u64() && j["outbox_depth"].is_u64() && j["lost_events"] == 0,
         "{}",
         m.raw
     );

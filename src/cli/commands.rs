@@ -178,7 +178,7 @@ fn open_store(config_arg: Option<&Path>) -> Result<(Config, Store)> {
 }
 
 fn status(args: StatusArgs) -> Result<ExitCode> {
-    let (_config, store) = open_store(args.config.config.as_deref())?;
+    let (config, store) = open_store(args.config.config.as_deref())?;
     let rows = store.call_blocking(|c| crate::machine::history::current(c))?;
     if args.json {
         let rows: Vec<serde_json::Value> = rows.iter().map(status_json).collect();
@@ -240,6 +240,20 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         outbox.bytes / 1024,
         outbox.max_bytes / 1024,
         outbox.dropped
+    );
+    let lost = store.call_blocking(|c| crate::store::health::lost_events(c))?;
+    let dir = &config.gateway.data_dir;
+    let reserve = std::fs::metadata(dir.join(crate::store::health::RESERVE_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    say!(line
+        "store: {}; {} state change(s)/period(s) lost to a full disk",
+        crate::store::health::describe_disk(
+            config.store.reserve_mb,
+            reserve,
+            crate::store::health::free_bytes(dir)
+        ),
+        lost
     );
     Ok(ExitCode::SUCCESS)
 }

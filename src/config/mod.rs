@@ -154,11 +154,16 @@ pub struct BusConfig {
     /// Unused registers (or bits) a request may read to join two signals into one request.
     #[serde(default = "default_max_gap")]
     pub max_gap: u16,
-    /// First retry delay after a device stops answering; doubles up to `backoff_max_ms`.
+    /// Retry interval of a device that stopped answering, for its first
+    /// `backoff_after_ms` of silence; then the first step of the backoff.
     #[serde(default = "default_backoff_min_ms")]
     pub backoff_min_ms: u64,
     #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
+    /// Modbus: how long a silent device is retried every `backoff_min_ms`
+    /// before the wait starts doubling (short outages end quickly).
+    #[serde(default = "default_backoff_after_ms")]
+    pub backoff_after_ms: u64,
     /// mqtt: client id on the local broker (default `linegate-<gateway>-<bus>`).
     #[serde(default)]
     pub client_id: Option<String>,
@@ -220,6 +225,9 @@ fn default_backoff_min_ms() -> u64 {
     1000
 }
 fn default_backoff_max_ms() -> u64 {
+    60_000
+}
+fn default_backoff_after_ms() -> u64 {
     60_000
 }
 fn default_stale_ms() -> u64 {
@@ -593,6 +601,10 @@ pub struct StoreConfig {
     /// Closed periods and state changes older than this are deleted.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// Disk space held back in `data_dir/reserve.bin`, released when the
+    /// disk is full so state changes, periods and order statuses still commit.
+    #[serde(default = "default_reserve_mb")]
+    pub reserve_mb: u64,
 }
 
 impl Default for StoreConfig {
@@ -600,6 +612,7 @@ impl Default for StoreConfig {
         Self {
             outbox_max_mb: default_outbox_max_mb(),
             retention_days: default_retention_days(),
+            reserve_mb: default_reserve_mb(),
         }
     }
 }
@@ -609,6 +622,9 @@ fn default_outbox_max_mb() -> u64 {
 }
 fn default_retention_days() -> u32 {
     90
+}
+fn default_reserve_mb() -> u64 {
+    16
 }
 
 impl Config {

@@ -245,6 +245,12 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
     if config.store.outbox_max_mb == 0 {
         issues.push("store.outbox_max_mb", "must be at least 1");
     }
+    if config.store.reserve_mb > 4096 {
+        issues.push(
+            "store.reserve_mb",
+            "must be at most 4096 (0 turns the reserve off)",
+        );
+    }
     issues.0
 }
 
@@ -344,6 +350,15 @@ fn check_bus(issues: &mut Issues, i: usize, bus: &BusConfig) {
             "must be above 0 and not above backoff_max_ms",
         );
     }
+    if bus.backoff_after_ms > MAX_BACKOFF_AFTER_MS {
+        issues.push(
+            k("backoff_after_ms"),
+            format!(
+                "{} is above a day ({MAX_BACKOFF_AFTER_MS}): a device silent that long is retried with backoff",
+                bus.backoff_after_ms
+            ),
+        );
+    }
 }
 
 /// Largest payload an MQTT packet can carry (the protocol's remaining length).
@@ -372,6 +387,8 @@ fn check_mqtt_bus(issues: &mut Issues, i: usize, bus: &BusConfig) {
         _ => {}
     }
 }
+/// Longest `backoff_after_ms`: a day of steady retries.
+const MAX_BACKOFF_AFTER_MS: u64 = 86_400_000;
 
 fn check_machine(issues: &mut Issues, i: usize, m: &MachineConfig, transport: Option<Transport>) {
     let k = |f: &str| format!("machine[{i}].{f}");

@@ -6,11 +6,21 @@
 //! Time. All arithmetic is in integer milliseconds on a *timeline*: wall time
 //! derived from the monotonic clock, `anchor_wall + (mono - anchor_mono)`.
 //! Durations therefore come from the monotonic clock and a small NTP
-//! correction creates or destroys no time. When the wall clock steps by more
-//! than [`CLOCK_STEP_MS`] (a gateway without RTC syncing after boot, a manual
-//! change), the open periods close at the old timeline's "now" and new ones
-//! open at the new wall time; the skipped (or repeated) wall time belongs to
-//! no period, so still no time is created or destroyed.
+//! correction creates or destroys no time. The timeline never runs
+//! backwards; the clock rule ([`judge_wall_clock`]) compares each read's wall
+//! time with it. A wall clock that moved by more than [`CLOCK_STEP_MS`]
+//! against the timeline stepped (a gateway without RTC syncing after boot,
+//! a manual change), and the step is logged and added to the open periods'
+//! `clock_step`:
+//! - forward, past the timeline: the open periods close at the last read
+//!   before the step and new ones open at the new wall time; the wall time
+//!   the clock skipped was never lived and belongs to no period;
+//! - backward (or forward but not past the timeline): the timeline does not
+//!   follow, it runs on, ahead of the wall clock by the step (`wall_lag_ms`),
+//!   so no instant is labelled twice, no period overlaps another and `since`
+//!   never goes back. It meets the wall clock again at the next forward
+//!   step, or at a restart after the wall clock has passed the last instant
+//!   recorded.
 //!
 //! States. The state seen by a read holds from that read until the read that
 //! sees a different one: a change is dated at the read that saw it. A failed
@@ -52,13 +62,46 @@ use serde::{Deserialize, Serialize};
 use super::counters::{CountDelta, MachineCounters};
 use super::shift::ShiftCalendar;
 use super::{
-    ClosedPeriod, Kpi, MachineEvent, MachineState, PeriodCounts, PeriodKind, StateChange,
-    StateSeconds,
+    ClockStep, ClosedPeriod, Kpi, MachineEvent, MachineState, PeriodCounts, PeriodKind,
+    StateChange, StateSeconds,
 };
 use crate::config::{Config, MachineConfig};
 
-/// A wall-clock jump larger than this re-anchors the timeline.
+/// A wall clock that moves by more than this against the monotonic clock stepped.
 pub const CLOCK_STEP_MS: i64 = 2_000;
+
+/// What a read's wall time says about the wall clock ([`judge_wall_clock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WallClock {
+    /// Within [`CLOCK_STEP_MS`] of where the timeline expects it.
+    Steady,
+    /// The wall clock stepped by `by_ms` (negative: backwards); the timeline
+    /// moves forward by `jump_ms` (0 unless the wall clock is now ahead of
+    /// it) and then runs `lag_ms` ahead of the wall clock.
+    Stepped {
+        by_ms: i64,
+        jump_ms: i64,
+        lag_ms: i64,
+    },
+}
+
+/// The clock rule. `timeline_ms` is the timeline's now, `wall_ms` the wall
+/// clock's, `lag_ms` how far the timeline already runs ahead of the wall
+/// clock (after an earlier backward step; 0 normally). The timeline never
+/// goes back: it follows a step only forward, and only as far as the wall
+/// clock is ahead of it.
+pub fn judge_wall_clock(timeline_ms: i64, wall_ms: i64, lag_ms: i64) -> WallClock {
+    let ahead = wall_ms - timeline_ms;
+    let by_ms = ahead + lag_ms;
+    if by_ms.abs() <= CLOCK_STEP_MS {
+        return WallClock::Steady;
+    }
+    WallClock::Stepped {
+        by_ms,
+        jump_ms: ahead.max(0),
+        lag_ms: (-ahead).max(0),
+    }
+}
 
 /// Everything the accounting of one machine needs from the config.
 #[derive(Debug, Clone)]
@@ -153,6 +196,9 @@ pub struct PeriodAcc {
     /// Parts made while no ideal cycle time was known.
     pub parts_without_ideal: u64,
     pub has_good_counter: bool,
+    /// Sum of the wall-clock steps seen while the period was open (0: none).
+    #[serde(default)]
+    pub clock_step_ms: i64,
 }
 
 fn idx(s: MachineState) -> usize {
@@ -191,6 +237,7 @@ impl PeriodAcc {
             ideal_s: 0.0,
             parts_without_ideal: 0,
             has_good_counter,
+            clock_step_ms: 0,
         }
     }
 
@@ -253,6 +300,9 @@ impl PeriodAcc {
                 oee,
                 coverage: ratio(len - ms(MachineState::Offline), len),
             },
+            clock_step: (self.clock_step_ms != 0).then(|| ClockStep {
+                by_s: self.clock_step_ms as f64 / 1000.0,
+            }),
         }
     }
 
@@ -312,6 +362,12 @@ pub struct AccountSnapshot {
     /// Part counters (last raw values, totals), filled in by the engine.
     #[serde(default)]
     pub counters: Option<MachineCounters>,
+    /// The latest "attributed up to" mark saved after this snapshot (filled
+    /// in by the store when it loads the snapshot): from `committed_to` to
+    /// here the state was `stable`, so a crash turns only the time after the
+    /// mark into `offline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_to: Option<DateTime<Utc>>,
 }
 
 /// A snapshot's timestamps: the same RFC 3339 text as chrono's own serde,
@@ -348,6 +404,9 @@ pub struct Account {
     s: AccountSettings,
     anchor_wall: i64,
     anchor_mono: i64,
+    /// How far the timeline runs ahead of the wall clock after a backward
+    /// step it did not follow (0 normally).
+    wall_lag_ms: i64,
     /// Time is attributed up to here.
     committed_to: i64,
     last_obs: i64,
@@ -368,6 +427,8 @@ pub struct Account {
     /// the commit is (contiguous, or after a clock step).
     fill_before: bool,
     ideal_override_s: Option<f64>,
+    /// A clock step seen by a period that closed empty, for the next one.
+    carried_clock_step_ms: i64,
 }
 
 impl Account {
@@ -401,6 +462,7 @@ impl Account {
             s,
             anchor_wall: t,
             anchor_mono: mono_ms,
+            wall_lag_ms: 0,
             committed_to: t,
             last_obs: t,
             last_good: t,
@@ -414,14 +476,21 @@ impl Account {
             cal: None,
             fill_before: true,
             ideal_override_s: None,
+            carried_clock_step_ms: 0,
         };
         acc.roll(t, out);
         acc
     }
 
-    /// Resume from a snapshot: the time since its last committed instant,
-    /// while the agent was not running, is offline (closing the periods that
-    /// ended meanwhile).
+    /// Resume from a snapshot. Up to its `observed_to` mark (if any) the
+    /// machine was in the snapshot's state: that time is attributed to it.
+    /// From there until now, while the agent was not running, it is offline
+    /// (closing the periods that ended meanwhile). So the offline spell
+    /// starts no earlier than what was recorded, and its `prev` is the state
+    /// last reported. A wall clock behind the last recorded instant (a
+    /// gateway without RTC, before NTP) does not make time run backwards:
+    /// the timeline resumes at that instant and runs ahead of the wall clock
+    /// until it is corrected (the clock rule in the module doc).
     pub fn resume(
         s: AccountSettings,
         snap: &AccountSnapshot,
@@ -430,22 +499,28 @@ impl Account {
         out: &mut Vec<MachineEvent>,
     ) -> Self {
         let last = snap.committed_to.timestamp_millis();
-        // A wall clock behind the snapshot must not make negative time.
-        let t = at.timestamp_millis().max(last);
+        let observed = snap
+            .observed_to
+            .map_or(last, |m| m.timestamp_millis().max(last));
+        let wall = at.timestamp_millis();
+        let t = wall.max(observed);
+        if t > wall {
+            tracing::warn!(
+                machine = %s.machine,
+                behind_ms = t - wall,
+                "wall clock is behind the last recorded instant; resuming there"
+            );
+        }
         let has_good = s.has_good_counter;
         let mut acc = Account {
             s,
             anchor_wall: t,
             anchor_mono: mono_ms,
+            wall_lag_ms: t - wall,
             committed_to: last,
-            last_obs: t,
-            last_good: last,
-            stable: Spell {
-                state: MachineState::Offline,
-                reason: Some("agent not running".into()),
-                fault: false,
-                since: last,
-            },
+            last_obs: observed,
+            last_good: observed,
+            stable: snap.stable.clone(),
             candidate: None,
             reported: Reported {
                 state: snap.state,
@@ -459,10 +534,20 @@ impl Account {
             cal: None,
             fill_before: false,
             ideal_override_s: snap.ideal_override_s,
+            carried_clock_step_ms: 0,
         };
         for p in [&mut acc.interval, &mut acc.shift].into_iter().flatten() {
             p.has_good_counter = has_good;
         }
+        // What was attributed after the snapshot, before the agent stopped.
+        acc.commit_to(observed, out);
+        acc.stable = Spell {
+            state: MachineState::Offline,
+            reason: Some("agent not running".into()),
+            fault: false,
+            since: observed,
+        };
+        acc.last_obs = t;
         acc.commit_to(t, out);
         acc.last_good = t;
         acc
@@ -494,6 +579,11 @@ impl Account {
         )
     }
 
+    /// Time is attributed up to here.
+    pub fn committed_to(&self) -> DateTime<Utc> {
+        utc(self.committed_to)
+    }
+
     /// Timeline milliseconds of a monotonic instant.
     fn timeline(&self, mono_ms: i64) -> i64 {
         self.anchor_wall + (mono_ms - self.anchor_mono)
@@ -508,9 +598,15 @@ impl Account {
     pub fn observe(&mut self, obs: Observation, out: &mut Vec<MachineEvent>) {
         let mut t = self.timeline(obs.mono_ms);
         let wall = obs.at.timestamp_millis();
-        if (wall - t).abs() > CLOCK_STEP_MS {
-            self.clock_step(t, wall, out);
-            t = wall;
+        if let WallClock::Stepped {
+            by_ms,
+            jump_ms,
+            lag_ms,
+        } = judge_wall_clock(t, wall, self.wall_lag_ms)
+        {
+            self.clock_step(by_ms, jump_ms, out);
+            self.wall_lag_ms = lag_ms;
+            t += jump_ms;
         }
         let t = t.max(self.last_obs);
         let from = self.last_good.max(self.committed_to);
@@ -575,6 +671,34 @@ impl Account {
         }
     }
 
+    /// The wall clock at a monotonic instant without a read (the engine's
+    /// tick), for a machine silent for longer than `stale_ms`: applies the
+    /// clock rule, so a silent machine's periods follow a step too. (A
+    /// machine that is read sees the step at its next read; checking it
+    /// here could judge a read taken before the step, and still queued, as
+    /// a step back.)
+    pub fn wall_clock(
+        &mut self,
+        at: DateTime<Utc>,
+        mono_ms: i64,
+        stale_ms: i64,
+        out: &mut Vec<MachineEvent>,
+    ) {
+        let t = self.timeline(mono_ms);
+        if t - self.last_obs <= stale_ms {
+            return;
+        }
+        if let WallClock::Stepped {
+            by_ms,
+            jump_ms,
+            lag_ms,
+        } = judge_wall_clock(t, at.timestamp_millis(), self.wall_lag_ms)
+        {
+            self.clock_step(by_ms, jump_ms, out);
+            self.wall_lag_ms = lag_ms;
+        }
+    }
+
     /// A clean stop: attribute time up to the last read (a state still
     /// waiting out its dwell is dropped), so a snapshot holds everything known.
     pub fn stop(&mut self, out: &mut Vec<MachineEvent>) {
@@ -599,6 +723,7 @@ impl Account {
             pending_counts: self.pending_counts.clone(),
             ideal_override_s: self.ideal_override_s,
             counters: None,
+            observed_to: None,
         }
     }
 
@@ -625,22 +750,36 @@ impl Account {
                 .map_or(0, |s| s.0.capacity())
     }
 
-    /// The wall clock jumped: close what is open at the old timeline's now,
-    /// continue on the new one.
-    fn clock_step(&mut self, old_now: i64, wall: i64, out: &mut Vec<MachineEvent>) {
+    /// The wall clock stepped by `by_ms`: the open periods carry the step.
+    /// When the timeline moves forward (`jump_ms` > 0) they close at the
+    /// last read before the step and the timeline continues `jump_ms` later;
+    /// otherwise the timeline runs on as it was.
+    fn clock_step(&mut self, by_ms: i64, jump_ms: i64, out: &mut Vec<MachineEvent>) {
         tracing::warn!(
             machine = %self.s.machine,
-            jump_ms = wall - old_now,
-            "wall clock stepped; closing open periods and continuing at the new time"
+            step_s = by_ms as f64 / 1000.0,
+            timeline_forward_s = jump_ms as f64 / 1000.0,
+            "wall clock stepped; {}",
+            if jump_ms > 0 {
+                "closing the open periods and continuing at the new time"
+            } else {
+                "the timeline does not go back: it runs on, ahead of the wall clock"
+            }
         );
+        for p in [&mut self.interval, &mut self.shift].into_iter().flatten() {
+            p.clock_step_ms += by_ms;
+        }
+        if jump_ms <= 0 {
+            return;
+        }
         self.candidate = None;
         let upto = self.last_obs.max(self.committed_to);
         self.commit_to(upto, out);
         for which in [true, false] {
             self.close(which, upto, out);
         }
-        // Shift the timeline by the jump: later monotonic instants map to the new wall time.
-        let delta = wall - old_now;
+        // Later monotonic instants map to the new wall time.
+        let delta = jump_ms;
         self.anchor_wall += delta;
         self.committed_to += delta;
         self.last_obs += delta;
@@ -821,6 +960,12 @@ impl Account {
         let Some(mut acc) = slot.take() else { return };
         acc.end_ms = at;
         if acc.end_ms <= acc.start_ms {
+            // Empty: nothing to report, but a clock step it saw goes on to
+            // the next period, so the data still shows it.
+            // (The interval and the shift saw the same steps: one of them.)
+            if acc.clock_step_ms != 0 {
+                self.carried_clock_step_ms = acc.clock_step_ms;
+            }
             return;
         }
         debug_assert_eq!(acc.total_ms(), acc.end_ms - acc.start_ms);
@@ -858,6 +1003,7 @@ impl Account {
             let start = if fill { start } else { a };
             let mut acc = PeriodAcc::open(PeriodKind::Interval, start, end, has_good);
             acc.ms[idx(MachineState::Offline)] += a - start;
+            acc.clock_step_ms += self.carried_clock_step_ms;
             self.interval = Some(acc);
         }
         if self.shift.is_none() {
@@ -865,8 +1011,12 @@ impl Account {
                 let start = if fill { start.min(a) } else { a };
                 let mut acc = PeriodAcc::open(PeriodKind::Shift { name }, start, end, has_good);
                 acc.ms[idx(MachineState::Offline)] += a - start;
+                acc.clock_step_ms += self.carried_clock_step_ms;
                 self.shift = Some(acc);
             }
+        }
+        if self.interval.is_some() {
+            self.carried_clock_step_ms = 0;
         }
         self.fill_before = false;
     }
@@ -1415,6 +1565,274 @@ mod tests {
         for x in &p {
             assert_eq!(total_s(x), len_s(x));
         }
+    }
+
+    #[test]
+    fn the_clock_rule_follows_a_step_only_forward_and_only_past_the_timeline() {
+        let t = 1_000_000;
+        assert_eq!(judge_wall_clock(t, t + 1_500, 0), WallClock::Steady);
+        assert_eq!(judge_wall_clock(t, t - 2_000, 0), WallClock::Steady);
+        assert_eq!(
+            judge_wall_clock(t, t + 180_000, 0),
+            WallClock::Stepped {
+                by_ms: 180_000,
+                jump_ms: 180_000,
+                lag_ms: 0
+            }
+        );
+        assert_eq!(
+            judge_wall_clock(t, t - 300_000, 0),
+            WallClock::Stepped {
+                by_ms: -300_000,
+                jump_ms: 0,
+                lag_ms: 300_000
+            },
+            "back: the timeline runs on, 300 s ahead"
+        );
+        assert_eq!(
+            judge_wall_clock(t, t - 299_000, 300_000),
+            WallClock::Steady,
+            "a wall clock that stays behind by the lag is steady"
+        );
+        assert_eq!(
+            judge_wall_clock(t, t - 200_000, 300_000),
+            WallClock::Stepped {
+                by_ms: 100_000,
+                jump_ms: 0,
+                lag_ms: 200_000
+            },
+            "forward, but not past the timeline: it does not move"
+        );
+        assert_eq!(
+            judge_wall_clock(t, t + 50_000, 200_000),
+            WallClock::Stepped {
+                by_ms: 250_000,
+                jump_ms: 50_000,
+                lag_ms: 0
+            },
+            "forward past the timeline: it jumps to the wall clock"
+        );
+    }
+
+    /// Every closed period and the open one, by start; asserts that no two
+    /// share a start or overlap, and that changes never go back.
+    fn assert_one_timeline(l: &Line) -> Vec<ClosedPeriod> {
+        let mut all = l.intervals();
+        all.extend(l.acc.interval_so_far());
+        all.sort_by_key(|p| p.start);
+        for pair in all.windows(2) {
+            assert!(
+                pair[0].end <= pair[1].start,
+                "periods overlap: {}..{} and {}..{}",
+                pair[0].start,
+                pair[0].end,
+                pair[1].start,
+                pair[1].end
+            );
+        }
+        let changes = l.changes();
+        for pair in changes.windows(2) {
+            assert!(pair[0].1 <= pair[1].1, "a change goes back: {pair:?}");
+        }
+        all
+    }
+
+    #[test]
+    fn a_step_forward_then_back_by_minutes_loses_no_time_and_no_period_overlaps() {
+        // The case: +180 s, then -300 s while running.
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, 2 * MIN, S, state(MachineState::Running));
+        l.wall_skew = 180 * S;
+        l.hold(2 * MIN, 5 * MIN, S, state(MachineState::Running));
+        l.wall_skew = -120 * S;
+        l.hold(5 * MIN, 10 * MIN, S, state(MachineState::Running));
+        l.hold(10 * MIN, 10 * MIN + 30 * S, S, state(MachineState::Down));
+        l.hold(10 * MIN + 30 * S, 40 * MIN, S, state(MachineState::Running));
+        let all = assert_one_timeline(&l);
+        let p = l.intervals();
+        assert_eq!(
+            (p[0].start, p[0].end),
+            (t("2026-03-02T10:00:00Z"), t("2026-03-02T10:01:59Z")),
+            "closed at the last read before the forward step"
+        );
+        assert_eq!(p[0].clock_step, Some(ClockStep { by_s: 180.0 }));
+        assert_eq!(
+            (p[1].start, p[1].end),
+            (t("2026-03-02T10:04:59Z"), t("2026-03-02T10:15:00Z")),
+            "the backward step is not followed: the period runs on to its end"
+        );
+        assert_eq!(p[1].clock_step, Some(ClockStep { by_s: -300.0 }));
+        assert_eq!(p[1].seconds.down, 30.0);
+        assert_eq!(p[2].start, t("2026-03-02T10:15:00Z"));
+        assert_eq!(p[2].clock_step, None);
+        let observed: f64 = all.iter().map(|p| total_s(p) - p.seconds.offline).sum();
+        assert_eq!(
+            observed, 2399.0,
+            "every monotonic second from the first to the last read, once"
+        );
+        assert!(all.iter().all(|p| p.seconds.offline == 0.0));
+        assert_sums(&p);
+    }
+
+    #[test]
+    fn a_start_days_behind_then_a_step_forward_closes_the_period_at_the_step() {
+        // A line controller without RTC boots three days in the past; NTP
+        // then steps its clock to the right time.
+        let mut l = Line::start(settings(), "2026-02-27T10:00:00Z");
+        l.hold(0, 90 * S, S, state(MachineState::Idle));
+        l.wall_skew = 3 * 24 * 60 * MIN;
+        l.hold(90 * S, 20 * MIN, S, state(MachineState::Running));
+        let all = assert_one_timeline(&l);
+        let p = l.intervals();
+        assert_eq!(
+            (p[0].start, p[0].end),
+            (t("2026-02-27T10:00:00Z"), t("2026-02-27T10:01:29Z"))
+        );
+        assert_eq!(p[0].clock_step, Some(ClockStep { by_s: 259_200.0 }));
+        assert_eq!(p[0].seconds.idle, 89.0);
+        assert_eq!(
+            (p[1].start, p[1].end),
+            (t("2026-03-02T10:01:29Z"), t("2026-03-02T10:15:00Z"))
+        );
+        assert_eq!(p[1].clock_step, None);
+        assert_eq!(
+            p[1].seconds.idle, 1.0,
+            "the read before the step carries on"
+        );
+        let observed: f64 = all.iter().map(total_s).sum();
+        assert_eq!(observed, 20.0 * 60.0 - 1.0);
+        assert_sums(&p);
+    }
+
+    #[test]
+    fn a_silent_machine_follows_a_step_forward_on_the_tick() {
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, MIN, S, state(MachineState::Running)); // last read 10:00:59
+        let mut x = MIN;
+        while x <= 3 * MIN {
+            l.acc.tick(x, 5 * S, &mut l.out);
+            x += S;
+        }
+        // NTP steps the clock an hour forward; the machine stays silent.
+        l.wall_skew = 60 * MIN;
+        while x <= 20 * MIN {
+            let wall = l.wall(x);
+            l.acc.wall_clock(wall, x, 5 * S, &mut l.out);
+            l.acc.tick(x, 5 * S, &mut l.out);
+            x += S;
+        }
+        let all = assert_one_timeline(&l);
+        let p = l.intervals();
+        assert_eq!(
+            (p[0].start, p[0].end),
+            (t("2026-03-02T10:00:00Z"), t("2026-03-02T10:03:00Z"))
+        );
+        assert_eq!(p[0].clock_step, Some(ClockStep { by_s: 3600.0 }));
+        assert_eq!(p[0].seconds.running, 59.0);
+        assert_eq!(p[1].start, t("2026-03-02T11:03:00Z"));
+        assert_eq!(p[1].end, t("2026-03-02T11:15:00Z"));
+        assert_eq!(p[1].seconds.offline, 720.0);
+        let total: f64 = all.iter().map(total_s).sum();
+        assert_eq!(total, 20.0 * 60.0, "every monotonic second once");
+    }
+
+    #[test]
+    fn a_read_machine_does_not_judge_the_clock_on_the_tick() {
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, MIN, S, state(MachineState::Running));
+        l.wall_skew = 60 * MIN;
+        let wall = l.wall(MIN);
+        l.acc.wall_clock(wall, MIN, 5 * S, &mut l.out);
+        assert!(l.intervals().is_empty(), "the next read judges it");
+        // A read taken before the step, processed after the tick: steady.
+        l.wall_skew = 0;
+        l.read(MIN, state(MachineState::Running));
+        l.wall_skew = 60 * MIN;
+        l.hold(MIN + S, 2 * MIN, S, state(MachineState::Running));
+        let p = l.intervals();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].clock_step, Some(ClockStep { by_s: 3600.0 }));
+    }
+
+    #[test]
+    fn a_crash_turns_only_the_time_after_the_last_mark_into_offline() {
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, 2 * MIN, S, state(MachineState::Running));
+        l.hold(2 * MIN, 3 * MIN, S, state(MachineState::Down));
+        // The snapshot after the change to down; then the marks go on.
+        let mut snap = l.acc.snapshot(t("2026-03-02T10:02:00Z"));
+        l.hold(3 * MIN, 4 * MIN, S, state(MachineState::Down));
+        // Killed here: the last mark says 10:03:59.
+        snap.observed_to = Some(l.acc.committed_to());
+        assert_eq!(snap.observed_to, Some(t("2026-03-02T10:03:59Z")));
+        let published = l.acc.state();
+        assert_eq!(published.0, MachineState::Down);
+
+        let mut out = Vec::new();
+        let acc = Account::resume(settings(), &snap, t("2026-03-02T10:06:00Z"), 0, &mut out);
+        let mut l2 = Line {
+            acc,
+            out,
+            t0: t("2026-03-02T10:06:00Z"),
+            wall_skew: 0,
+        };
+        let first = l2.out.iter().find_map(|e| match e {
+            MachineEvent::State(c) => Some(c.clone()),
+            _ => None,
+        });
+        let first = first.expect("a change at the restart");
+        assert_eq!(first.state, MachineState::Offline);
+        assert_eq!(
+            first.prev,
+            Some(MachineState::Down),
+            "prev: the state last published"
+        );
+        assert_eq!(first.since, t("2026-03-02T10:03:59Z"), "from the last mark");
+        assert!(first.since >= published.1, "since never goes back");
+        l2.hold(0, 10 * MIN, S, state(MachineState::Running));
+        let p = l2.intervals();
+        assert_eq!(p[0].seconds.running, 120.0 + 540.0);
+        assert_eq!(p[0].seconds.down, 119.0);
+        assert_eq!(p[0].seconds.offline, 121.0);
+        assert_sums(&p);
+    }
+
+    #[test]
+    fn a_restart_with_the_clock_behind_resumes_at_the_last_mark_and_never_goes_back() {
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, 2 * MIN, S, state(MachineState::Running));
+        let mut snap = l.acc.snapshot(t("2026-03-02T10:02:00Z"));
+        snap.observed_to = Some(l.acc.committed_to());
+        // Power loss; the controller boots in 1970 and the agent starts.
+        let mut out = Vec::new();
+        let acc = Account::resume(settings(), &snap, t("1970-01-01T00:00:10Z"), 0, &mut out);
+        let mut l2 = Line {
+            acc,
+            out,
+            t0: t("1970-01-01T00:00:10Z"),
+            wall_skew: 0,
+        };
+        l2.hold(0, 30 * S, S, state(MachineState::Running));
+        // NTP: the right time is 10:05:00 (the wall clock moves 30 s on meanwhile).
+        l2.wall_skew = (t("2026-03-02T10:05:00Z") - t("1970-01-01T00:00:40Z")).num_milliseconds();
+        l2.hold(30 * S, 11 * MIN, S, state(MachineState::Running));
+        let all = assert_one_timeline(&l2);
+        assert!(l2
+            .changes()
+            .iter()
+            .all(|(_, at)| *at >= t("2026-03-02T10:00:00Z")));
+        let p = l2.intervals();
+        assert_eq!(p[0].start, t("2026-03-02T10:00:00Z"));
+        assert_eq!(
+            p[0].end,
+            t("2026-03-02T10:02:28Z"),
+            "on from the last mark, to the last read before NTP"
+        );
+        assert!(p[0].clock_step.is_some_and(|c| c.by_s > 1.0e9));
+        assert_eq!(p[1].start, t("2026-03-02T10:04:59Z"));
+        let observed: f64 = all.iter().map(|p| total_s(p) - p.seconds.offline).sum();
+        assert_eq!(observed, 119.0 + 11.0 * 60.0 - 1.0);
+        assert_sums(&p);
     }
 
     #[test]

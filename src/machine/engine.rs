@@ -11,9 +11,20 @@
 //!   plus the bus `timeout_ms`; MQTT: the bus `stale_ms`) is offline from
 //!   its last good read, and periods close on time.
 //! - Each machine's live [`MachineView`] is published on its `watch`.
-//! - [`EngineHandle::snapshot`] returns every machine's open period for the
-//!   store; on shutdown the engine attributes time up to each last read and
-//!   returns the final snapshots. Pass them back in at the next start.
+//! - Snapshots go into the event stream, so the store keeps them in order
+//!   with the changes: one right after every state change or period of a
+//!   machine, every machine's every [`SNAPSHOT_EVERY_TICKS`] ticks, and on
+//!   shutdown (after the engine attributed time up to each last read). Each
+//!   tick, and a sample that moves it by [`MARK_EVERY_MS`], sends the
+//!   machine's "attributed up to" mark ([`MachineEvent::Observed`]), so a
+//!   crash turns at most about half a second of observed time into offline.
+//!   The final snapshots are returned too; pass them back in at the next
+//!   start. [`EngineHandle::snapshot`] returns them on request.
+//! - [`EngineHandle::reconfigure`] follows a reloaded config without a
+//!   restart: a machine that stays keeps its state, timeline and open
+//!   periods (its new rules apply from its next read), a removed one ends
+//!   `offline` with the given reason, an added one starts. Only a change of
+//!   its accounting settings starts a machine again from its snapshot.
 //!
 //! It never reads devices, writes SQLite or talks MQTT.
 
@@ -37,6 +48,14 @@ use crate::systemd::Heartbeat;
 
 /// How often machines without samples are advanced.
 pub const TICK_MS: u64 = 1000;
+
+/// A machine's "attributed up to" mark is sent when it moved by this much
+/// since the last one (checked on every sample), and on every tick.
+pub const MARK_EVERY_MS: i64 = 500;
+
+/// Every machine's snapshot is sent every this many ticks (besides the one
+/// after each of its changes and periods).
+pub const SNAPSHOT_EVERY_TICKS: u32 = 5;
 
 /// Why the engine cannot start (a config that passed validation never fails here).
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +163,81 @@ impl MachineTracker {
         })
     }
 
+    /// Follow a reloaded config of this machine without losing its state,
+    /// timeline or open periods: new rules, signals, counters and staleness
+    /// time. Returns false (and changes nothing) when the accounting
+    /// settings differ (period length, micro-stop, dwell, ideal cycle time,
+    /// good counter, time zone): then the caller starts it again from its
+    /// snapshot.
+    pub fn reconfigure(
+        &mut self,
+        config: &Config,
+        machine: &MachineConfig,
+    ) -> Result<bool, EngineError> {
+        let was = self.account.settings();
+        let mut now = AccountSettings::from_config(config, machine, was.calendar.clone());
+        let rules = StateRules::compile(machine.state.as_ref(), &machine.signal).map_err(|p| {
+            EngineError::Rules {
+                machine: machine.id.clone(),
+                message: p
+                    .iter()
+                    .map(|p| format!("{}: {}", p.rule, p.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+        })?;
+        now.min_dwell_ms = i64::try_from(rules.min_dwell_ms).unwrap_or(i64::MAX);
+        let same_accounting = now.machine == was.machine
+            && now.tz == was.tz
+            && now.period_ms == was.period_ms
+            && now.micro_stop_ms == was.micro_stop_ms
+            && now.min_dwell_ms == was.min_dwell_ms
+            && now.ideal_cycle_s == was.ideal_cycle_s
+            && now.has_good_counter == was.has_good_counter;
+        if !same_accounting {
+            return Ok(false);
+        }
+        let mut counters =
+            MachineCounters::new(&machine.id, machine.counters.as_ref(), &machine.signal);
+        counters.resume_from(&self.counters);
+        self.counters = counters;
+        self.values = SignalValues::read_by(&machine.signal, &rules);
+        self.rules = rules;
+        self.retune(config, machine);
+        Ok(true)
+    }
+
+    /// Take the staleness time and telemetry setting of a reloaded config.
+    pub fn retune(&mut self, config: &Config, machine: &MachineConfig) {
+        self.stale_ms = stale_ms(config, machine);
+        self.telemetry = config.uplink.is_some();
+    }
+
+    /// The machine leaves the config: `offline` with `reason` from its last
+    /// good read until `at`, then stopped like a clean shutdown. Returns its
+    /// final snapshot.
+    pub fn remove(
+        &mut self,
+        reason: &str,
+        at: DateTime<Utc>,
+        mono_ms: i64,
+        out: &mut Vec<MachineEvent>,
+    ) -> AccountSnapshot {
+        self.account.observe(
+            Observation {
+                at,
+                mono_ms,
+                observed: Observed::Offline {
+                    reason: reason.to_string(),
+                },
+                counts: Default::default(),
+            },
+            out,
+        );
+        self.account.stop(out);
+        self.snapshot(at)
+    }
+
     /// Take one sample (the machine's, `mono_ms` its monotonic time).
     pub fn on_sample(&mut self, sample: &Sample, mono_ms: i64, out: &mut Vec<MachineEvent>) {
         let (observed, counts) = match &sample.content {
@@ -229,6 +323,12 @@ impl MachineTracker {
         self.account.tick(mono_ms, self.stale_ms, out);
     }
 
+    /// The wall clock at a tick: a machine silent for its staleness time
+    /// follows a wall-clock step without waiting for a read.
+    pub fn wall_clock(&mut self, at: DateTime<Utc>, mono_ms: i64, out: &mut Vec<MachineEvent>) {
+        self.account.wall_clock(at, mono_ms, self.stale_ms, out);
+    }
+
     pub fn view(&self) -> MachineView {
         let (state, since, reason) = self.account.state();
         MachineView {
@@ -277,6 +377,35 @@ pub enum EngineCommand {
         machine: String,
         ideal_cycle_s: Option<f64>,
     },
+    /// A reloaded config (see [`EngineHandle::reconfigure`]).
+    Reconfigure(Box<Reconfigure>, oneshot::Sender<Reconfigured>),
+}
+
+/// A reloaded config for a running engine.
+#[derive(Debug)]
+pub struct Reconfigure {
+    pub config: Arc<Config>,
+    /// The watches of machines new to the engine.
+    pub views: HashMap<String, watch::Sender<MachineView>>,
+    /// Saved snapshots of machines new to the engine (from an earlier run).
+    pub resume: Vec<(String, AccountSnapshot)>,
+    /// The final `offline` reason of machines that are gone.
+    pub removed_reason: String,
+}
+
+/// What a reconfiguration did, by machine.
+#[derive(Debug, Default)]
+pub struct Reconfigured {
+    /// Final snapshots of the machines that left the config, to save.
+    pub removed: Vec<(String, AccountSnapshot)>,
+    /// Changed machines that follow their new section in place (state,
+    /// timeline and periods kept; unchanged ones are not listed).
+    pub kept: Vec<String>,
+    /// Machines started again from their snapshot (accounting settings changed).
+    pub restarted: Vec<String>,
+    pub added: Vec<String>,
+    /// Why the new config was refused (the engine kept the old one).
+    pub refused: Option<String>,
 }
 
 /// Talks to a running engine.
@@ -296,6 +425,18 @@ impl EngineHandle {
     pub async fn snapshot(&self) -> Option<Vec<(String, AccountSnapshot)>> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(EngineCommand::Snapshot(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Follow a reloaded config: machines that stay keep their state,
+    /// timeline and open periods; removed ones end offline; new ones start.
+    /// `None` when the engine has stopped.
+    pub async fn reconfigure(&self, request: Reconfigure) -> Option<Reconfigured> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(EngineCommand::Reconfigure(Box::new(request), tx))
+            .await
+            .ok()?;
         rx.await.ok()
     }
 
@@ -352,6 +493,36 @@ struct Machine {
     tracker: MachineTracker,
     view: Option<watch::Sender<MachineView>>,
     span: tracing::Span,
+    /// The last "attributed up to" mark sent.
+    marked: DateTime<Utc>,
+}
+
+impl Machine {
+    /// After what the tracker added to `out` from `from` on: its snapshot,
+    /// when that holds a state change or a period (the store commits them
+    /// together), or when `always`.
+    fn follow_with_snapshot(&self, from: usize, always: bool, out: &mut Vec<MachineEvent>) {
+        let durable = out[from.min(out.len())..]
+            .iter()
+            .any(|e| matches!(e, MachineEvent::State(_) | MachineEvent::Period(_)));
+        if durable || always {
+            out.push(MachineEvent::Snapshot(Box::new(
+                self.tracker.snapshot(Utc::now()),
+            )));
+        }
+    }
+
+    /// The "attributed up to" mark, when it moved by at least `min_ms`.
+    fn mark(&mut self, min_ms: i64, out: &mut Vec<MachineEvent>) {
+        let to = self.tracker.account.committed_to();
+        if to > self.marked && (to - self.marked).num_milliseconds() >= min_ms {
+            self.marked = to;
+            out.push(MachineEvent::Observed {
+                machine: self.tracker.account.machine().to_string(),
+                to,
+            });
+        }
+    }
 }
 
 /// Send what the trackers produced: state changes and periods wait for
@@ -431,15 +602,17 @@ async fn run_engine_loop(
     heartbeat: &Heartbeat,
     shutdown: CancellationToken,
 ) -> Result<Vec<(String, AccountSnapshot)>, EngineError> {
+    let mut config = config;
     let origin = Instant::now();
     let started = Utc::now();
-    let calendar = calendar(&config)?;
+    let mut calendar = calendar(&config)?;
     let resume: HashMap<String, AccountSnapshot> = resume.into_iter().collect();
     let mut out = Vec::new();
     // Looked up for every sample; keyed by the config's machine ids.
     let mut machines: rustc_hash::FxHashMap<String, Machine> = Default::default();
     for m in &config.machine {
         let span = tracing::info_span!("machine", machine = %m.id);
+        let from = out.len();
         let tracker = {
             let _g = span.enter();
             MachineTracker::new(
@@ -452,11 +625,14 @@ async fn run_engine_loop(
                 &mut out,
             )?
         };
+        let marked = tracker.account.committed_to();
         let machine = Machine {
             tracker,
             view: views.remove(&m.id),
             span,
+            marked,
         };
+        machine.follow_with_snapshot(from, false, &mut out);
         publish(&machine);
         machines.insert(m.id.clone(), machine);
     }
@@ -469,6 +645,7 @@ async fn run_engine_loop(
     let mut commands_open = true;
     let mut unknown_warned: std::collections::HashSet<String> = Default::default();
     let mut beat = heartbeat.ticker();
+    let mut ticks = 0u32;
     loop {
         heartbeat.beat();
         tokio::select! {
@@ -480,10 +657,13 @@ async fn run_engine_loop(
                     let mono = mono_ms(origin, sample.mono);
                     match machines.get_mut(&sample.machine) {
                         Some(m) => {
+                            let from = out.len();
                             {
                                 let _g = m.span.enter();
                                 m.tracker.on_sample(&sample, mono, &mut out);
                             }
+                            m.follow_with_snapshot(from, false, &mut out);
+                            m.mark(MARK_EVERY_MS, &mut out);
                             publish(m);
                         }
                         None => {
@@ -505,15 +685,27 @@ async fn run_engine_loop(
                         m.tracker.account.set_ideal_cycle_s(ideal_cycle_s);
                     }
                 }
+                Some(EngineCommand::Reconfigure(request, reply)) => {
+                    let mono = mono_ms(origin, Instant::now());
+                    let done = reconfigure(&mut config, &mut calendar, &mut machines, *request, mono, &mut out);
+                    let _ = reply.send(done);
+                }
                 None => commands_open = false,
             },
             _ = ticker.tick() => {
                 let mono = mono_ms(origin, Instant::now());
+                let wall = Utc::now();
+                ticks = ticks.wrapping_add(1);
+                let all = ticks % SNAPSHOT_EVERY_TICKS == 0;
                 for m in machines.values_mut() {
+                    let from = out.len();
                     {
                         let _g = m.span.enter();
+                        m.tracker.wall_clock(wall, mono, &mut out);
                         m.tracker.tick(mono, &mut out);
                     }
+                    m.follow_with_snapshot(from, all, &mut out);
+                    m.mark(0, &mut out);
                     publish(m);
                 }
             }
@@ -526,9 +718,133 @@ async fn run_engine_loop(
     for (id, m) in machines.iter_mut() {
         let _g = m.span.enter();
         m.tracker.account.stop(&mut out);
-        snapshots.push((id.clone(), m.tracker.snapshot(now)));
+        let snap = m.tracker.snapshot(now);
+        // Last in the stream: no older snapshot is stored after it.
+        out.push(MachineEvent::Snapshot(Box::new(snap.clone())));
+        snapshots.push((id.clone(), snap));
     }
     deliver(&events, &mut out, &mut dropped).await;
     snapshots.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(snapshots)
+}
+
+/// Apply a reloaded config to the running machines (see [`EngineHandle::reconfigure`]).
+fn reconfigure(
+    config: &mut Arc<Config>,
+    calendar_now: &mut Option<Arc<ShiftCalendar>>,
+    machines: &mut rustc_hash::FxHashMap<String, Machine>,
+    request: Reconfigure,
+    mono: i64,
+    out: &mut Vec<MachineEvent>,
+) -> Reconfigured {
+    let Reconfigure {
+        config: new,
+        mut views,
+        resume,
+        removed_reason,
+    } = request;
+    let mut done = Reconfigured::default();
+    let new_calendar = match calendar(&new) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reloaded config refused by the state engine; the running one stays");
+            done.refused = Some(e.to_string());
+            return done;
+        }
+    };
+    // A new calendar, zone or period length changes every machine's
+    // accounting: each restarts from its snapshot.
+    let accounting_changed = new.accounting != config.accounting
+        || new.shifts != config.shifts
+        || new.gateway.timezone != config.gateway.timezone;
+    let now = Utc::now();
+    let gone: Vec<String> = machines
+        .keys()
+        .filter(|id| new.machine(id).is_none())
+        .cloned()
+        .collect();
+    for id in gone {
+        if let Some(mut m) = machines.remove(&id) {
+            let _g = m.span.enter();
+            let snap = m.tracker.remove(&removed_reason, now, mono, out);
+            publish(&m);
+            done.removed.push((id, snap));
+        }
+    }
+    let resume: HashMap<String, AccountSnapshot> = resume.into_iter().collect();
+    for mc in &new.machine {
+        let unchanged = config.machine(&mc.id) == Some(mc);
+        if let Some(m) = machines.get_mut(&mc.id) {
+            let span = m.span.clone();
+            let _g = span.enter();
+            if !accounting_changed {
+                if unchanged {
+                    m.tracker.retune(&new, mc);
+                    continue;
+                }
+                match m.tracker.reconfigure(&new, mc) {
+                    Ok(true) => {
+                        done.kept.push(mc.id.clone());
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        // Validation compiles the rules: not expected.
+                        tracing::error!(error = %e, "new state rules refused; the machine keeps its old ones");
+                        continue;
+                    }
+                }
+            }
+            // Started again from where it stands now: the time from its
+            // last read to its first read with the new config is offline.
+            m.tracker.account.stop(out);
+            let snap = m.tracker.snapshot(now);
+            match MachineTracker::new(&new, mc, new_calendar.clone(), Some(&snap), now, mono, out) {
+                Ok(t) => {
+                    m.tracker = t;
+                    m.marked = m.tracker.account.committed_to();
+                    m.follow_with_snapshot(out.len(), true, out);
+                    done.restarted.push(mc.id.clone());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "machine not restarted; it keeps its old config")
+                }
+            }
+            publish(m);
+            continue;
+        }
+        let span = tracing::info_span!("machine", machine = %mc.id);
+        let tracker = {
+            let _g = span.enter();
+            MachineTracker::new(
+                &new,
+                mc,
+                new_calendar.clone(),
+                resume.get(&mc.id),
+                now,
+                mono,
+                out,
+            )
+        };
+        match tracker {
+            Ok(tracker) => {
+                let marked = tracker.account.committed_to();
+                let machine = Machine {
+                    tracker,
+                    view: views.remove(&mc.id),
+                    span,
+                    marked,
+                };
+                // The store keeps its open period from the start, as at a start.
+                machine.follow_with_snapshot(out.len(), true, out);
+                publish(&machine);
+                machines.insert(mc.id.clone(), machine);
+                done.added.push(mc.id.clone());
+            }
+            Err(e) => tracing::error!(machine = %mc.id, error = %e, "added machine not started"),
+        }
+    }
+    *config = new;
+    *calendar_now = new_calendar;
+    done
 }

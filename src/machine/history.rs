@@ -6,11 +6,20 @@
 //! - `state_change`: one row per reported state change, in arrival order.
 //! - `period`: one row per closed period; `json` is the [`ClosedPeriod`]
 //!   exactly as the engine closed it, `machine`/`kind`/`start_at`/`end_at`
-//!   are copies for lookups. `(machine, kind, start_at)` is unique: after a
-//!   crash the engine may close a period again from an older snapshot, and
-//!   the first, complete one stays ([`record`] says whether a row was new).
+//!   are copies for lookups. `(machine, kind, start_at)` is unique. Two
+//!   different periods never share a start (the accounting's timeline never
+//!   goes back, and each snapshot is stored with the changes and periods
+//!   before it, so a restart never closes a stored period again); a row that
+//!   would repeat one is not stored, logged as an error, and [`record`]
+//!   returns false so it is not sent twice.
 //! - `machine_snapshot`: the latest [`AccountSnapshot`] of each machine,
-//!   read at start-up to resume and by `linegate status`.
+//!   read at start-up to resume and by `linegate status`. The engine sends
+//!   one right after every state change or period (same or next event, and
+//!   the agent commits them in one transaction) and every few seconds.
+//! - `machine_observed` (migration "observation marks"): up to when each
+//!   machine's time was attributed, written about twice a second; loaded
+//!   into the snapshot's `observed_to`, so a crash costs at most about half
+//!   a second of observed time.
 //!
 //! Instants are stored as RFC 3339 UTC text with milliseconds
 //! (`2026-11-26T08:00:00.125Z`), which sorts in time order.
@@ -54,6 +63,18 @@ CREATE TABLE machine_snapshot (
 );
 ";
 
+/// Up to when each machine's time was attributed (migration "observation marks").
+pub const MARKS_V1: &str = "
+CREATE TABLE machine_observed (
+    machine     TEXT PRIMARY KEY,
+    observed_to TEXT NOT NULL   -- RFC 3339 UTC
+);
+";
+
+const UPSERT_MARK: &str = "INSERT INTO machine_observed (machine, observed_to) VALUES (?1, ?2)
+     ON CONFLICT (machine) DO UPDATE SET observed_to = excluded.observed_to";
+const SELECT_MARKS: &str = "SELECT machine, observed_to FROM machine_observed";
+
 const INSERT_STATE: &str =
     "INSERT INTO state_change (machine, state, prev, since, reason) VALUES (?1, ?2, ?3, ?4, ?5)";
 const INSERT_PERIOD: &str = "INSERT OR IGNORE INTO period (machine, kind, start_at, end_at, json)
@@ -94,8 +115,9 @@ fn parse_state(s: &str) -> Option<MachineState> {
     serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
 }
 
-/// Keep a state change or a closed period. Returns whether a row was added
-/// (false for telemetry, and for a period already stored).
+/// Keep a state change, a closed period, a snapshot or an observation mark.
+/// Returns whether a row was added that is to be sent (false for telemetry,
+/// snapshots and marks, and for a period already stored).
 pub fn record(conn: &Connection, event: &MachineEvent) -> Result<bool, StoreError> {
     match event {
         MachineEvent::State(c) => {
@@ -117,7 +139,25 @@ pub fn record(conn: &Connection, event: &MachineEvent) -> Result<bool, StoreErro
                 ts(p.end),
                 json
             ])?;
+            if n == 0 {
+                tracing::error!(
+                    machine = %p.machine,
+                    kind = %kind_key(&p.kind),
+                    start = %ts(p.start),
+                    end = %ts(p.end),
+                    "a period with this start is already stored: this one is not stored or sent"
+                );
+            }
             Ok(n == 1)
+        }
+        MachineEvent::Snapshot(snap) => {
+            save_snapshot(conn, snap)?;
+            Ok(false)
+        }
+        MachineEvent::Observed { machine, to } => {
+            conn.prepare_cached(UPSERT_MARK)?
+                .execute(params![machine, ts(*to)])?;
+            Ok(false)
         }
         MachineEvent::Telemetry(_) => Ok(false),
     }
@@ -162,16 +202,37 @@ pub fn save_snapshots(
     Ok(())
 }
 
-/// Every saved snapshot. One that cannot be read (written by an incompatible
-/// version) is skipped with a warning: the machine then starts fresh.
+/// Every saved snapshot, with its machine's observation mark as
+/// `observed_to` when the mark is later. One that cannot be read (written by
+/// an incompatible version) is skipped with a warning: the machine then
+/// starts fresh.
 pub fn load_snapshots(conn: &Connection) -> Result<Vec<(String, AccountSnapshot)>, StoreError> {
+    let mut marks = std::collections::HashMap::new();
+    {
+        let mut stmt = conn.prepare_cached(SELECT_MARKS)?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (machine, at) = row?;
+            match DateTime::parse_from_rfc3339(&at) {
+                Ok(t) => {
+                    marks.insert(machine, t.with_timezone(&Utc));
+                }
+                Err(e) => {
+                    tracing::warn!(machine = %machine, error = %e, "unreadable observation mark ignored")
+                }
+            }
+        }
+    }
     let mut stmt = conn.prepare_cached(SELECT_SNAPSHOTS)?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     let mut out = Vec::new();
     for row in rows {
         let (machine, json) = row?;
         match serde_json::from_str::<AccountSnapshot>(&json) {
-            Ok(s) => out.push((machine, s)),
+            Ok(mut s) => {
+                s.observed_to = marks.get(&machine).copied().filter(|m| *m > s.committed_to);
+                out.push((machine, s))
+            }
             Err(e) => {
                 tracing::warn!(machine = %machine, error = %e, "unreadable machine snapshot ignored")
             }
@@ -450,6 +511,41 @@ mod tests {
 
         let snaps = store.call_blocking(|c| load_snapshots(c)).unwrap();
         assert_eq!(snaps[0].1, acc.snapshot(t("2026-03-02T10:47:00Z")));
+    }
+
+    #[test]
+    fn a_snapshot_loads_with_the_observation_mark_only_when_the_mark_is_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (acc, _) = run("press07", 2);
+        let snap = acc.snapshot(t("2026-03-02T10:02:00Z"));
+        assert_eq!(snap.committed_to, t("2026-03-02T10:02:00Z"));
+        let mark = |at: &str| MachineEvent::Observed {
+            machine: "press07".into(),
+            to: t(at),
+        };
+        let (early, late) = (
+            mark("2026-03-02T10:01:30Z"),
+            mark("2026-03-02T10:02:45.500Z"),
+        );
+        let snapshot = MachineEvent::Snapshot(Box::new(snap));
+        let loaded = store
+            .call_blocking(move |c| {
+                assert!(!record(c, &snapshot)?, "a snapshot is not sent");
+                assert!(!record(c, &early)?, "a mark is not sent");
+                let before = load_snapshots(c)?;
+                record(c, &late)?;
+                Ok((before, load_snapshots(c)?))
+            })
+            .unwrap();
+        assert_eq!(
+            loaded.0[0].1.observed_to, None,
+            "a mark older than the snapshot"
+        );
+        assert_eq!(
+            loaded.1[0].1.observed_to,
+            Some(t("2026-03-02T10:02:45.500Z"))
+        );
     }
 
     #[test]

@@ -126,6 +126,17 @@ pub struct ClosedPeriod {
     pub seconds: StateSeconds,
     pub counts: PeriodCounts,
     pub kpi: Kpi,
+    /// The wall clock stepped while this period was open (v1.1): see
+    /// [`accounting`]'s clock rule. Absent when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_step: Option<ClockStep>,
+}
+
+/// How far the gateway's wall clock stepped during a period: the sum of the
+/// steps seen while it was open, in seconds (negative: backwards).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClockStep {
+    pub by_s: f64,
 }
 
 /// Signal values of one machine to report upstream as telemetry.
@@ -142,6 +153,16 @@ pub enum MachineEvent {
     State(StateChange),
     Period(Box<ClosedPeriod>),
     Telemetry(Telemetry),
+    /// The open periods of a machine, to save. The engine sends one right
+    /// after every state change or period it sends (so the store never holds
+    /// a change newer than the snapshot it resumes from) and every few seconds.
+    Snapshot(Box<accounting::AccountSnapshot>),
+    /// A machine's time is attributed up to `to` (sent about twice a second,
+    /// so a crash loses at most about that much observed time to `offline`).
+    Observed {
+        machine: String,
+        to: DateTime<Utc>,
+    },
 }
 
 /// The live view of one machine that other parts of the agent watch (order

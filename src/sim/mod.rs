@@ -8,6 +8,8 @@
 //! order's quantity and go idle, clearing start. With `truth` set, every state
 //! change is appended to a JSON-lines file:
 //! `{"machine":"sim01","state":"down","at":"2026-11-26T08:00:00.125Z","reason":"alarm 17"}`.
+//! [`SimLine::set_silent`] cuts a machine's wire (no replies) and mends it,
+//! each switch a truth line `{"machine":"sim01","silent":true,"at":"..."}`.
 //!
 //! This module owns the options, the line's public API and the demo config
 //! ([`demo_config`], which `configs/demo.toml` matches). It never reads a
@@ -62,6 +64,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -112,9 +115,11 @@ impl Default for SimOptions {
     }
 }
 
-/// Why a simulated line could not start.
+/// Why a simulated line could not start (or be switched).
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
+    #[error("the simulated line has no machine {0:?}")]
+    UnknownMachine(String),
     #[error("simulator option `{option}`: {reason}")]
     Option {
         option: &'static str,
@@ -151,12 +156,28 @@ pub struct SimLine {
     pub speed: f64,
     /// Server, clock and truth-writer tasks, awaited by [`SimLine::stopped`].
     tasks: Vec<JoinHandle<()>>,
+    /// Each machine's silence switch.
+    wires: server::Wires,
 }
 
 impl SimLine {
+    /// Make `machine` stop answering (`silent`: requests reach it and get no
+    /// reply, as with a pulled cable or a device rebooting) or answer again;
+    /// it keeps running its schedule meanwhile. The switch is appended to
+    /// the truth file as `{"machine":"sim01","silent":true,"at":"..."}`.
+    /// Returns the time of the switch.
+    pub fn set_silent(&self, machine: &str, silent: bool) -> Result<DateTime<Utc>, SimError> {
+        self.wires
+            .set_silent(machine, silent)
+            .ok_or_else(|| SimError::UnknownMachine(machine.to_owned()))
+    }
+
     /// Wait until every task of the line has ended (after the shutdown token
     /// was cancelled); the truth file is then complete.
     pub async fn stopped(self) {
+        // The switches hold a sender of the truth writer, which ends when
+        // every sender is gone.
+        drop(self.wires);
         for task in self.tasks {
             let _ = task.await;
         }
@@ -477,6 +498,7 @@ mod tests {
                 .collect(),
             speed,
             tasks: Vec::new(),
+            wires: Default::default(),
         }
     }
 

@@ -13,6 +13,7 @@
 use std::future::{ready, Ready};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -37,6 +38,8 @@ struct Shared {
     /// Wakes the clock after a request changed the model (a new order, or
     /// state changes the request's catch-up produced).
     wake: Notify,
+    /// The machine's wire is cut: requests get no reply (see [`Wires`]).
+    silent: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -65,6 +68,53 @@ impl Epoch {
     fn wall_at(&self, offset: std::time::Duration) -> String {
         let offset = chrono::Duration::from_std(offset).unwrap_or(chrono::Duration::zero());
         (self.wall + offset).to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+}
+
+/// The silence switches of a line's machines (a pulled cable, a device
+/// rebooting): a silent machine's server takes requests and never answers,
+/// while the machine itself goes on with its schedule. Each switch is
+/// written to the truth file, so the device's own record says when it was
+/// silent.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Wires {
+    machines: Vec<(String, Arc<AtomicBool>)>,
+    epoch: Option<Epoch>,
+    truth: Option<mpsc::UnboundedSender<String>>,
+}
+
+/// A silence switch in the truth file.
+#[derive(Debug, Serialize)]
+struct SilenceLine<'a> {
+    machine: &'a str,
+    silent: bool,
+    at: String,
+}
+
+impl Wires {
+    /// Switch `machine` silent or answering; the time of the switch, or
+    /// `None` for a machine the line does not have.
+    pub(super) fn set_silent(&self, machine: &str, silent: bool) -> Option<DateTime<Utc>> {
+        let (_, flag) = self.machines.iter().find(|(id, _)| id == machine)?;
+        let epoch = self.epoch?;
+        let offset = epoch.instant.elapsed();
+        flag.store(silent, Ordering::SeqCst);
+        let at = epoch.wall_at(offset);
+        tracing::info!(machine, silent, "simulated wire switched");
+        if let Some(truth) = &self.truth {
+            let line = SilenceLine {
+                machine,
+                silent,
+                at: at.clone(),
+            };
+            if let Ok(mut text) = serde_json::to_string(&line) {
+                text.push('\n');
+                let _ = truth.send(text);
+            }
+        }
+        DateTime::parse_from_rfc3339(&at)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
     }
 }
 
@@ -129,6 +179,11 @@ pub(super) async fn serve(
     };
 
     let epoch = Epoch::now();
+    let mut wires = Wires {
+        machines: Vec::with_capacity(listeners.len()),
+        epoch: Some(epoch),
+        truth: truth.clone(),
+    };
     let mut machines = Vec::with_capacity(listeners.len());
     for (index, (machine, listener)) in listeners.into_iter().enumerate() {
         let shared = Arc::new(Shared {
@@ -140,7 +195,11 @@ pub(super) async fn serve(
                 honour_orders: opts.honour_orders,
             })),
             wake: Notify::new(),
+            silent: Arc::new(AtomicBool::new(false)),
         });
+        wires
+            .machines
+            .push((machine.id.clone(), shared.silent.clone()));
         let span = tracing::info_span!("sim", machine = %machine.id);
         tasks.push(tokio::spawn(
             run_server(listener, shared.clone(), epoch, shutdown.clone()).instrument(span.clone()),
@@ -155,6 +214,7 @@ pub(super) async fn serve(
         machines,
         speed: opts.speed,
         tasks,
+        wires,
     })
 }
 
@@ -273,11 +333,15 @@ struct MachineService {
 
 impl Service for MachineService {
     type Request = Request<'static>;
-    type Response = Response;
+    /// `None`: no reply at all (a silent machine).
+    type Response = Option<Response>;
     type Exception = ExceptionCode;
-    type Future = Ready<Result<Response, ExceptionCode>>;
+    type Future = Ready<Result<Option<Response>, ExceptionCode>>;
 
     fn call(&self, request: Request<'static>) -> Self::Future {
+        if self.shared.silent.load(Ordering::SeqCst) {
+            return ready(Ok(None));
+        }
         let is_write = matches!(
             request,
             Request::WriteSingleCoil(..)
@@ -297,6 +361,6 @@ impl Service for MachineService {
         if wake {
             self.shared.wake.notify_one();
         }
-        ready(reply)
+        ready(reply.map(Some))
     }
 }

@@ -9,16 +9,25 @@
 //! outbox in `uplink::outbox`, orders in `orders::book`, ...), the store only
 //! runs it. The store never decides anything about machines or messages.
 //!
+//! A full disk does not stop it ([`health`]): the agent opens it with
+//! [`Store::open_resilient`], which starts even when the file cannot be
+//! opened yet (jobs then fail with [`StoreError::Unavailable`] and the
+//! thread tries again), and the thread releases the reserve file when a job
+//! fails for lack of space.
+//!
 //! The store holds orders and the write audit: a data folder it creates is
 //! 0700 and the file 0600 (SQLite gives the `-wal`/`-shm` files the file's
 //! mode), whatever the umask. An existing folder or file keeps its mode.
 
+pub mod health;
 pub mod schema;
 
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -61,9 +70,97 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("store: the store thread has stopped")]
     Closed,
+    /// The store could not be opened (yet): a full disk at start.
+    #[error("store: not open: {0}")]
+    Unavailable(String),
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+type Job = Box<dyn FnOnce(&mut Slot) + Send>;
+
+/// What the store thread owns: the connection (once open), the reserve.
+struct Slot {
+    conn: Option<Connection>,
+    path: PathBuf,
+    reserve: health::Reserve,
+    health: Arc<health::Health>,
+    /// Last failed open (throttles the retries) and why.
+    open_failed: Option<(Instant, String)>,
+}
+
+/// Free space that ends "writes failing" (then running on the reserve).
+const SPACE_BACK_BYTES: u64 = 1024 * 1024;
+
+/// How often an unopened store is tried again.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+impl Slot {
+    /// The connection, opening it first if that failed before.
+    fn conn(&mut self) -> Result<&mut Connection, StoreError> {
+        if self.conn.is_none() {
+            if let Some((at, why)) = &self.open_failed {
+                if at.elapsed() < REOPEN_EVERY {
+                    return Err(StoreError::Unavailable(why.clone()));
+                }
+            }
+            if let Some(dir) = self.path.parent() {
+                // The data folder itself may not have been made at start.
+                let _ = make_private(dir);
+            }
+            match open_and_migrate(&self.path) {
+                Ok(c) => {
+                    self.conn = Some(c);
+                    self.open_failed = None;
+                    self.settle(true);
+                }
+                Err(e) => {
+                    if !health::is_disk_trouble(&e) {
+                        tracing::error!(error = %e, "store: cannot open");
+                    }
+                    self.open_failed = Some((Instant::now(), e.to_string()));
+                    return Err(StoreError::Unavailable(e.to_string()));
+                }
+            }
+        }
+        self.conn.as_mut().ok_or(StoreError::Closed)
+    }
+
+    /// Look at a job's result: a full disk releases the reserve; a write
+    /// that worked may bring the reserve back.
+    fn observe<R>(&mut self, r: &Result<R, StoreError>) {
+        match r {
+            Ok(_) => self.settle(false),
+            Err(StoreError::Unavailable(why)) => {
+                self.health.set(health::Condition::Unopened(why.clone()))
+            }
+            Err(e) if health::is_disk_trouble(e) => {
+                if self.reserve.release() {
+                    tracing::warn!(error = %e, "store: disk full: reserve released");
+                    self.health.set(health::Condition::OnReserve);
+                } else {
+                    self.health.set(health::Condition::Failing(e.to_string()));
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// After a job that worked: `Ok` once the reserve is back in place.
+    /// While writes fail, a job that worked (a read) changes nothing until
+    /// some space is free again, so the condition does not flap.
+    fn settle(&mut self, now_anyway: bool) {
+        if matches!(self.health.condition(), health::Condition::Failing(_)) {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            if health::free_bytes(dir).unwrap_or(0) < SPACE_BACK_BYTES {
+                return;
+            }
+        }
+        if self.reserve.try_restore(now_anyway) {
+            self.health.set(health::Condition::Ok);
+        } else if self.health.condition() != health::Condition::OnReserve {
+            self.health.set(health::Condition::OnReserve);
+        }
+    }
+}
 
 /// Handle to the store thread. Cheap to clone; the thread ends when the last
 /// handle is dropped, after finishing every job already sent.
@@ -71,6 +168,7 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 pub struct Store {
     jobs: std_mpsc::Sender<Job>,
     path: PathBuf,
+    health: Arc<health::Health>,
 }
 
 impl std::fmt::Debug for Store {
@@ -82,29 +180,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Open (or create) the store in `data_dir` and bring its schema up to date.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        let folder_error = |cause| StoreError::Folder {
-            path: data_dir.to_path_buf(),
-            cause,
-        };
-        // Folders made here are 0700 (umask can only take bits away).
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .map_err(folder_error)?;
-        let path = data_dir.join(FILE_NAME);
-        // Made empty with 0600 before SQLite opens it (SQLite would make it
-        // 0644 less the umask); an existing file is left as it is.
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(cause) => return Err(StoreError::File { path, cause }),
-        }
+        let path = make_private(data_dir)?;
         Self::open_file(&path)
     }
 
@@ -121,18 +197,65 @@ impl Store {
 
     /// Open (or create) the store at an exact file path.
     pub fn open_file(path: &Path) -> Result<Store, StoreError> {
-        let mut conn = open_connection(path)?;
-        schema::migrate(&mut conn, path)?;
+        let conn = open_and_migrate(path)?;
+        let reserve = health::Reserve::new(path.parent().unwrap_or(Path::new(".")), 0);
+        Self::start(Some(conn), path, reserve, None)
+    }
+
+    /// Open the agent's store so that a full disk never stops it: keep
+    /// `reserve_mb` of space in `data_dir/reserve.bin` for the important
+    /// rows, and when the store cannot be opened for lack of space, release
+    /// the reserve and, if that is not enough, start anyway (jobs fail with
+    /// [`StoreError::Unavailable`] until an open works). Only errors that
+    /// more space would not cure (a newer schema, no permission) fail here.
+    pub fn open_resilient(data_dir: &Path, reserve_mb: u64) -> Result<Store, StoreError> {
+        let path = data_dir.join(FILE_NAME);
+        let mut reserve = health::Reserve::new(data_dir, reserve_mb);
+        let mut opened = make_private(data_dir).and_then(|path| open_and_migrate(&path));
+        if matches!(&opened, Err(e) if health::is_disk_trouble(e)) && reserve.release() {
+            tracing::warn!("store: disk full at start: reserve released");
+            opened = open_and_migrate(&path);
+        }
+        match opened {
+            Ok(conn) => Self::start(Some(conn), &path, reserve, None),
+            Err(e) if health::is_disk_trouble(&e) => {
+                let why = e.to_string();
+                let store = Self::start(None, &path, reserve, Some(why.clone()))?;
+                store.health.set(health::Condition::Unopened(why));
+                Ok(store)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn start(
+        conn: Option<Connection>,
+        path: &Path,
+        reserve: health::Reserve,
+        open_failed: Option<String>,
+    ) -> Result<Store, StoreError> {
+        let health = Arc::new(health::Health::default());
+        let mut slot = Slot {
+            conn,
+            path: path.to_path_buf(),
+            reserve,
+            health: health.clone(),
+            open_failed: open_failed.map(|why| (Instant::now(), why)),
+        };
+        if slot.conn.is_some() {
+            slot.settle(true);
+        }
         let (jobs, rx) = std_mpsc::channel::<Job>();
-        let path_buf = path.to_path_buf();
         thread::Builder::new()
             .name("linegate-store".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
-                    job(&mut conn);
+                    job(&mut slot);
                 }
                 // Checkpoint on a clean stop so the WAL does not linger.
-                let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+                if let Some(conn) = &slot.conn {
+                    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+                }
             })
             .map_err(|cause| StoreError::Folder {
                 path: path.to_path_buf(),
@@ -140,12 +263,18 @@ impl Store {
             })?;
         Ok(Store {
             jobs,
-            path: path_buf,
+            path: path.to_path_buf(),
+            health,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The store's condition and the counts of what it could not store.
+    pub fn health(&self) -> &Arc<health::Health> {
+        &self.health
     }
 
     /// Run `f` on the store thread and wait for its answer.
@@ -156,8 +285,10 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel();
         self.jobs
-            .send(Box::new(move |conn| {
-                let _ = tx.send(f(conn));
+            .send(Box::new(move |slot: &mut Slot| {
+                let r = slot.conn().and_then(f);
+                slot.observe(&r);
+                let _ = tx.send(r);
             }))
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -171,12 +302,47 @@ impl Store {
     {
         let (tx, rx) = std_mpsc::channel();
         self.jobs
-            .send(Box::new(move |conn| {
-                let _ = tx.send(f(conn));
+            .send(Box::new(move |slot: &mut Slot| {
+                let r = slot.conn().and_then(f);
+                slot.observe(&r);
+                let _ = tx.send(r);
             }))
             .map_err(|_| StoreError::Closed)?;
         rx.recv().map_err(|_| StoreError::Closed)?
     }
+}
+
+/// Make the data folder (0700) and an empty store file (0600) where they are
+/// missing, so neither takes the umask's looser mode (SQLite would make the
+/// file 0644 less the umask; its -wal and -shm follow the file's mode). An
+/// existing folder or file is left as it is. The store file's path.
+fn make_private(data_dir: &Path) -> Result<PathBuf, StoreError> {
+    // umask can only take bits away from 0700.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(|cause| StoreError::Folder {
+            path: data_dir.to_path_buf(),
+            cause,
+        })?;
+    let path = data_dir.join(FILE_NAME);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(_) => Ok(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(path),
+        Err(cause) => Err(StoreError::File { path, cause }),
+    }
+}
+
+fn open_and_migrate(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = open_connection(path)?;
+    schema::migrate(&mut conn, path)?;
+    Ok(conn)
 }
 
 /// Open a connection with the store's pragmas (also used read-only by CLI commands).

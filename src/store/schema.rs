@@ -36,6 +36,8 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("outbox", crate::uplink::outbox::SCHEMA_V1),
     ("orders", crate::orders::book::SCHEMA_V1),
     ("uplink session", crate::uplink::session::SCHEMA_V1),
+    ("observation marks", crate::machine::history::MARKS_V1),
+    ("store losses", super::health::SCHEMA_V1),
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

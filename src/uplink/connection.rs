@@ -518,10 +518,15 @@ pub(super) async fn run(shared: &Shared, session: u64) -> Result<Ended, StoreErr
 }
 
 async fn status_counts(store: &Store) -> Result<StatusCounts, StoreError> {
-    let k = store.call(|c| outbox::counts(c)).await?;
+    let (k, lost) = store
+        .call(|c| Ok((outbox::counts(c)?, crate::store::health::lost_events(c)?)))
+        .await?;
+    // Plus what could not be stored yet (a full disk): counted, not yet written.
+    let unstored = store.health().unstored();
     Ok(StatusCounts {
-        dropped_telemetry: k.dropped,
+        dropped_telemetry: k.dropped + unstored.telemetry,
         outbox_depth: k.depth,
+        lost_events: lost + unstored.lost_events,
     })
 }
 
@@ -565,10 +570,19 @@ impl Connection<'_> {
             stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         stats.connected.store(true, Ordering::Relaxed);
-        self.shared
+        // Not worth losing the connection over (a full disk): rows stored
+        // meanwhile are then sent as historical, nothing else changes.
+        if let Err(e) = self
+            .shared
             .store
             .call(|c| outbox::set_link_up(c, true))
-            .await?;
+            .await
+        {
+            if matches!(e, StoreError::Closed) {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "could not mark the link up in the store");
+        }
 
         loop {
             self.shared.heartbeat.beat();

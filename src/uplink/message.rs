@@ -77,6 +77,10 @@ pub fn period_message(period: &ClosedPeriod) -> Outgoing {
     body.insert("seconds".into(), to_value(&period.seconds));
     body.insert("counts".into(), to_value(&period.counts));
     body.insert("kpi".into(), to_value(&period.kpi));
+    // v1.1: only when the gateway's wall clock stepped during the period.
+    if let Some(step) = &period.clock_step {
+        body.insert("clock_step".into(), json!({ "by_s": step.by_s }));
+    }
     Outgoing {
         topic_suffix: format!("m/{}/utilisation", period.machine),
         class: MessageClass::Durable,
@@ -146,6 +150,9 @@ pub struct StatusCounts {
     pub dropped_telemetry: u64,
     /// Messages waiting in the outbox.
     pub outbox_depth: u64,
+    /// State changes and periods lost because the store could not take
+    /// them (a full disk for longer than the agent can hold them).
+    pub lost_events: u64,
 }
 
 /// Birth: `{"online": true, "session", "version", "started_at", "machines", ...}`,
@@ -187,6 +194,7 @@ fn status_payload(
     body.insert("machines".into(), json!(gw.machines));
     body.insert("dropped_telemetry".into(), json!(counts.dropped_telemetry));
     body.insert("outbox_depth".into(), json!(counts.outbox_depth));
+    body.insert("lost_events".into(), json!(counts.lost_events));
     body.insert("gateway".into(), json!(gw.id));
     body.insert("ts".into(), json!(format_ts(ts)));
     Value::Object(body).to_string().into_bytes()
@@ -258,6 +266,7 @@ mod tests {
                 performance: None,
                 ..Default::default()
             },
+            clock_step: None,
         });
         assert_eq!(m.topic_suffix, "m/press07/utilisation");
         assert!(!m.retain);
@@ -281,6 +290,10 @@ mod tests {
         assert_eq!(body["kpi"]["availability"], json!(0.68));
         assert_eq!(body["kpi"]["performance"], Value::Null);
         assert_eq!(body["kpi"].as_object().map(|o| o.len()), Some(7));
+        assert!(
+            body.get("clock_step").is_none(),
+            "no clock_step without a step"
+        );
     }
 
     #[test]
@@ -293,10 +306,27 @@ mod tests {
             seconds: StateSeconds::default(),
             counts: PeriodCounts::default(),
             kpi: Kpi::default(),
+            clock_step: None,
         });
         let body = Value::Object(m.body);
         assert_eq!(body["period"]["kind"], "interval");
         assert!(body["period"].get("name").is_none());
+    }
+
+    #[test]
+    fn a_period_that_saw_a_wall_clock_step_says_by_how_much() {
+        let m = period_message(&ClosedPeriod {
+            machine: "m1".into(),
+            kind: PeriodKind::Interval,
+            start: at(6, 0, 0),
+            end: at(6, 15, 0),
+            seconds: StateSeconds::default(),
+            counts: PeriodCounts::default(),
+            kpi: Kpi::default(),
+            clock_step: Some(crate::machine::ClockStep { by_s: -300.0 }),
+        });
+        let body = Value::Object(m.body);
+        assert_eq!(body["clock_step"], json!({"by_s": -300.0}));
     }
 
     #[test]
@@ -364,6 +394,7 @@ mod tests {
         let counts = StatusCounts {
             dropped_telemetry: 3,
             outbox_depth: 10,
+            lost_events: 1,
         };
         let b: Value =
             serde_json::from_slice(&birth_payload(&gw, 42, at(8, 0, 0), counts)).unwrap();

@@ -276,7 +276,10 @@ pub async fn run_uplink(
     for w in crate::config::uplink_warnings(&cfg) {
         tracing::warn!("{w}");
     }
-    store.call(|c| outbox::set_link_up(c, false)).await?;
+    // A store that cannot write now (a full disk) is no reason to stop: the
+    // serve loop marks the link down again before every connect.
+    let mut store_trouble = StoreTrouble::default();
+    store_trouble.note(store.call(|c| outbox::set_link_up(c, false)).await)?;
 
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();
     let deleter = tokio::spawn(delete_acked(store.clone(), acked_rx, stats.clone()));
@@ -292,7 +295,7 @@ pub async fn run_uplink(
         heartbeat,
         retained: Default::default(),
     };
-    let result = serve(&shared, &cfg).await;
+    let result = serve(&shared, &cfg, store_trouble).await;
 
     stats.connected.store(false, Ordering::Relaxed);
     let connection::Shared {
@@ -308,7 +311,44 @@ pub async fn run_uplink(
     result
 }
 
-async fn serve(shared: &connection::Shared, cfg: &UplinkConfig) -> Result<(), UplinkError> {
+/// Store errors of the uplink's own bookkeeping (marking the link down,
+/// reserving status seqs): none ends the uplink. Logged once per change of
+/// condition; only a stopped store thread (the agent is stopping) ends it.
+#[derive(Debug, Default)]
+struct StoreTrouble {
+    /// The error of the current run of failures.
+    failing: Option<String>,
+}
+
+impl StoreTrouble {
+    /// `Ok(Some(v))` when it worked, `Ok(None)` to retry later,
+    /// `Err` only when the store thread has stopped.
+    fn note<T>(&mut self, r: Result<T, StoreError>) -> Result<Option<T>, UplinkError> {
+        match r {
+            Ok(v) => {
+                if let Some(was) = self.failing.take() {
+                    tracing::info!(was = %was, "uplink: the store works again");
+                }
+                Ok(Some(v))
+            }
+            Err(StoreError::Closed) => Err(StoreError::Closed.into()),
+            Err(e) => {
+                let e = e.to_string();
+                if self.failing.as_deref() != Some(e.as_str()) {
+                    tracing::error!(error = %e, "uplink: store error; retrying with backoff (the uplink keeps running)");
+                    self.failing = Some(e);
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+async fn serve(
+    shared: &connection::Shared,
+    cfg: &UplinkConfig,
+    mut trouble: StoreTrouble,
+) -> Result<(), UplinkError> {
     let mut backoff = pacing::Backoff::new(cfg.backoff_min_ms, cfg.backoff_max_ms);
     loop {
         if shared.shutdown.is_cancelled() {
@@ -319,22 +359,23 @@ async fn serve(shared: &connection::Shared, cfg: &UplinkConfig) -> Result<(), Up
         }
         // The session is committed before the CONNECT (the will carries it);
         // without it there is no connecting: a receiver could take a late
-        // will for the current one (see `session`).
-        let attempt = match shared.store.call(|c| session::begin(c)).await {
-            Ok(n) => connection::run(shared, n).await.map(|ended| (n, ended)),
-            Err(e) => Err(e),
+        // will for the current one (see `session`). A store that cannot
+        // commit it is waited out with backoff, never the end of the uplink.
+        let Some(n) = trouble.note(shared.store.call(|c| session::begin(c)).await)? else {
+            shared.stats.set_last_error(trouble.failing.clone());
+            if wait_backoff(shared, &mut backoff).await {
+                return Ok(());
+            }
+            continue;
         };
-        match attempt {
-            Ok((_, connection::Ended::Shutdown)) => return Ok(()),
-            Ok((
-                n,
-                connection::Ended::Lost {
-                    connected,
-                    session_spent,
-                    healthy,
-                    error,
-                },
-            )) => {
+        match connection::run(shared, n).await {
+            Ok(connection::Ended::Shutdown) => return Ok(()),
+            Ok(connection::Ended::Lost {
+                connected,
+                session_spent,
+                healthy,
+                error,
+            }) => {
                 if connected {
                     tracing::warn!(error = %error, session = n, "uplink connection lost");
                 } else {
@@ -354,26 +395,35 @@ async fn serve(shared: &connection::Shared, cfg: &UplinkConfig) -> Result<(), Up
             }
             Err(StoreError::Closed) => return Err(StoreError::Closed.into()),
             Err(e) => {
-                tracing::error!(error = %e, "uplink: store error, reconnecting");
+                // The session stays spent (a CONNACK may have come); the next
+                // attempt takes a new one.
                 shared.stats.set_last_error(Some(e.to_string()));
+                trouble.note::<()>(Err(e))?;
             }
         }
         shared.stats.connected.store(false, Ordering::Relaxed);
-        shared.store.call(|c| outbox::set_link_up(c, false)).await?;
-        let delay = backoff.next_delay(rand::random::<f64>());
-        tracing::debug!(
-            delay_ms = delay.as_millis() as u64,
-            "uplink reconnect backoff"
-        );
-        let retry_at = tokio::time::Instant::now() + delay;
-        let mut beat = shared.heartbeat.ticker();
-        loop {
-            shared.heartbeat.beat();
-            tokio::select! {
-                _ = shared.shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(retry_at) => break,
-                _ = beat.tick() => {}
-            }
+        trouble.note(shared.store.call(|c| outbox::set_link_up(c, false)).await)?;
+        if wait_backoff(shared, &mut backoff).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Wait a jittered, growing backoff, beating; true when shutdown came first.
+async fn wait_backoff(shared: &connection::Shared, backoff: &mut pacing::Backoff) -> bool {
+    let delay = backoff.next_delay(rand::random::<f64>());
+    tracing::debug!(
+        delay_ms = delay.as_millis() as u64,
+        "uplink reconnect backoff"
+    );
+    let retry_at = tokio::time::Instant::now() + delay;
+    let mut beat = shared.heartbeat.ticker();
+    loop {
+        shared.heartbeat.beat();
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return true,
+            _ = tokio::time::sleep_until(retry_at) => return false,
+            _ = beat.tick() => {}
         }
     }
 }

@@ -352,6 +352,16 @@ pub fn drop_unsendable(conn: &Connection, seq: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Count telemetry that never reached the outbox (the store could not take
+/// it: a full disk) with the drops, inside the caller's transaction.
+pub fn count_unstored_telemetry(conn: &Connection, n: u64) -> Result<(), StoreError> {
+    if n > 0 {
+        conn.prepare_cached(COUNT_DROP)?
+            .execute(params![clamp_i64(n)])?;
+    }
+    Ok(())
+}
+
 /// Depth, bytes and drops of the outbox.
 pub fn counts(conn: &Connection) -> Result<OutboxCounts, StoreError> {
     let c = conn

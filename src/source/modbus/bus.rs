@@ -3,8 +3,9 @@
 //! Owns the schedule of the machines on one bus: each machine is polled on
 //! its own `poll_ms`, strictly one request at a time (RS-485 has one master,
 //! and a TCP-to-RS485 gateway serialises anyway). A machine that does not
-//! answer is sent as [`SampleContent::Unreachable`] and retried with
-//! exponential backoff and jitter; since a failed request ends its poll at
+//! answer is sent as [`SampleContent::Unreachable`] and retried on the
+//! schedule of [`retry_delay`] (every second for its first minute of
+//! silence, then backing off); since a failed request ends its poll at
 //! once, a dead device costs its bus neighbours at most one timeout per
 //! retry. Work-order writes are served between polls. Exception replies are
 //! logged once per change, not every poll. It owns the bus's counters
@@ -124,14 +125,36 @@ impl BusStats {
     }
 }
 
-/// How long to wait before retry number `failures` (1 = after the first
-/// failed poll): `backoff_min_ms` doubling per failure up to `backoff_max_ms`,
-/// plus up to half again as jitter (`jitter` in 0..=1), never above the max.
-pub fn backoff_delay(failures: u32, min_ms: u64, max_ms: u64, jitter: f64) -> Duration {
-    let doublings = failures.saturating_sub(1).min(32);
-    let base = min_ms.saturating_mul(1u64 << doublings).min(max_ms);
-    let extra = (base as f64 * 0.5 * jitter.clamp(0.0, 1.0)) as u64;
-    Duration::from_millis(base.saturating_add(extra).min(max_ms.max(min_ms)))
+/// How long after a failed poll a silent machine is tried again, `silent`
+/// being how long it has been failing (from the start of its first failed
+/// poll to the start of this one).
+///
+/// The rule it keeps: a failed poll ends at its first unanswered request, so
+/// every retry costs the bus neighbours at most one `timeout_ms`, whatever
+/// the interval. The interval only trades that cost against how late a
+/// device that answers again is seen:
+/// - for the first `steady_ms` of silence (`backoff_after_ms`), a retry
+///   `min_ms` (`backoff_min_ms`) after the last one failed: a device back
+///   from a short outage (a reboot, a pulled cable) is read again within
+///   one timeout plus `min_ms` plus jitter (1.6 s by default);
+/// - after that the wait is the silence beyond `steady_ms`, at least `min_ms`
+///   and at most `max_ms`: it doubles with each retry, so a device that is
+///   switched off for the weekend costs one timeout per `max_ms`.
+///
+/// `jitter` (0..=1) adds up to a tenth of the wait (spreading the retries
+/// of devices that went silent together), never beyond `max_ms`.
+pub fn retry_delay(
+    silent: Duration,
+    min_ms: u64,
+    max_ms: u64,
+    steady_ms: u64,
+    jitter: f64,
+) -> Duration {
+    let silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX);
+    let max_ms = max_ms.max(min_ms);
+    let base = silent_ms.saturating_sub(steady_ms).clamp(min_ms, max_ms);
+    let extra = (base as f64 * 0.1 * jitter.clamp(0.0, 1.0)) as u64;
+    Duration::from_millis(base.saturating_add(extra).min(max_ms))
 }
 
 /// When a machine polled on `poll` and due at `due` is next due, given that
@@ -155,6 +178,8 @@ struct Scheduled {
     due: Instant,
     /// Failed polls in a row.
     failures: u32,
+    /// When its first failed poll in a row began (`None` while it answers).
+    failing_since: Option<Instant>,
     /// Per request: the exception code last seen, so a change is logged once.
     exceptions: Vec<Option<u8>>,
 }
@@ -201,6 +226,7 @@ pub async fn run_bus(
                 poll: Duration::from_millis(m.poll_ms.max(1)),
                 due: start,
                 failures: 0,
+                failing_since: None,
                 exceptions: vec![None; plan.requests().len()],
                 plan,
                 config: m,
@@ -269,20 +295,23 @@ async fn poll_once(
     span: &tracing::Span,
     shutdown: &CancellationToken,
 ) -> Option<Sample> {
+    let started = Instant::now();
     let result = poll_machine(link, &m.plan, Some(shutdown)).await;
     let now = Instant::now();
     let at = Utc::now();
     let bus = link.bus();
-    span.in_scope(|| settle_poll(m, result, bus, stats, now, at))
+    span.in_scope(|| settle_poll(m, result, bus, stats, started, now, at))
 }
 
 /// The bookkeeping after one poll of `m`: its schedule, its logs, the bus
-/// counters, and the sample to send.
+/// counters, and the sample to send. The poll began at `started` and ended
+/// at `now`.
 fn settle_poll(
     m: &mut Scheduled,
     result: Result<super::link::Poll, LinkError>,
     bus: &BusConfig,
     stats: &BusStats,
+    started: Instant,
     now: Instant,
     at: DateTime<Utc>,
 ) -> Option<Sample> {
@@ -294,6 +323,7 @@ fn settle_poll(
                 info!(machine = %id, "answering again after {} failed poll(s)", m.failures);
             }
             m.failures = 0;
+            m.failing_since = None;
             m.due = next_due(m.due, m.poll, now);
             log_exception_changes(m, &poll.exceptions);
             stats.record_ok(&id, at);
@@ -301,8 +331,18 @@ fn settle_poll(
         }
         Err(e) => {
             m.failures = m.failures.saturating_add(1);
+            let since = *m.failing_since.get_or_insert(started);
             let jitter: f64 = rand::rng().random_range(0.0..=1.0);
-            let delay = backoff_delay(m.failures, bus.backoff_min_ms, bus.backoff_max_ms, jitter);
+            let delay = retry_delay(
+                started.saturating_duration_since(since),
+                bus.backoff_min_ms,
+                bus.backoff_max_ms,
+                bus.backoff_after_ms,
+                jitter,
+            );
+            // Counted from the end of the failed poll, so the neighbours
+            // get their turns between two retries; a device that answers
+            // again is read at most `timeout_ms` plus this wait later.
             m.due = now + delay.max(m.poll);
             let reason = e.to_string();
             if m.failures == 1 {
@@ -385,25 +425,57 @@ async fn write_all(
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_doubles_from_the_minimum_up_to_the_maximum() {
-        let ms = |f| backoff_delay(f, 1000, 60_000, 0.0).as_millis();
-        assert_eq!(
-            (1..=8).map(ms).collect::<Vec<_>>(),
-            vec![1000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000]
-        );
-        assert_eq!(ms(u32::MAX), 60_000);
+    fn wait_ms(silent_s: u64, jitter: f64) -> u128 {
+        retry_delay(Duration::from_secs(silent_s), 1000, 60_000, 60_000, jitter).as_millis()
     }
 
     #[test]
-    fn jitter_adds_at_most_half_and_never_passes_the_maximum() {
-        assert_eq!(backoff_delay(1, 1000, 60_000, 1.0).as_millis(), 1500);
-        assert_eq!(backoff_delay(3, 1000, 60_000, 0.5).as_millis(), 5000);
-        assert_eq!(backoff_delay(7, 1000, 60_000, 1.0).as_millis(), 60_000);
-        for j in [0.0, 0.3, 0.99, 1.0] {
-            let d = backoff_delay(2, 1000, 60_000, j).as_millis();
-            assert!((2000..=3000).contains(&d), "{d}");
+    fn a_device_silent_for_less_than_a_minute_is_retried_every_second() {
+        for s in [0, 1, 10, 30, 59, 60] {
+            assert_eq!(wait_ms(s, 0.0), 1000, "silent {s} s");
         }
+        // With jitter, never more than a tenth longer.
+        for s in [0, 12, 40, 60] {
+            assert_eq!(wait_ms(s, 1.0), 1100, "silent {s} s");
+        }
+    }
+
+    #[test]
+    fn after_the_steady_minute_the_wait_doubles_up_to_the_maximum() {
+        // Each retry waits as long as the silence beyond the minute: 1, 2,
+        // 4, 8 ... s, so the silence after each retry doubles.
+        let mut silent_ms = 61_000u64;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let w = retry_delay(Duration::from_millis(silent_ms), 1000, 60_000, 60_000, 0.0);
+            waits.push(w.as_millis());
+            silent_ms += w.as_millis() as u64;
+        }
+        assert_eq!(
+            waits,
+            vec![1000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000, 60_000]
+        );
+        assert_eq!(
+            retry_delay(Duration::MAX, 1000, 60_000, 60_000, 1.0).as_millis(),
+            60_000
+        );
+    }
+
+    #[test]
+    fn without_a_steady_phase_the_backoff_starts_at_once_and_jitter_never_passes_the_maximum() {
+        let ms = |silent_ms: u64, j: f64| {
+            retry_delay(Duration::from_millis(silent_ms), 500, 5000, 0, j).as_millis()
+        };
+        assert_eq!(ms(0, 0.0), 500);
+        assert_eq!(ms(2000, 0.0), 2000);
+        assert_eq!(ms(2000, 1.0), 2200);
+        assert_eq!(ms(4800, 1.0), 5000);
+        assert_eq!(ms(u64::MAX, 1.0), 5000);
+        // A maximum below the minimum: the minimum wins.
+        assert_eq!(
+            retry_delay(Duration::ZERO, 2000, 1000, 0, 1.0).as_millis(),
+            2000
+        );
     }
 
     #[test]

@@ -155,6 +155,7 @@ mod tests {
             max_gap: 10,
             backoff_min_ms: 1000,
             backoff_max_ms: 60_000,
+            backoff_after_ms: 60_000,
             client_id: None,
             stale_ms: 10_000,
             max_payload_bytes: 1024 * 1024,
