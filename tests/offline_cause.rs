@@ -196,29 +196,37 @@ async fn a_machine_offline_since_start_reports_the_real_cause_in_its_state_messa
             .unwrap(),
     );
 
-    let mut seen = Vec::new();
-    let found = tokio::time::timeout(PATIENCE, async {
+    // Both reports, in whatever order they arrive: one stored before the
+    // link was up goes as historical, one stored after it as live, and live
+    // rows may overtake the backlog. `seq` says which came first.
+    let mut seen: Vec<Value> = Vec::new();
+    let reason_of = |m: &Value| m["reason"].as_str().unwrap_or_default().to_string();
+    let both = tokio::time::timeout(PATIENCE, async {
         while let Some(m) = states.recv().await {
-            seen.push(m.clone());
-            if m["reason"].as_str().is_some_and(|r| r.contains(CLOSED)) {
-                return Some(m);
+            seen.push(m);
+            let start = seen.iter().find(|m| reason_of(m) == "agent not running");
+            let cause = seen.iter().find(|m| reason_of(m).contains(CLOSED));
+            if let (Some(start), Some(cause)) = (start, cause) {
+                return Some((start.clone(), cause.clone()));
             }
         }
         None
     })
     .await;
-    let cause = match found {
-        Ok(Some(m)) => m,
-        _ => panic!("no state message with the real cause within 30 s: {seen:?}"),
+    let (start, cause) = match both {
+        Ok(Some(pair)) => pair,
+        _ => panic!("not both reports within 30 s: {seen:?}"),
     };
+    assert_eq!(start["prev"], Value::Null, "the first report: {start}");
     assert_eq!(cause["state"], "offline", "{cause}");
+    assert_eq!(cause["prev"], "offline", "{cause}");
     assert_eq!(cause["machine"], "press07", "{cause}");
-    assert_eq!(
-        seen[0]["reason"], "agent not running",
-        "the first report, before any read: {seen:?}"
+    assert!(
+        start["seq"].as_u64() < cause["seq"].as_u64(),
+        "the cause is reported after the start: {start} {cause}"
     );
     assert_eq!(
-        cause["since"], seen[0]["since"],
+        cause["since"], start["since"],
         "the same offline spell, still from the start"
     );
     assert!(device.hung_up.load(Ordering::SeqCst) >= 1);

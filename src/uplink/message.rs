@@ -404,7 +404,7 @@ mod tests {
             b,
             json!({"online": true, "session": 42, "version": "0.1.0",
                    "started_at": "2026-11-26T07:00:00.000Z", "machines": ["press07"],
-                   "dropped_telemetry": 3, "outbox_depth": 10,
+                   "dropped_telemetry": 3, "outbox_depth": 10, "lost_events": 1,
                    "gateway": "gw1", "ts": "2026-11-26T08:00:00.000Z"})
         );
         assert_eq!(w["online"], json!(false));
