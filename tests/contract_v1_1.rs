@@ -615,6 +615,14 @@ async fn agent_killed_before_and_after_its_first_connack_leaves_no_gap_in_seq_or
         let mut agent = AgentProcess::start(&line, life);
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(!agent.connected(), "life {life} cannot have connected");
+        // Killed while it waits out its backoff, right after a refused
+        // attempt gave its number back. (Killed inside an attempt, between
+        // committing its number and learning the connect was refused, it
+        // has spent that number: a skip, which receivers tolerate; see
+        // docs/contract.md. That window is not what this test is about.)
+        let refused = |a: &AgentProcess| a.log().matches("uplink cannot connect").count();
+        let seen = refused(&agent);
+        eventually("another refused attempt", LONG, || refused(&agent) > seen).await;
         agent.kill();
     }
 

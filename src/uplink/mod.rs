@@ -376,17 +376,19 @@ async fn serve(
                 healthy,
                 error,
             }) => {
-                if connected {
-                    tracing::warn!(error = %error, session = n, "uplink connection lost");
-                } else {
-                    tracing::warn!(error = %error, "uplink cannot connect");
-                }
                 if !session_spent {
                     // Not given back, the number is skipped: harmless.
                     let given = shared.store.call(move |c| session::give_back(c, n)).await;
                     if let Err(e) = given {
                         tracing::warn!(error = %e, session = n, "could not give back an unused session number");
                     }
+                }
+                // Logged once the number is given back: what the log says has
+                // happened is what the store holds.
+                if connected {
+                    tracing::warn!(error = %error, session = n, "uplink connection lost");
+                } else {
+                    tracing::warn!(error = %error, "uplink cannot connect");
                 }
                 shared.stats.set_last_error(Some(error));
                 if healthy {
