@@ -494,7 +494,8 @@ impl Running {
                     self.writers.insert(m.id.clone(), write_tx.clone());
                 }
                 let stats = Arc::new(crate::source::modbus::bus::BusStats::new(&bus.id));
-                self.bus_counters.started(&bus.id, bus.transport, Counted::Modbus(stats.clone()));
+                self.bus_counters
+                    .started(&bus.id, bus.transport, Counted::Modbus(stats.clone()));
                 Task::spawn(
                     stop.clone(),
                     crate::source::modbus::bus::run_bus(
@@ -510,7 +511,8 @@ impl Running {
             }
             Transport::Mqtt => {
                 let stats = Arc::new(crate::source::mqtt::MqttBusStats::new(&bus.id));
-                self.bus_counters.started(&bus.id, bus.transport, Counted::Mqtt(stats.clone()));
+                self.bus_counters
+                    .started(&bus.id, bus.transport, Counted::Mqtt(stats.clone()));
                 Task::spawn(
                     stop.clone(),
                     crate::source::mqtt::run_mqtt_bus_with_stats(
@@ -532,7 +534,6 @@ impl Running {
         if let Some(task) = self.buses.remove(id) {
             task.stop(&format!("bus {id}"), STOP_PATIENCE).await;
         }
-        self.bus_counters.stopped(id);
         // Its machines' write channels closed with it.
         self.writers.retain(|_, w| !w.is_closed());
     }
@@ -663,6 +664,10 @@ impl Running {
         for id in &plan.buses_started {
             self.start_bus(new, id);
         }
+        // A stopped bus's counters stay until here (and to the end, at a
+        // stop, for the last copy); only those of buses not running now go.
+        self.bus_counters
+            .keep_only(|id| self.buses.contains_key(id));
         if plan.machines_or_buses_changed() || plan.accounting_changed {
             self.start_orders(new);
         }
@@ -730,7 +735,8 @@ struct CountedBus {
 }
 
 /// The counters of the running bus tasks, by bus id: a bus task's entry is
-/// put in when it starts and taken out when it stops.
+/// put in when it starts (replacing that of its previous run) and taken out
+/// when a reload leaves the bus stopped.
 #[derive(Clone, Default)]
 struct BusCounters(Arc<Mutex<BTreeMap<String, CountedBus>>>);
 
@@ -749,8 +755,8 @@ impl BusCounters {
         self.lock().insert(bus.to_owned(), entry);
     }
 
-    fn stopped(&self, bus: &str) {
-        self.lock().remove(bus);
+    fn keep_only(&self, running: impl Fn(&str) -> bool) {
+        self.lock().retain(|id, _| running(id));
     }
 
     /// A copy of every running bus's counters, taken now.

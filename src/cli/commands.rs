@@ -181,17 +181,20 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     let (config, store) = open_store(args.config.config.as_deref())?;
     let rows = store.call_blocking(|c| crate::machine::history::current(c))?;
     let buses = store.call_blocking(|c| crate::store::bus_stats::read_all(c))?;
+    if args.buses {
+        if args.json {
+            let buses: Vec<serde_json::Value> = buses.iter().map(bus_json).collect();
+            let all = serde_json::json!({ "buses": buses });
+            say!(line "{}", serde_json::to_string_pretty(&all)?);
+        } else {
+            for bus in &buses {
+                say!(line "{}", crate::store::bus_stats::describe(bus));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
-        let rows: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| {
-                let mut row = status_json(r);
-                if let Some(obj) = row.as_object_mut() {
-                    obj.insert("bus_stats".into(), bus_stats_json(&config, &buses, &r.machine));
-                }
-                row
-            })
-            .collect();
+        let rows: Vec<serde_json::Value> = rows.iter().map(status_json).collect();
         say!(line "{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -321,31 +324,17 @@ fn status_json(s: &crate::machine::history::MachineStatus) -> serde_json::Value 
     row
 }
 
-/// The `bus_stats` of one machine's row in `status --json`: the last
-/// counters the agent copied for the machine's bus (`bus`, `transport`,
-/// `since`, `at`, `counters`), `null` when there are none (the agent has not
-/// run that bus).
-fn bus_stats_json(
-    config: &Config,
-    buses: &[crate::store::bus_stats::BusCounts],
-    machine: &str,
-) -> serde_json::Value {
+/// One bus of `status --buses --json`: the last counters the agent copied
+/// (`bus`, `transport`, `since`, `at`, `counters` by name).
+fn bus_json(b: &crate::store::bus_stats::BusCounts) -> serde_json::Value {
     let ts = |t: chrono::DateTime<chrono::Utc>| crate::machine::history::ts(t);
-    config
-        .machine
-        .iter()
-        .find(|m| m.id == machine)
-        .and_then(|m| buses.iter().find(|b| b.bus == m.bus))
-        .map(|b| {
-            serde_json::json!({
-                "bus": b.bus,
-                "transport": b.transport,
-                "since": ts(b.since),
-                "at": ts(b.at),
-                "counters": b.counters,
-            })
-        })
-        .unwrap_or(serde_json::Value::Null)
+    serde_json::json!({
+        "bus": b.bus,
+        "transport": b.transport,
+        "since": ts(b.since),
+        "at": ts(b.at),
+        "counters": b.counters,
+    })
 }
 
 fn parse_time(s: Option<&str>, flag: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {

@@ -185,7 +185,11 @@ mod tests {
 
     #[test]
     fn a_serial_bus_line_adds_the_discarded_bytes_and_a_missing_counter_reads_zero() {
-        let line = describe(&row("line-1", "rtu", &[("requests", 1), ("discarded_bytes", 7)]));
+        let line = describe(&row(
+            "line-1",
+            "rtu",
+            &[("requests", 1), ("discarded_bytes", 7)],
+        ));
         assert!(
             line.starts_with(
                 "bus line-1 (rtu): 1 request, 0 timeouts, 0 errors, 0 reconnects, 7 discarded bytes"
