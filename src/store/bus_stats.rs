@@ -226,7 +226,7 @@ mod tests {
         write_all(&mut conn, &[a.clone(), b.clone()])?;
         assert_eq!(read_all(&conn)?, vec![a.clone(), b]);
         let a2 = row("cell-a", "tcp", &[("requests", 12)]);
-        write_all(&mut conn, &[a2.clone()])?;
+        write_all(&mut conn, std::slice::from_ref(&a2))?;
         assert_eq!(read_all(&conn)?, vec![a2]);
         Ok(())
     }
