@@ -30,6 +30,7 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Config) -> Agent {
+        make_store(&config.gateway.data_dir);
         let stop = CancellationToken::new();
         let task = tokio::spawn(agent::run(
             config.clone(),
@@ -51,6 +52,13 @@ impl Agent {
     }
 }
 
+/// Create the store before the agent and the CLI open it: both migrate a
+/// new file, and the two first migrations must not meet (the one that
+/// loses fails with "table ... already exists", the agent's start included).
+fn make_store(data_dir: &Path) {
+    drop(linegate::store::Store::open(data_dir).expect("the store is created"));
+}
+
 /// Write `text` as the config file in `dir` and parse it.
 fn config_file(dir: &Path, text: &str) -> (std::path::PathBuf, Config) {
     let file = dir.join("linegate.toml");
@@ -67,9 +75,7 @@ async fn status(file: &Path, args: &[&str]) -> String {
     }
 }
 
-/// [`status`], or why it failed. While the agent starts, the CLI can meet the
-/// store in its first migration (both processes migrate a new file): the
-/// polling loops ask again.
+/// [`status`], or why it failed (the polling loops ask again).
 async fn try_status(file: &Path, args: &[&str]) -> Result<String, String> {
     let file = file.to_path_buf();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -287,4 +293,138 @@ topic = "plc/oven2/count"
             .any(|l| l.starts_with("bus line-plc (mqtt): 1 connection, 1 oversized refused")),
         "{table}"
     );
+}
+
+/// `linegate run`, the real binary, with its log in a file; killed when dropped.
+struct RunningBinary {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl RunningBinary {
+    fn start(dir: &Path, config: &Path) -> RunningBinary {
+        let log = dir.join("agent.log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_linegate"))
+            .arg("run")
+            .arg("-c")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start linegate run");
+        RunningBinary { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    async fn stop(mut self) {
+        self.signal("TERM");
+        let waited = tokio::time::timeout(PATIENCE, async {
+            loop {
+                if let Some(status) = self.child.try_wait().expect("wait") {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(status) => assert!(status.success(), "exit {status:?}; log:\n{}", self.log()),
+            Err(_) => panic!("the agent did not stop; log:\n{}", self.log()),
+        }
+    }
+}
+
+impl Drop for RunningBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_a_bus_takes_its_line_out_of_status_and_the_other_keeps_counting() {
+    let device_a = Devices::new();
+    device_a.add(1, Unit::default());
+    let device_b = Devices::new();
+    device_b.add(1, Unit::default());
+    let address_a = serve_tcp(device_a.clone()).await;
+    let address_b = serve_tcp(device_b.clone()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let head = format!(
+        "[gateway]\nid = \"gw-test\"\nsite = \"lab\"\ndata_dir = {data:?}\n\n{bus}\n{machine}",
+        data = dir.path().join("data").to_string_lossy(),
+        bus = modbus_device::tcp_bus("cell-a", &address_a.to_string(), ""),
+        machine = modbus_device::machine("press-a", "cell-a", 1, 100, modbus_device::ONE_U16),
+    );
+    let both = format!(
+        "{head}\n{bus}\n{machine}",
+        bus = modbus_device::tcp_bus("cell-b", &address_b.to_string(), ""),
+        machine = modbus_device::machine("press-b", "cell-b", 1, 100, modbus_device::ONE_U16),
+    );
+    let (file, _) = config_file(dir.path(), &both);
+    make_store(&dir.path().join("data"));
+    let agent = RunningBinary::start(dir.path(), &file);
+    until_bus_stats(&file, "cell-b", "cell-b counting", |s| {
+        counter(s, "requests") >= 1
+    })
+    .await;
+    until_bus_stats(&file, "cell-a", "cell-a counting", |s| {
+        counter(s, "requests") >= 1
+    })
+    .await;
+    let before = bus_stats_of(&file, "cell-a").await;
+
+    // cell-b and its machine go; cell-a is not touched by the reload.
+    config_file(dir.path(), &head);
+    agent.signal("HUP");
+    let gone = tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Ok(text) = try_status(&file, &["--buses", "--json"]).await {
+                if bus_stats_in(&text, "cell-b").is_null() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+    .await;
+    assert!(
+        gone.is_ok(),
+        "cell-b stayed in status after the reload; log:\n{}",
+        agent.log()
+    );
+    let seen = counter(&before, "requests");
+    until_bus_stats(&file, "cell-a", "cell-a counting on", |s| {
+        counter(s, "requests") > seen
+    })
+    .await;
+    agent.stop().await;
+
+    let after = bus_stats_of(&file, "cell-a").await;
+    assert_eq!(
+        after["since"], before["since"],
+        "cell-a was not restarted: its counters went on: {before} -> {after}"
+    );
+    assert_eq!(
+        counter(&after, "requests"),
+        device_a.requests(1) as u64,
+        "cell-a's requests are those its device received: {after}"
+    );
+    let lines = status(&file, &["--buses"]).await;
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    assert!(lines.starts_with("bus cell-a (tcp): "), "{lines}");
 }
