@@ -316,6 +316,11 @@ struct Running {
     orders: Option<Task>,
     uplink: Option<Task>,
     wake: Arc<Notify>,
+    /// The counters of each running bus task, by bus id, for the task that
+    /// copies them into the store for `linegate status`.
+    bus_counters: BusCounters,
+    /// That copying task: stopped after the buses, it copies once more.
+    bus_counters_task: Option<Task>,
 }
 
 /// One task that a reload may stop on its own.
@@ -436,8 +441,15 @@ impl Running {
             orders: None,
             uplink: None,
             wake,
+            bus_counters: BusCounters::default(),
+            bus_counters_task: None,
         };
         running.add_views(views_rx);
+        let stop = CancellationToken::new();
+        running.bus_counters_task = Some(Task::spawn(
+            stop.clone(),
+            copy_bus_counters(store.clone(), running.bus_counters.clone(), stop),
+        ));
         for bus in &config.bus {
             running.start_bus(config, &bus.id);
         }
@@ -482,6 +494,8 @@ impl Running {
                     self.writers.insert(m.id.clone(), write_tx.clone());
                 }
                 let stats = Arc::new(crate::source::modbus::bus::BusStats::new(&bus.id));
+                self.bus_counters
+                    .started(&bus.id, bus.transport, Counted::Modbus(stats.clone()));
                 Task::spawn(
                     stop.clone(),
                     crate::source::modbus::bus::run_bus(
@@ -495,16 +509,22 @@ impl Running {
                     ),
                 )
             }
-            Transport::Mqtt => Task::spawn(
-                stop.clone(),
-                crate::source::mqtt::run_mqtt_bus(
-                    bus.clone(),
-                    machines,
-                    samples,
-                    self.liveness.register(format!("mqtt bus {}", bus.id)),
-                    stop,
-                ),
-            ),
+            Transport::Mqtt => {
+                let stats = Arc::new(crate::source::mqtt::MqttBusStats::new(&bus.id));
+                self.bus_counters
+                    .started(&bus.id, bus.transport, Counted::Mqtt(stats.clone()));
+                Task::spawn(
+                    stop.clone(),
+                    crate::source::mqtt::run_mqtt_bus_with_stats(
+                        bus.clone(),
+                        machines,
+                        samples,
+                        stats,
+                        self.liveness.register(format!("mqtt bus {}", bus.id)),
+                        stop,
+                    ),
+                )
+            }
         };
         self.buses.insert(bus.id.clone(), task);
     }
@@ -644,6 +664,10 @@ impl Running {
         for id in &plan.buses_started {
             self.start_bus(new, id);
         }
+        // A stopped bus's counters stay until here (and to the end, at a
+        // stop, for the last copy); only those of buses not running now go.
+        self.bus_counters
+            .keep_only(|id| self.buses.contains_key(id));
         if plan.machines_or_buses_changed() || plan.accounting_changed {
             self.start_orders(new);
         }
@@ -664,6 +688,10 @@ impl Running {
         let ids: Vec<String> = self.buses.keys().cloned().collect();
         for id in ids {
             self.stop_bus(&id).await;
+        }
+        // After the buses: their last counts are copied once more.
+        if let Some(task) = self.bus_counters_task.take() {
+            task.stop("bus counters", Duration::from_secs(3)).await;
         }
         // The last sender: the tap ends, then the engine, then the recorder.
         self.samples = None;
@@ -688,6 +716,141 @@ impl Running {
         }
         self.stop_uplink().await;
         self.downstream.abort_all();
+    }
+}
+
+/// What one running bus task counts in (the one place its counters live).
+#[derive(Clone)]
+enum Counted {
+    Modbus(Arc<crate::source::modbus::bus::BusStats>),
+    Mqtt(Arc<crate::source::mqtt::MqttBusStats>),
+}
+
+/// A running bus task's counters and since when it counts.
+#[derive(Clone)]
+struct CountedBus {
+    transport: Transport,
+    since: DateTime<Utc>,
+    counted: Counted,
+}
+
+/// The counters of the running bus tasks, by bus id: a bus task's entry is
+/// put in when it starts (replacing that of its previous run) and taken out
+/// when a reload leaves the bus stopped.
+#[derive(Clone, Default)]
+struct BusCounters(Arc<Mutex<BTreeMap<String, CountedBus>>>);
+
+impl BusCounters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, CountedBus>> {
+        // A panic elsewhere cannot leave a map of Arcs half-written.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn started(&self, bus: &str, transport: Transport, counted: Counted) {
+        let entry = CountedBus {
+            transport,
+            since: Utc::now(),
+            counted,
+        };
+        self.lock().insert(bus.to_owned(), entry);
+    }
+
+    fn keep_only(&self, running: impl Fn(&str) -> bool) {
+        self.lock().retain(|id, _| running(id));
+    }
+
+    /// A copy of every running bus's counters, taken now.
+    fn copy(&self, at: DateTime<Utc>) -> Vec<crate::store::bus_stats::BusCounts> {
+        self.lock()
+            .iter()
+            .map(|(bus, c)| {
+                let counters: BTreeMap<String, u64> = match &c.counted {
+                    Counted::Modbus(stats) => {
+                        let s = stats.snapshot();
+                        [
+                            ("requests", s.requests),
+                            ("errors", s.errors),
+                            ("timeouts", s.timeouts),
+                            ("reconnects", s.reconnects),
+                            ("discarded_bytes", s.discarded_bytes),
+                        ]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect()
+                    }
+                    Counted::Mqtt(stats) => {
+                        let s = stats.snapshot();
+                        [
+                            ("connections", s.connections),
+                            ("refused_oversized", s.refused_oversized),
+                            ("retained_ignored", s.retained_ignored),
+                            ("retained_used", s.retained_used),
+                        ]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect()
+                    }
+                };
+                let transport = match c.transport {
+                    Transport::Tcp => "tcp",
+                    Transport::Rtu => "rtu",
+                    Transport::Mqtt => "mqtt",
+                };
+                crate::store::bus_stats::BusCounts {
+                    bus: bus.clone(),
+                    transport: transport.to_owned(),
+                    since: c.since,
+                    at,
+                    counters,
+                }
+            })
+            .collect()
+    }
+}
+
+/// How often the buses' counters are copied into the store.
+const BUS_COUNTERS_EVERY: Duration = Duration::from_secs(2);
+
+/// Copies every running bus's counters into the store (`bus_stats`) every
+/// [`BUS_COUNTERS_EVERY`], all buses in one transaction, and once more when
+/// stopped. A store that cannot take them is said once per outage; the
+/// copying goes on.
+async fn copy_bus_counters(store: Store, counters: BusCounters, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(BUS_COUNTERS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        let last = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        // Short of disk space they wait, like the last signal values: the
+        // reserve is for state changes, periods and orders.
+        if !store.health().accepts_telemetry() {
+            if last {
+                break;
+            }
+            continue;
+        }
+        let rows = counters.copy(Utc::now());
+        let result = store
+            .call(move |c| crate::store::bus_stats::write_all(c, &rows))
+            .await;
+        match result {
+            Ok(()) if failing => {
+                failing = false;
+                info!("bus counters are stored again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                warn!(error = %e, "could not store the bus counters; `linegate status` shows older ones until the store takes them");
+            }
+            Err(e) => tracing::debug!(error = %e, "could not store the bus counters"),
+        }
+        if last {
+            break;
+        }
     }
 }
 

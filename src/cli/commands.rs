@@ -180,6 +180,19 @@ fn open_store(config_arg: Option<&Path>) -> Result<(Config, Store)> {
 fn status(args: StatusArgs) -> Result<ExitCode> {
     let (config, store) = open_store(args.config.config.as_deref())?;
     let rows = store.call_blocking(|c| crate::machine::history::current(c))?;
+    let buses = store.call_blocking(|c| crate::store::bus_stats::read_all(c))?;
+    if args.buses {
+        if args.json {
+            let buses: Vec<serde_json::Value> = buses.iter().map(bus_json).collect();
+            let all = serde_json::json!({ "buses": buses });
+            say!(line "{}", serde_json::to_string_pretty(&all)?);
+        } else {
+            for bus in &buses {
+                say!(line "{}", crate::store::bus_stats::describe(bus));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
         let rows: Vec<serde_json::Value> = rows.iter().map(status_json).collect();
         say!(line "{}", serde_json::to_string_pretty(&rows)?);
@@ -232,6 +245,12 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     }
     for line in &presets {
         say!(line "{line}");
+    }
+    if !buses.is_empty() {
+        say!(line "");
+    }
+    for bus in &buses {
+        say!(line "{}", crate::store::bus_stats::describe(bus));
     }
     let outbox = store.call_blocking(|c| crate::uplink::outbox::counts(c))?;
     say!(line
@@ -303,6 +322,19 @@ fn status_json(s: &crate::machine::history::MachineStatus) -> serde_json::Value 
         }
     }
     row
+}
+
+/// One bus of `status --buses --json`: the last counters the agent copied
+/// (`bus`, `transport`, `since`, `at`, `counters` by name).
+fn bus_json(b: &crate::store::bus_stats::BusCounts) -> serde_json::Value {
+    let ts = |t: chrono::DateTime<chrono::Utc>| crate::machine::history::ts(t);
+    serde_json::json!({
+        "bus": b.bus,
+        "transport": b.transport,
+        "since": ts(b.since),
+        "at": ts(b.at),
+        "counters": b.counters,
+    })
 }
 
 fn parse_time(s: Option<&str>, flag: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {

@@ -119,6 +119,10 @@ pub struct StatusArgs {
     /// JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Only the buses' counters, one line per bus (with --json: an object
+    /// `{"buses": [...]}`; the machines' array of plain --json is unchanged).
+    #[arg(long)]
+    pub buses: bool,
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@
 //! 0700 and the file 0600 (SQLite gives the `-wal`/`-shm` files the file's
 //! mode), whatever the umask. An existing folder or file keeps its mode.
 
+pub mod bus_stats;
 pub mod health;
 pub mod schema;
 
