@@ -370,6 +370,28 @@ pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn openers_of_a_new_store_at_the_same_moment_migrate_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || open_and_migrate(&p).map(|_| ()))
+            })
+            .collect();
+        for o in openers {
+            o.join()
+                .unwrap()
+                .expect("every opener finds the schema migrated");
+        }
+        let conn = open_connection(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, schema::MIGRATIONS.len() as i64);
+    }
+
     #[tokio::test]
     async fn a_store_survives_reopen_with_its_schema() {
         let dir = tempfile::tempdir().unwrap();

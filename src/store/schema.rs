@@ -52,7 +52,15 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         });
     }
     for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction()?;
+        // IMMEDIATE takes the write lock first, and the version is read again
+        // under it: two processes opening a new store at once (the agent and
+        // a CLI command) migrate it once, the second finds it done.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now > i as i64 {
+            tx.commit()?;
+            continue;
+        }
         tx.execute_batch(sql).map_err(|e| {
             tracing::error!(migration = name, error = %e, "store migration failed");
             e
