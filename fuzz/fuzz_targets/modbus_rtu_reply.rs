@@ -20,8 +20,11 @@ use linegate::source::Value;
 fn config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();
     CONFIG.get_or_init(|| {
-        Config::from_toml(include_str!("../configs/modbus.toml"), Path::new("modbus.toml"))
-            .expect("the fuzz config is valid")
+        Config::from_toml(
+            include_str!("../configs/modbus.toml"),
+            Path::new("modbus.toml"),
+        )
+        .expect("the fuzz config is valid")
     })
 }
 

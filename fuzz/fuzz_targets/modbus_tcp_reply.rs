@@ -34,9 +34,11 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let mut config =
-            Config::from_toml(include_str!("../configs/modbus.toml"), Path::new("modbus.toml"))
-                .expect("the fuzz config is valid");
+        let mut config = Config::from_toml(
+            include_str!("../configs/modbus.toml"),
+            Path::new("modbus.toml"),
+        )
+        .expect("the fuzz config is valid");
         // The TCP machine only: the serial one has its own target.
         config.machine.truncate(1);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -104,12 +106,16 @@ async fn serve(listener: TcpListener, replies: Vec<Reply>) {
 fuzz_target!(|data: &[u8]| {
     let fixture = fixture();
     fixture.runtime.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
         let address = listener.local_addr().expect("its address").to_string();
         let mut config = fixture.config.clone();
         config.bus[0].address = Some(address);
         let server = tokio::spawn(serve(listener, replies(data)));
-        let readouts = read_once(&config, None).await.expect("the machine is configured");
+        let readouts = read_once(&config, None)
+            .await
+            .expect("the machine is configured");
         server.abort();
         let _ = server.await;
         let machine = &config.machine[0];
@@ -122,7 +128,11 @@ fuzz_target!(|data: &[u8]| {
             match reading {
                 Ok(Value::Float(x)) => assert!(x.is_finite(), "{}: {x} is not finite", signal.name),
                 Ok(v) if signal.area.is_some_and(|a| a.is_bits()) => {
-                    assert!(matches!(v, Value::Bool(_)), "{}: bit signal gave {v:?}", signal.name)
+                    assert!(
+                        matches!(v, Value::Bool(_)),
+                        "{}: bit signal gave {v:?}",
+                        signal.name
+                    )
                 }
                 _ => {}
             }

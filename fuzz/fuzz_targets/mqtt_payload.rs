@@ -88,7 +88,10 @@ fuzz_target!(|data: &[u8]| {
                 DataType::I64 => (i128::from(i64::MIN), i128::from(i64::MAX)),
                 other => panic!("{other} signal gave integer {i}"),
             };
-            assert!((lo..=hi).contains(&i128::from(*i)), "{t}: {i} outside the type");
+            assert!(
+                (lo..=hi).contains(&i128::from(*i)),
+                "{t}: {i} outside the type"
+            );
         }
         (Value::UInt(_), DataType::U64) => {}
         (v, t) => panic!("{t} signal (scaled: {scaled}) gave {v:?} from {payload:?}"),

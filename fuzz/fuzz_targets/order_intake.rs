@@ -35,9 +35,11 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let store = Store::open(dir.path()).expect("the store opens");
-        let config =
-            Config::from_toml(include_str!("../configs/orders.toml"), Path::new("orders.toml"))
-                .expect("the fuzz config is valid");
+        let config = Config::from_toml(
+            include_str!("../configs/orders.toml"),
+            Path::new("orders.toml"),
+        )
+        .expect("the fuzz config is valid");
         Fixture {
             _dir: dir,
             store,
@@ -72,8 +74,9 @@ fn is_answer(body: &serde_json::Map<String, serde_json::Value>) -> bool {
 /// value inside that register's limits.
 fn check_release(regs: &OrderRegistersConfig, order: &WorkOrder) {
     let number = command::order_number_for(regs, 1);
-    let writes = command::release_writes(regs, number, &order.product, order.quantity, &order.params)
-        .unwrap_or_else(|e| panic!("accepted order {} has no release: {e}", order.order_id));
+    let writes =
+        command::release_writes(regs, number, &order.product, order.quantity, &order.params)
+            .unwrap_or_else(|e| panic!("accepted order {} has no release: {e}", order.order_id));
     for w in &writes {
         let reg: &OrderRegister = match w.name.as_str() {
             "order_number" => &regs.order_number,
@@ -87,7 +90,12 @@ fn check_release(regs: &OrderRegistersConfig, order: &WorkOrder) {
                     .unwrap_or_else(|| panic!("write {name:?} is to no configured register"))
             }
         };
-        assert_eq!((w.write.area, w.write.address), (reg.area, reg.address), "{}", w.name);
+        assert_eq!(
+            (w.write.area, w.write.address),
+            (reg.area, reg.address),
+            "{}",
+            w.name
+        );
         let value = match &w.write.data {
             WriteData::Coil(on) => f64::from(u8::from(*on)),
             WriteData::Registers(words) => {
@@ -150,7 +158,9 @@ fuzz_target!(|data: &[u8]| {
             let regs = config
                 .machine(&o.machine)
                 .and_then(|m| m.orders.as_ref())
-                .unwrap_or_else(|| panic!("order {} accepted for a machine without orders", o.order_id));
+                .unwrap_or_else(|| {
+                    panic!("order {} accepted for a machine without orders", o.order_id)
+                });
             check_release(regs, o);
         }
     }
