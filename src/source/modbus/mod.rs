@@ -20,8 +20,8 @@ pub mod plan;
 mod rtu;
 
 pub use bus::{run_bus, BusStats, BusStatsSnapshot, MachineHealth};
-pub use link::rtu_reply_readings;
 pub use decode::{decode_bit, decode_registers, encode_registers, exception_name, EncodeError};
+pub use link::rtu_reply_readings;
 pub use once::{read_once, readouts_to_json, MachineReadout, ReadOnceError};
 pub use plan::{describe_plan, plan_reads, ReadRequest};
 
