@@ -730,7 +730,10 @@ fn decode_value(signal: &SignalConfig, v: &serde_json::Value) -> Result<Value, S
                     return Ok(Value::UInt(u));
                 }
             }
-            if x < 0.0 {
+            // An integer written as a float (`5.0`, `1e3`, `-0.0`): `Int`
+            // like every integer that fits i64, so the same number is the
+            // same value however it was written; `UInt` only above i64::MAX.
+            if x < 9_223_372_036_854_775_808.0 {
                 Ok(Value::Int(x as i64))
             } else {
                 Ok(Value::UInt(x as u64))

@@ -307,19 +307,34 @@ enum ReadReply {
     Malformed(String),
 }
 
-async fn read(link: &mut Link, unit: u8, req: &ReadRequest) -> Result<ReadReply, LinkError> {
+/// The Modbus request of a planned read.
+fn read_request(req: &ReadRequest) -> Request<'static> {
     let (a, n) = (req.address, req.count);
-    let request = match req.area {
+    match req.area {
         Area::Coil => Request::ReadCoils(a, n),
         Area::Discrete => Request::ReadDiscreteInputs(a, n),
         Area::Holding => Request::ReadHoldingRegisters(a, n),
         Area::Input => Request::ReadInputRegisters(a, n),
-    };
-    let response = match link.call(unit, request).await? {
-        Reply::Exception(code) => return Ok(ReadReply::Exception(code)),
+    }
+}
+
+async fn read(link: &mut Link, unit: u8, req: &ReadRequest) -> Result<ReadReply, LinkError> {
+    let request = read_request(req);
+    let reply = check_reply(req, link.call(unit, request).await?);
+    if matches!(reply, ReadReply::Malformed(_)) {
+        link.bad_reply();
+    }
+    Ok(reply)
+}
+
+/// What a device's reply gives for the read `req` (pure): the words or bits
+/// when the reply fits the request, else why not.
+fn check_reply(req: &ReadRequest, reply: Reply) -> ReadReply {
+    let response = match reply {
+        Reply::Exception(code) => return ReadReply::Exception(code),
         Reply::Response(r) => r,
     };
-    let count = usize::from(n);
+    let count = usize::from(req.count);
     let reply = match (req.area, response) {
         (Area::Coil, Response::ReadCoils(bits))
         | (Area::Discrete, Response::ReadDiscreteInputs(bits)) => {
@@ -349,10 +364,7 @@ async fn read(link: &mut Link, unit: u8, req: &ReadRequest) -> Result<ReadReply,
             other.function_code()
         )),
     };
-    if matches!(reply, ReadReply::Malformed(_)) {
-        link.bad_reply();
-    }
-    Ok(reply)
+    reply
 }
 
 /// The result of polling one machine once.
@@ -454,28 +466,70 @@ pub(crate) async fn poll_machine(
             ReadReply::Exception(code) => Some(code),
             _ => None,
         });
-        for signal in signals.by_ref().take(count) {
-            let start = usize::from(signal.start);
-            let reading = match &reply {
-                ReadReply::Words(words) => {
-                    decode_words(&signal.decoding, words.get(start..).unwrap_or(&[]))
-                }
-                ReadReply::Bits(bits) => decode_bit(bits.get(start..).unwrap_or(&[])),
-                ReadReply::Exception(code) => Err(SignalError::Exception {
-                    code: *code,
-                    area: req.area,
-                    address: signal.address,
-                }),
-                ReadReply::Malformed(why) => Err(SignalError::BadValue(why.clone())),
-            };
-            // A plan reads each signal once: no need to search for it.
-            readings.push_at(signal.position, reading);
-        }
+        decode_reply(&mut readings, signals.by_ref().take(count), req, &reply);
     }
     Ok(Poll {
         readings,
         exceptions,
     })
+}
+
+/// Decode the `signals` that the read `req` covers from its `reply` (pure).
+fn decode_reply<'p>(
+    readings: &mut Readings,
+    signals: impl Iterator<Item = &'p PlannedSignal>,
+    req: &ReadRequest,
+    reply: &ReadReply,
+) {
+    for signal in signals {
+        let start = usize::from(signal.start);
+        let reading = match reply {
+            ReadReply::Words(words) => {
+                decode_words(&signal.decoding, words.get(start..).unwrap_or(&[]))
+            }
+            ReadReply::Bits(bits) => decode_bit(bits.get(start..).unwrap_or(&[])),
+            ReadReply::Exception(code) => Err(SignalError::Exception {
+                code: *code,
+                area: req.area,
+                address: signal.address,
+            }),
+            ReadReply::Malformed(why) => Err(SignalError::BadValue(why.clone())),
+        };
+        // A plan reads each signal once: no need to search for it.
+        readings.push_at(signal.position, reading);
+    }
+}
+
+/// What a serial poll makes of the bytes `heard` on the line after request
+/// `request` (an index into `plan_reads(machine, bus)`) went out: the RTU
+/// scan for its reply, the reply checks and the decoding of the request's
+/// signals, the same steps as [`poll_machine`] without a line (fuzzing and
+/// tests). `None` when the scan finds no reply (the poll would time out) or
+/// the plan has no such request.
+pub fn rtu_reply_readings(
+    machine: &MachineConfig,
+    bus: &BusConfig,
+    request: usize,
+    heard: &[u8],
+) -> Option<Readings> {
+    let plan = PollPlan::new(machine, super::plan::plan_reads(machine, bus));
+    let req = plan.requests.get(request)?;
+    let framed = RtuRequest::new(plan.unit, &read_request(req)).ok()?;
+    let reply = match super::rtu::scan(heard, &framed).answer?.0 {
+        Answer::Exception(code) => Reply::Exception(code),
+        Answer::Data(data) => Reply::Response(framed.response(&data)),
+    };
+    let reply = check_reply(req, reply);
+    let skip: usize = plan.counts.iter().take(request).sum();
+    let count = plan.counts.get(request).copied().unwrap_or(0);
+    let mut readings = Readings::of_signals(plan.names.clone());
+    decode_reply(
+        &mut readings,
+        plan.signals.iter().skip(skip).take(count),
+        req,
+        &reply,
+    );
+    Some(readings)
 }
 
 /// Make one write to `machine` and read it back; the read-back must equal

@@ -21,6 +21,7 @@ mod rtu;
 
 pub use bus::{run_bus, BusStats, BusStatsSnapshot, MachineHealth};
 pub use decode::{decode_bit, decode_registers, encode_registers, exception_name, EncodeError};
+pub use link::rtu_reply_readings;
 pub use once::{read_once, readouts_to_json, MachineReadout, ReadOnceError};
 pub use plan::{describe_plan, plan_reads, ReadRequest};
 
