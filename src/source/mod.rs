@@ -66,7 +66,7 @@ pub enum SignalError {
     #[error("bad value: {0}")]
     BadValue(String),
     /// The device did not answer, or the connection failed.
-    #[error("no reply: {0}")]
+    #[error("not read: {0}")]
     NoReply(String),
     /// An MQTT payload did not hold the value where the config says.
     #[error("bad payload: {0}")]
