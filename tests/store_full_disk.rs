@@ -12,11 +12,16 @@
 //! stored is counted in `dropped_telemetry`, and nothing else is lost
 //! (`lost_events` stays 0).
 //!
+//! An order running on a simulated machine while the disk is full has every
+//! status delivered once space is back (the simulator makes exactly the
+//! order's quantity), and every period closed meanwhile is stored and
+//! published once and matches the truth.
+//!
 //! Mounting needs root (CI runs as root); without it each test says so and
 //! passes without running. `SHOW_AGENT_LOG=1` (with `--nocapture`) prints
 //! the agent's warnings and store lines at the end of the agent tests.
 
-mod common;
+mod truth_support;
 mod uplink_support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,6 +40,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use truth_support::Mosquitto;
 use uplink_support::Gate;
 
 const PREFIX: &str = "linegate/v1/demo/gw-demo";
@@ -441,7 +447,7 @@ async fn a_disk_filled_to_the_brim_while_the_link_is_down_loses_only_counted_tel
     let Some(disk) = TinyDisk::mount("full_disk_while_the_link_is_down", 48) else {
         return;
     };
-    let mut broker = common::Mosquitto::start();
+    let mut broker = Mosquitto::start();
     let gate = Gate::start(broker.port).await;
     gate.close();
     broker.stop();
@@ -547,7 +553,7 @@ async fn the_agent_starts_on_a_full_disk_and_recovers_when_space_is_freed() {
     let Some(disk) = TinyDisk::mount("starts_on_a_full_disk", 48) else {
         return;
     };
-    let broker = common::Mosquitto::start();
+    let broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, "central-start-full").await;
     let line = Line::start(&broker.url(), &disk.data_dir(), 4).await;
 
@@ -626,7 +632,7 @@ async fn a_new_gateway_on_a_full_disk_creates_its_store_once_space_is_freed() {
     let Some(disk) = TinyDisk::mount("new_gateway_on_a_full_disk", 32) else {
         return;
     };
-    let broker = common::Mosquitto::start();
+    let broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, "central-new-full").await;
     let line = Line::start(&broker.url(), &disk.data_dir(), 4).await;
     std::fs::create_dir_all(disk.data_dir()).unwrap();
@@ -690,7 +696,7 @@ async fn a_new_gateway_on_a_full_disk_creates_its_store_once_space_is_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_uplink_survives_a_store_error_during_reconnect() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = common::Mosquitto::start();
+    let broker = Mosquitto::start();
     let gate = Gate::start(broker.port).await;
     let store = Store::open_resilient(dir.path(), 0).unwrap();
     store
@@ -831,7 +837,7 @@ async fn an_order_running_while_the_disk_is_full_reports_every_status_once_space
     let Some(disk) = TinyDisk::mount("order_while_the_disk_is_full", 48) else {
         return;
     };
-    let broker = common::Mosquitto::start();
+    let broker = Mosquitto::start();
     // The agent reaches the broker through a gate: cut while the disk is
     // full, so the outbox has to grow (a drained outbox reuses its pages).
     let gate = Gate::start(broker.port).await;
@@ -893,18 +899,27 @@ async fn an_order_running_while_the_disk_is_full_reports_every_status_once_space
         "writes fail once the reserve's space is taken too (slack taken: {slack_taken} bytes)\n{}",
         agent.log_tail()
     );
+    let full_from = Utc::now();
     let statuses_when_full = order_statuses(&sub).len();
     assert!(
-        !order_statuses(&sub).iter().any(|s| s["state"] == "completed"),
+        !order_statuses(&sub)
+            .iter()
+            .any(|s| s["state"] == "completed"),
         "the order is still running when the disk is full"
     );
-    // Long enough for the order (200 parts of 0.15 s) to finish meanwhile.
+    // Long enough for the order (200 parts of 0.15 s) to finish meanwhile,
+    // and for a minute to turn (1-minute periods close while writes fail).
     tokio::time::sleep(Duration::from_secs(35)).await;
+    truth_support::sleep_until(
+        truth_support::next_minute(full_from) + chrono::Duration::seconds(2),
+    )
+    .await;
     assert!(
         agent.running(),
         "the agent runs on a full disk\n{}",
         agent.log_tail()
     );
+    let full_to = Utc::now();
     disk.unfill("filler-2");
     disk.unfill("filler-1");
     slack.give_back();
@@ -960,6 +975,78 @@ async fn an_order_running_while_the_disk_is_full_reports_every_status_once_space
         .call_blocking(|c| linegate::store::health::lost_events(c))
         .expect("lost_events reads");
     assert_eq!(lost, 0, "nothing was lost");
+    drop(store);
+
+    // Every period closed in the run (1-minute periods, some of them while
+    // the disk was full) is stored once, published once with the stored
+    // seconds, and matches the simulator's truth.
+    let stored = truth_support::read_store(&disk.data_dir());
+    let mut closed_while_full = 0;
+    for n in 1..=4 {
+        let machine = linegate::sim::machine_id(n - 1);
+        let periods: Vec<_> = stored
+            .periods
+            .iter()
+            .filter(|p| p.machine == machine)
+            .cloned()
+            .collect();
+        closed_while_full += periods
+            .iter()
+            .filter(|p| p.end > full_from && p.end < full_to)
+            .count();
+        let published: Vec<Value> = sub
+            .seen()
+            .into_iter()
+            .filter(|m| m.topic == format!("{PREFIX}/m/{machine}/utilisation"))
+            .filter_map(|m| m.seq().map(|s| (s, m.json)))
+            .collect::<BTreeMap<u64, Value>>()
+            .into_values()
+            .collect();
+        assert_eq!(
+            published.len(),
+            periods.len(),
+            "{machine}: each stored period is published once: stored {:?}, published {published:?}",
+            periods.iter().map(|p| (p.start, p.end)).collect::<Vec<_>>()
+        );
+        for p in &periods {
+            let start = linegate::machine::history::ts(p.start);
+            let same: Vec<&Value> = published
+                .iter()
+                .filter(|v| v["period"]["start"] == start.as_str())
+                .collect();
+            assert_eq!(same.len(), 1, "{machine}: period at {start} published once");
+            assert_eq!(
+                same[0]["seconds"]["running"].as_f64(),
+                Some(p.seconds.running),
+                "{machine} {start}: published seconds are the stored ones"
+            );
+        }
+        // The truth, from the agent's first read of the machine on.
+        let first_read = stored
+            .changes
+            .iter()
+            .find(|c| c.machine == machine)
+            .map(|c| c.since)
+            .expect("the agent read the machine");
+        let truth = truth_support::truth_timeline(&line.truth, &machine);
+        let whole: Vec<_> = periods
+            .iter()
+            .filter(|p| p.start >= first_read)
+            .cloned()
+            .collect();
+        truth_support::assert_periods_match_truth(
+            &machine,
+            &whole,
+            &truth,
+            |p| (p.start, p.end),
+            &[(first_read, Utc::now())],
+        );
+    }
+    assert!(
+        closed_while_full >= 4,
+        "every machine closed a period while the disk was full: {closed_while_full}"
+    );
+    println!("periods closed while the disk was full: {closed_while_full}");
     let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
     let notable: Vec<&str> = log
         .lines()

@@ -1016,3 +1016,81 @@ impl HeldBook {
             .count() as u64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::health::Health;
+
+    fn view(produced: u64) -> BookChange {
+        BookChange::Observe {
+            view: MachineView {
+                machine: "m1".into(),
+                state: MachineState::Running,
+                since: Utc::now(),
+                reason: None,
+                produced_total: produced,
+                good_total: produced,
+                scrap_total: 0,
+            },
+            now: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn held_changes_keep_their_order_and_what_overflows_is_counted() {
+        let health = Health::default();
+        let mut held = HeldBook::default();
+        for n in 0..MAX_HELD_CHANGES as u64 {
+            held.push(view(n), &health);
+        }
+        assert_eq!(health.unstored().lost_events, 0);
+        // Full: a progress change is lost and counted …
+        held.push(view(u64::MAX), &health);
+        assert_eq!(health.unstored().lost_events, 1);
+        // … an order message is not counted: unacknowledged, the broker
+        // sends it again (its `committed` is dropped).
+        let (tx, mut rx) = oneshot::channel();
+        held.push(
+            BookChange::Intake {
+                msg: OrderMessage {
+                    payload: b"{}".to_vec(),
+                    committed: tx,
+                },
+                now: Utc::now(),
+            },
+            &health,
+        );
+        assert_eq!(health.unstored().lost_events, 1);
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        assert_eq!(held.work.len(), MAX_HELD_CHANGES);
+        assert_eq!(held.statuses(), MAX_HELD_CHANGES as u64);
+        // Oldest first.
+        let produced: Vec<u64> = held
+            .work
+            .iter()
+            .take(3)
+            .map(|c| match c {
+                BookChange::Observe { view, .. } => view.produced_total,
+                _ => u64::MAX,
+            })
+            .collect();
+        assert_eq!(produced, [0, 1, 2]);
+    }
+
+    #[test]
+    fn the_back_off_doubles_up_to_its_bound() {
+        let mut held = HeldBook::default();
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            pauses.push(held.retry);
+            held.failed();
+        }
+        assert_eq!(pauses[0], HELD_RETRY_MIN);
+        assert_eq!(pauses[1], HELD_RETRY_MIN * 2);
+        assert_eq!(*pauses.last().unwrap_or(&Duration::ZERO), HELD_RETRY_MAX);
+    }
+}
