@@ -186,6 +186,18 @@ impl Rig {
         addr: SocketAddr,
         first_view: MachineView,
     ) -> Rig {
+        Rig::start_with(dir, store, regs, addr, first_view, record_only).await
+    }
+
+    /// A task with an outbox of the test's choosing.
+    async fn start_with(
+        dir: tempfile::TempDir,
+        store: Store,
+        regs: Arc<Registers>,
+        addr: SocketAddr,
+        first_view: MachineView,
+        enqueue: book::Enqueue,
+    ) -> Rig {
         let config = config(&addr.to_string());
         let (view_tx, view_rx) = watch::channel(first_view);
         let (inbox_tx, inbox_rx) = mpsc::channel(8);
@@ -210,7 +222,7 @@ impl Rig {
             HashMap::from([("press07".to_string(), bus_tx)]),
             Arc::new(Notify::new()),
             shutdown.clone(),
-            record_only,
+            enqueue,
             options,
         ));
         Rig {
@@ -609,5 +621,100 @@ async fn an_orders_ideal_cycle_time_goes_to_the_engine_while_it_is_on_the_machin
         ],
         "set at release, dropped at completion, none for an order without one"
     );
+    rig.stop().await;
+}
+
+/// The disk is full while this is set: every status write fails as SQLite
+/// fails on a full disk, and the book's transaction rolls back with it.
+static DISK_FULL: AtomicBool = AtomicBool::new(false);
+
+fn outbox_on_a_disk_that_may_be_full(
+    _conn: &rusqlite::Connection,
+    _msg: &linegate::uplink::outbox::Outgoing,
+) -> Result<u64, linegate::store::StoreError> {
+    if DISK_FULL.load(Ordering::SeqCst) {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        )
+        .into());
+    }
+    Ok(0)
+}
+
+#[tokio::test]
+async fn order_changes_wait_out_a_full_disk_in_order_and_messages_are_acked_only_once_committed() {
+    let regs = Arc::new(Registers::default());
+    let addr = start_machine(regs.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let rig = Rig::start_with(
+        dir,
+        store,
+        regs,
+        addr,
+        view(MachineState::Idle, 100),
+        outbox_on_a_disk_that_may_be_full,
+    )
+    .await;
+    let single = |id: &str, product: &str, quantity: u32, sequence: i64| {
+        let mut o = order(id, product, quantity, sequence);
+        o["type"] = json!("order");
+        o
+    };
+    rig.send(single("WO-F", "P-4711", 3, 1)).await;
+    rig.wait_for("WO-F", OrderState::Released).await;
+
+    // The disk fills: the machine runs the order to its end meanwhile.
+    DISK_FULL.store(true, Ordering::SeqCst);
+    for produced in [101, 102, 103] {
+        rig.set_view(MachineState::Running, produced);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rig.set_view(MachineState::Idle, 103);
+    // A new order arrives while nothing can be committed: not acknowledged.
+    let (tx, mut committed) = oneshot::channel();
+    rig.inbox
+        .send(OrderMessage {
+            payload: single("WO-G", "P-4712", 2, 2).to_string().into_bytes(),
+            committed: tx,
+        })
+        .await
+        .unwrap();
+    rig.settle().await;
+    assert!(
+        matches!(
+            committed.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ),
+        "an order that is not committed is not acknowledged (nor given up)"
+    );
+    assert_eq!(rig.state_of("WO-F").await, Some(OrderState::Released));
+    assert_eq!(rig.state_of("WO-G").await, None);
+    assert!(!rig.task.is_finished(), "the order task runs on");
+
+    // Space is back: everything held is committed, in order, and acked.
+    DISK_FULL.store(false, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(10), committed)
+        .await
+        .expect("acknowledged once committed")
+        .expect("committed fired");
+    rig.wait_for("WO-F", OrderState::Completed).await;
+    let events = events_of(&rig.store, "WO-F");
+    let produced: Vec<u64> = events
+        .iter()
+        .filter(|e| e["state"] == "running" || e["state"] == "completed")
+        .filter_map(|e| e["produced"].as_u64())
+        .collect();
+    assert_eq!(
+        produced,
+        [1, 2, 3],
+        "every view of the machine while the disk was full, in order: {events:?}"
+    );
+    assert_eq!(events.last().unwrap()["state"], "completed");
+    // The next order goes on once the book is current again.
+    rig.wait_for("WO-G", OrderState::Released).await;
+    assert_eq!(rig.holding(202), 12, "product code of P-4712");
+    assert_eq!(rig.store.health().unstored().lost_events, 0);
     rig.stop().await;
 }

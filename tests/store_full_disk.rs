@@ -12,11 +12,16 @@
 //! stored is counted in `dropped_telemetry`, and nothing else is lost
 //! (`lost_events` stays 0).
 //!
+//! An order running on a simulated machine while the disk is full has every
+//! status delivered once space is back (the simulator makes exactly the
+//! order's quantity), and every period closed meanwhile is stored and
+//! published once and matches the truth.
+//!
 //! Mounting needs root (CI runs as root); without it each test says so and
 //! passes without running. `SHOW_AGENT_LOG=1` (with `--nocapture`) prints
 //! the agent's warnings and store lines at the end of the agent tests.
 
-mod common;
+mod truth_support;
 mod uplink_support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,6 +40,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use truth_support::Mosquitto;
 use uplink_support::Gate;
 
 const PREFIX: &str = "linegate/v1/demo/gw-demo";
@@ -441,7 +447,7 @@ async fn a_disk_filled_to_the_brim_while_the_link_is_down_loses_only_counted_tel
     let Some(disk) = TinyDisk::mount("full_disk_while_the_link_is_down", 48) else {
         return;
     };
-    let mut broker = common::Mosquitto::start();
+    let mut broker = Mosquitto::start();
     let gate = Gate::start(broker.port).await;
     gate.close();
     broker.stop();
@@ -547,7 +553,7 @@ async fn the_agent_starts_on_a_full_disk_and_recovers_when_space_is_freed() {
     let Some(disk) = TinyDisk::mount("starts_on_a_full_disk", 48) else {
         return;
     };
-    let broker = common::Mosquitto::start();
+    let broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, "central-start-full").await;
     let line = Line::start(&broker.url(), &disk.data_dir(), 4).await;
 
@@ -626,7 +632,7 @@ async fn a_new_gateway_on_a_full_disk_creates_its_store_once_space_is_freed() {
     let Some(disk) = TinyDisk::mount("new_gateway_on_a_full_disk", 32) else {
         return;
     };
-    let broker = common::Mosquitto::start();
+    let broker = Mosquitto::start();
     let sub = Subscriber::start(broker.port, "central-new-full").await;
     let line = Line::start(&broker.url(), &disk.data_dir(), 4).await;
     std::fs::create_dir_all(disk.data_dir()).unwrap();
@@ -690,7 +696,7 @@ async fn a_new_gateway_on_a_full_disk_creates_its_store_once_space_is_freed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_uplink_survives_a_store_error_during_reconnect() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = common::Mosquitto::start();
+    let broker = Mosquitto::start();
     let gate = Gate::start(broker.port).await;
     let store = Store::open_resilient(dir.path(), 0).unwrap();
     store
@@ -753,4 +759,303 @@ async fn the_uplink_survives_a_store_error_during_reconnect() {
         .count();
     assert!(births >= 2, "it reconnected: {births} births");
     agent.stop().await.expect("a clean end");
+}
+
+/// A table of the test's own in the agent's store file, to take the space
+/// left inside the file (free pages, a recycled WAL) that filling the file
+/// system does not take: SQLite reuses it, so small writes would go on
+/// working on a full disk for a long time.
+struct StoreSlack {
+    conn: rusqlite::Connection,
+}
+
+impl StoreSlack {
+    /// Made while there is space.
+    fn prepare(data_dir: &Path) -> StoreSlack {
+        let conn = rusqlite::Connection::open(data_dir.join("linegate.db")).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS test_slack (b BLOB)")
+            .unwrap();
+        StoreSlack { conn }
+    }
+
+    /// Fill the slack until SQLite says the disk is full; returns the bytes taken.
+    fn take(&self) -> u64 {
+        let mut taken = 0u64;
+        for size in [256 << 10, 16 << 10, 1 << 10, 64] {
+            for _ in 0..100_000 {
+                match self
+                    .conn
+                    .execute("INSERT INTO test_slack VALUES (zeroblob(?1))", [size])
+                {
+                    Ok(_) => taken += size as u64,
+                    Err(_) => break,
+                }
+            }
+        }
+        taken
+    }
+
+    /// Give the slack back (once the disk has space again).
+    fn give_back(&self) {
+        self.conn.execute_batch("DROP TABLE test_slack").unwrap();
+    }
+}
+
+/// Publish one order command (QoS 1) and keep the connection open while
+/// the returned task runs (the agent answers on `orders/status`).
+async fn publish_order(port: u16, body: Value) -> JoinHandle<()> {
+    let o = MqttOptions::new("planner-full-disk", "127.0.0.1", port);
+    let (client, mut events) = AsyncClient::new(o, 10);
+    client
+        .publish(
+            format!("{PREFIX}/orders/cmd"),
+            QoS::AtLeastOnce,
+            false,
+            body.to_string().into_bytes(),
+        )
+        .await
+        .expect("planner publishes");
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            if events.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+}
+
+/// An order runs on a simulated machine while the disk fills to the brim
+/// (reserve released, then its space filled too, so order writes fail):
+/// once space is freed, the central team sees every status of the order in
+/// order (released, running, completed with the quantity the simulated
+/// machine made), seq has no hole, and nothing is lost (`lost_events` 0 in
+/// the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_running_while_the_disk_is_full_reports_every_status_once_space_is_back() {
+    let Some(disk) = TinyDisk::mount("order_while_the_disk_is_full", 48) else {
+        return;
+    };
+    let broker = Mosquitto::start();
+    // The agent reaches the broker through a gate: cut while the disk is
+    // full, so the outbox has to grow (a drained outbox reuses its pages).
+    let gate = Gate::start(broker.port).await;
+    let line = Line::start(&gate.url(), &disk.data_dir(), 4).await;
+    let sub = Subscriber::start(broker.port, "central-full-disk-orders").await;
+    let mut agent = AgentProcess::start(&line, 1);
+    assert!(
+        eventually(Duration::from_secs(20), || sub.last_birth().is_some()).await,
+        "the agent comes online\n{}",
+        agent.log_tail()
+    );
+    // The agent subscribes to orders/cmd right after its birth.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let slack = StoreSlack::prepare(&disk.data_dir());
+    let quantity = 200u64;
+    let order_statuses = |sub: &Subscriber| -> Vec<Value> {
+        let by_seq: BTreeMap<u64, Value> = sub
+            .seen()
+            .into_iter()
+            .filter(|m| m.topic == format!("{PREFIX}/orders/status"))
+            .filter(|m| m.json["order_id"] == "FD-1")
+            .filter_map(|m| m.seq().map(|s| (s, m.json)))
+            .collect();
+        by_seq.into_values().collect()
+    };
+    let planner = publish_order(
+        broker.port,
+        serde_json::json!({"type": "order", "order_id": "FD-1", "revision": 1, "product": "P-4711",
+                           "quantity": quantity, "machine": "sim01"}),
+    )
+    .await;
+    assert!(
+        eventually(LONG, || order_statuses(&sub)
+            .iter()
+            .any(|s| s["state"] == "running"))
+        .await,
+        "the order runs: {:?}\n{}",
+        order_statuses(&sub),
+        agent.log_tail()
+    );
+
+    // The link goes and the disk fills while the order runs; then the
+    // reserve's space fills too.
+    gate.cut();
+    disk.fill("filler-1");
+    let reserve = disk.data_dir().join(RESERVE_FILE);
+    assert!(
+        eventually(Duration::from_secs(20), || !reserve.exists()).await,
+        "the reserve is released when the disk is full\n{}",
+        agent.log_tail()
+    );
+    disk.fill("filler-2");
+    let slack_taken = slack.take();
+    let log_of = |agent: &AgentProcess| std::fs::read_to_string(&agent.log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(20), || log_of(&agent)
+            .contains("writes fail even after the reserve was released"))
+        .await,
+        "writes fail once the reserve's space is taken too (slack taken: {slack_taken} bytes)\n{}",
+        agent.log_tail()
+    );
+    let full_from = Utc::now();
+    let statuses_when_full = order_statuses(&sub).len();
+    assert!(
+        !order_statuses(&sub)
+            .iter()
+            .any(|s| s["state"] == "completed"),
+        "the order is still running when the disk is full"
+    );
+    // Long enough for the order (200 parts of 0.15 s) to finish meanwhile,
+    // and for a minute to turn (1-minute periods close while writes fail).
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    truth_support::sleep_until(
+        truth_support::next_minute(full_from) + chrono::Duration::seconds(2),
+    )
+    .await;
+    assert!(
+        agent.running(),
+        "the agent runs on a full disk\n{}",
+        agent.log_tail()
+    );
+    let full_to = Utc::now();
+    disk.unfill("filler-2");
+    disk.unfill("filler-1");
+    slack.give_back();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    gate.open();
+
+    let completed = eventually(LONG, || {
+        order_statuses(&sub)
+            .iter()
+            .any(|s| s["state"] == "completed")
+            && unexplained_holes(&sub.seen()).is_empty()
+    })
+    .await;
+    let statuses = order_statuses(&sub);
+    assert!(
+        completed,
+        "the order's completion arrives once space is back, seq without holes\nstatuses: {statuses:?}\nholes: {:?}\n{}",
+        unexplained_holes(&sub.seen()),
+        agent.log_tail()
+    );
+    let path: Vec<&str> = statuses
+        .iter()
+        .map(|s| s["state"].as_str().unwrap_or("?"))
+        .fold(Vec::new(), |mut p, s| {
+            if p.last() != Some(&s) {
+                p.push(s);
+            }
+            p
+        });
+    assert_eq!(
+        path,
+        ["accepted", "queued", "released", "running", "completed"],
+        "every status of the order, in order: {statuses:?}"
+    );
+    let done = statuses.last().expect("a completed status");
+    assert_eq!(done["state"], "completed", "completion is the last status");
+    // The simulated machine makes exactly the order's quantity, then idles.
+    assert_eq!(
+        done["produced"].as_u64(),
+        Some(quantity),
+        "the parts the simulated machine made: {done}"
+    );
+    let birth = sub.last_birth().expect("a birth");
+    assert_eq!(birth.json["lost_events"], 0, "{}", birth.json);
+    println!(
+        "order statuses before the disk filled: {statuses_when_full}, after: {}",
+        statuses.len()
+    );
+    planner.abort();
+    agent.stop().await;
+    let store = Store::open_existing(&disk.data_dir()).expect("the store opens");
+    let lost = store
+        .call_blocking(|c| linegate::store::health::lost_events(c))
+        .expect("lost_events reads");
+    assert_eq!(lost, 0, "nothing was lost");
+    drop(store);
+
+    // Every period closed in the run (1-minute periods, some of them while
+    // the disk was full) is stored once, published once with the stored
+    // seconds, and matches the simulator's truth.
+    let stored = truth_support::read_store(&disk.data_dir());
+    let mut closed_while_full = 0;
+    for n in 1..=4 {
+        let machine = linegate::sim::machine_id(n - 1);
+        let periods: Vec<_> = stored
+            .periods
+            .iter()
+            .filter(|p| p.machine == machine)
+            .cloned()
+            .collect();
+        closed_while_full += periods
+            .iter()
+            .filter(|p| p.end > full_from && p.end < full_to)
+            .count();
+        let published: Vec<Value> = sub
+            .seen()
+            .into_iter()
+            .filter(|m| m.topic == format!("{PREFIX}/m/{machine}/utilisation"))
+            .filter_map(|m| m.seq().map(|s| (s, m.json)))
+            .collect::<BTreeMap<u64, Value>>()
+            .into_values()
+            .collect();
+        assert_eq!(
+            published.len(),
+            periods.len(),
+            "{machine}: each stored period is published once: stored {:?}, published {published:?}",
+            periods.iter().map(|p| (p.start, p.end)).collect::<Vec<_>>()
+        );
+        for p in &periods {
+            let start = linegate::machine::history::ts(p.start);
+            let same: Vec<&Value> = published
+                .iter()
+                .filter(|v| v["period"]["start"] == start.as_str())
+                .collect();
+            assert_eq!(same.len(), 1, "{machine}: period at {start} published once");
+            assert_eq!(
+                same[0]["seconds"]["running"].as_f64(),
+                Some(p.seconds.running),
+                "{machine} {start}: published seconds are the stored ones"
+            );
+        }
+        // The truth, from the agent's first read of the machine on.
+        let first_read = stored
+            .changes
+            .iter()
+            .find(|c| c.machine == machine)
+            .map(|c| c.since)
+            .expect("the agent read the machine");
+        let truth = truth_support::truth_timeline(&line.truth, &machine);
+        let whole: Vec<_> = periods
+            .iter()
+            .filter(|p| p.start >= first_read)
+            .cloned()
+            .collect();
+        truth_support::assert_periods_match_truth(
+            &machine,
+            &whole,
+            &truth,
+            |p| (p.start, p.end),
+            &[(first_read, Utc::now())],
+        );
+    }
+    assert!(
+        closed_while_full >= 4,
+        "every machine closed a period while the disk was full: {closed_while_full}"
+    );
+    println!("periods closed while the disk was full: {closed_while_full}");
+    let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+    let notable: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("store"))
+        .filter(|l| !l.contains("DEBUG"))
+        .collect();
+    assert!(
+        log.contains("order changes stored again"),
+        "order changes were held while the disk was full, and stored once space was back\n{}",
+        notable.join("\n")
+    );
 }

@@ -17,8 +17,15 @@
 //! answered.
 //!
 //! A message is acknowledged (`committed` fires) only after its answer is
-//! committed; if the store fails, `committed` is dropped and the broker
-//! delivers the message again.
+//! committed. When the store cannot write (a full disk with the reserve
+//! spent), every change of the book (an order message, a machine view, a
+//! write result) is held in memory in order, bounded, and tried again with
+//! back-off; its status rows go out once it commits, so the statuses of one
+//! order keep their order and a held message is acknowledged only then.
+//! Nothing is released while changes are held (the book is not current).
+//! Beyond the bound, order messages are left unacknowledged (the broker
+//! sends them again on the next connection) and other changes are counted
+//! in `lost_events`. A store error never ends the task.
 //!
 //! While an order is on its machine, its `ideal_cycle_s` (or none: the
 //! config's) is handed to the state engine for the performance KPI; when
@@ -147,6 +154,8 @@ struct Dispatcher {
     /// Machine → order with a write batch in flight. One batch per machine.
     busy: HashMap<String, String>,
     done_tx: mpsc::Sender<WriteDone>,
+    /// Book changes the store has not taken yet (a full disk), in order.
+    held: HeldBook,
 }
 
 /// The order task with an explicit outbox and timing (tests, embedding).
@@ -218,6 +227,7 @@ pub async fn run_orders_with(
         latest: HashMap::new(),
         busy: HashMap::new(),
         done_tx,
+        held: HeldBook::default(),
     };
     if !in_book.is_empty() {
         info!(machines = ?in_book, "orders reloaded from the store");
@@ -256,6 +266,14 @@ pub async fn run_orders_with(
                 }
                 None => inbox_open = false,
             },
+            _ = tokio::time::sleep_until(d.held.retry_at), if !d.held.is_empty() => {
+                if d.replay_held().await {
+                    let machines: Vec<String> = d.latest.keys().cloned().collect();
+                    for m in machines {
+                        d.consider(&m).await;
+                    }
+                }
+            }
             _ = tick.tick() => {
                 d.late().await;
                 let machines: Vec<String> = d.latest.keys().cloned().collect();
@@ -281,37 +299,30 @@ pub async fn run_orders_with(
             }
         }
     }
+    // Book changes still held get one last try; what the store still does
+    // not take is lost (counted). Held order messages are not acknowledged:
+    // the broker sends them again.
+    if !d.held.is_empty() {
+        d.replay_held().await;
+        let lost = d.held.statuses();
+        if lost > 0 {
+            d.store.health().count_lost_events(lost);
+            error!(
+                lost_events = lost,
+                "stopping with order changes the store could not take: they are lost (counted in lost_events)"
+            );
+        }
+    }
 }
 
 impl Dispatcher {
     /// Parse, commit the answer, then acknowledge. Returns the machines whose queue changed.
     async fn intake(&mut self, msg: OrderMessage) -> Vec<String> {
-        let parsed = command::parse(&msg.payload, &self.config);
-        let busy: HashSet<String> = self.busy.values().cloned().collect();
-        let enqueue = self.enqueue;
-        let now = Utc::now();
-        let result = self
-            .store
-            .call(move |c| book::intake(c, enqueue, parsed, &|id| busy.contains(id), now))
-            .await;
-        match result {
-            Ok(outcome) => {
-                // Acknowledge only now: the answer is on disk.
-                let _ = msg.committed.send(());
-                if outcome.statuses > 0 {
-                    self.wake.notify_one();
-                }
-                for stop in outcome.stops {
-                    self.start_stop(stop);
-                }
-                outcome.machines
-            }
-            Err(e) => {
-                // `committed` is dropped: the uplink does not ack, the broker redelivers.
-                error!(error = %e, "order message not committed; it will be delivered again");
-                Vec::new()
-            }
-        }
+        self.book(BookChange::Intake {
+            msg,
+            now: Utc::now(),
+        })
+        .await
     }
 
     /// Follow the machine's view for the order on it.
@@ -321,27 +332,207 @@ impl Dispatcher {
             // A release or stop is being written; its result sets the baseline.
             return;
         }
-        let enqueue = self.enqueue;
-        let every = chrono::Duration::from_std(self.options.progress_every)
-            .unwrap_or(chrono::Duration::MAX);
-        let machine = view.machine.clone();
-        let now = Utc::now();
-        match self
-            .store
-            .call(move |c| book::observe(c, enqueue, &view, every, now))
-            .await
-        {
-            Ok(Some(done)) => {
-                info!(machine = %machine, order = %done.order_id, produced = done.progress.produced, "order completed");
-                self.wake.notify_one();
-                self.ideal_cycle(&machine, None).await;
+        self.book(BookChange::Observe {
+            view,
+            now: Utc::now(),
+        })
+        .await;
+    }
+
+    /// Make a change of the book, or hold it behind the ones already held
+    /// (the statuses of one order go out in order). Returns the machines
+    /// whose queue changed.
+    async fn book(&mut self, change: BookChange) -> Vec<String> {
+        if !self.held.is_empty() {
+            self.held.push(change, self.store.health());
+            return Vec::new();
+        }
+        match self.apply(change).await {
+            Ok(machines) => machines,
+            Err((change, e)) => {
+                error!(error = %e, "cannot record an order change; holding it in memory and retrying");
+                self.held.push(change, self.store.health());
+                self.held.failed();
+                Vec::new()
             }
-            Ok(None) => self.wake.notify_one(),
-            Err(e) => error!(machine = %machine, error = %e, "cannot record order progress"),
+        }
+    }
+
+    /// Try the held changes again, oldest first. True when none is left.
+    async fn replay_held(&mut self) -> bool {
+        while let Some(change) = self.held.work.pop_front() {
+            match self.apply(change).await {
+                // The caller considers every machine once all are stored.
+                Ok(_) => {}
+                Err((change, e)) => {
+                    self.held.work.push_front(change);
+                    if self.held.retry <= HELD_RETRY_MIN * 2 {
+                        warn!(error = %e, held = self.held.work.len(), "order changes still not stored; retrying");
+                    }
+                    self.held.failed();
+                    return false;
+                }
+            }
+        }
+        info!("order changes stored again");
+        self.held.retry = HELD_RETRY_MIN;
+        self.held.overflow_logged = false;
+        true
+    }
+
+    /// One change of the book in its own transaction, and what follows it
+    /// once committed. On a store error the change comes back untouched.
+    async fn apply(
+        &mut self,
+        change: BookChange,
+    ) -> Result<Vec<String>, (BookChange, crate::store::StoreError)> {
+        let enqueue = self.enqueue;
+        match change {
+            BookChange::Intake { msg, now } => {
+                let parsed = command::parse(&msg.payload, &self.config);
+                let busy: HashSet<String> = self.busy.values().cloned().collect();
+                let result = self
+                    .store
+                    .call(move |c| book::intake(c, enqueue, parsed, &|id| busy.contains(id), now))
+                    .await;
+                match result {
+                    Ok(outcome) => {
+                        // Acknowledge only now: the answer is on disk.
+                        let _ = msg.committed.send(());
+                        if outcome.statuses > 0 {
+                            self.wake.notify_one();
+                        }
+                        for stop in outcome.stops {
+                            self.start_stop(stop);
+                        }
+                        Ok(outcome.machines)
+                    }
+                    // `committed` is kept: acknowledged once the answer commits.
+                    Err(e) => Err((BookChange::Intake { msg, now }, e)),
+                }
+            }
+            BookChange::Observe { view, now } => {
+                let every = chrono::Duration::from_std(self.options.progress_every)
+                    .unwrap_or(chrono::Duration::MAX);
+                let machine = view.machine.clone();
+                let v = view.clone();
+                match self
+                    .store
+                    .call(move |c| book::observe(c, enqueue, &v, every, now))
+                    .await
+                {
+                    Ok(Some(done)) => {
+                        info!(machine = %machine, order = %done.order_id, produced = done.progress.produced, "order completed");
+                        self.wake.notify_one();
+                        self.ideal_cycle(&machine, None).await;
+                        Ok(Vec::new())
+                    }
+                    Ok(None) => {
+                        self.wake.notify_one();
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err((BookChange::Observe { view, now }, e)),
+                }
+            }
+            BookChange::Released {
+                order_id,
+                revision,
+                machine,
+                baseline,
+                now,
+            } => {
+                let id = order_id.clone();
+                let r = self
+                    .store
+                    .call(move |c| book::mark_released(c, enqueue, &id, revision, baseline, now))
+                    .await;
+                match r {
+                    Ok(row) => {
+                        if let Some(row) = row {
+                            self.ideal_cycle(&machine, row.ideal_cycle_s).await;
+                        }
+                        self.wake.notify_one();
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err((
+                        BookChange::Released {
+                            order_id,
+                            revision,
+                            machine,
+                            baseline,
+                            now,
+                        },
+                        e,
+                    )),
+                }
+            }
+            BookChange::Aborted {
+                order_id,
+                revision,
+                reason,
+                now,
+            } => {
+                let (id, why) = (order_id.clone(), reason.clone());
+                match self
+                    .store
+                    .call(move |c| book::mark_aborted(c, enqueue, &id, revision, why, now))
+                    .await
+                {
+                    Ok(_) => {
+                        self.wake.notify_one();
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err((
+                        BookChange::Aborted {
+                            order_id,
+                            revision,
+                            reason,
+                            now,
+                        },
+                        e,
+                    )),
+                }
+            }
+            BookChange::Stopped {
+                stop,
+                totals,
+                result,
+                now,
+            } => {
+                let machine = stop.machine.clone();
+                let stopped = result.is_ok();
+                let (s, r) = (stop.clone(), result.clone());
+                match self
+                    .store
+                    .call(move |c| book::finish_stop(c, enqueue, &s, totals, r, now))
+                    .await
+                {
+                    Ok(_) => {
+                        self.wake.notify_one();
+                        if stopped {
+                            self.ideal_cycle(&machine, None).await;
+                        }
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err((
+                        BookChange::Stopped {
+                            stop,
+                            totals,
+                            result,
+                            now,
+                        },
+                        e,
+                    )),
+                }
+            }
         }
     }
 
     async fn late(&mut self) {
+        // Behind held changes the book is not current; the next tick looks again.
+        if !self.held.is_empty() {
+            return;
+        }
         let enqueue = self.enqueue;
         let now = Utc::now();
         match self
@@ -360,7 +551,10 @@ impl Dispatcher {
 
     /// The interlock: release the machine's next order if it may have one.
     async fn consider(&mut self, machine: &str) {
-        if self.shutdown.is_cancelled() || self.busy.contains_key(machine) {
+        // While changes are held the book is not current: an order released
+        // but not yet recorded as such would be released twice.
+        if self.shutdown.is_cancelled() || self.busy.contains_key(machine) || !self.held.is_empty()
+        {
             return;
         }
         let Some(view) = self.latest.get(machine) else {
@@ -488,21 +682,16 @@ impl Dispatcher {
 
     async fn abort(&mut self, order_id: &str, revision: u32, machine: &str, reason: String) {
         warn!(machine = %machine, order = %order_id, reason = %reason, "order aborted");
-        let enqueue = self.enqueue;
-        let id = order_id.to_owned();
-        let now = Utc::now();
-        match self
-            .store
-            .call(move |c| book::mark_aborted(c, enqueue, &id, revision, reason, now))
-            .await
-        {
-            Ok(_) => self.wake.notify_one(),
-            Err(e) => error!(machine = %machine, error = %e, "cannot record an aborted order"),
-        }
+        self.book(BookChange::Aborted {
+            order_id: order_id.to_owned(),
+            revision,
+            reason,
+            now: Utc::now(),
+        })
+        .await;
     }
 
     async fn write_done(&mut self, done: WriteDone) {
-        let enqueue = self.enqueue;
         let now = Utc::now();
         self.busy.remove(done.machine());
         match done {
@@ -517,20 +706,14 @@ impl Dispatcher {
                 result: Ok(()),
             } => {
                 info!(machine = %machine, order = %order_id, "order released");
-                let r = self
-                    .store
-                    .call(move |c| {
-                        book::mark_released(c, enqueue, &order_id, revision, baseline, now)
-                    })
-                    .await;
-                match r {
-                    Ok(Some(row)) => self.ideal_cycle(&machine, row.ideal_cycle_s).await,
-                    Ok(None) => {}
-                    Err(e) => {
-                        error!(machine = %machine, error = %e, "cannot record a released order")
-                    }
-                }
-                self.wake.notify_one();
+                self.book(BookChange::Released {
+                    order_id,
+                    revision,
+                    machine: machine.clone(),
+                    baseline,
+                    now,
+                })
+                .await;
                 // The machine may already have moved on while we wrote.
                 if let Some(view) = self.latest.get(&machine).cloned() {
                     self.observe(view).await;
@@ -554,19 +737,13 @@ impl Dispatcher {
             }
             WriteDone::Stop { stop, result } => {
                 let totals = self.latest.get(&stop.machine).map(Counts::of_view);
-                let machine = stop.machine.clone();
-                let stopped = result.is_ok();
-                let r = self
-                    .store
-                    .call(move |c| book::finish_stop(c, enqueue, &stop, totals, result, now))
-                    .await;
-                if let Err(e) = r {
-                    error!(machine = %machine, error = %e, "cannot record a hold or cancel");
-                }
-                self.wake.notify_one();
-                if stopped {
-                    self.ideal_cycle(&machine, None).await;
-                }
+                self.book(BookChange::Stopped {
+                    stop,
+                    totals,
+                    result,
+                    now,
+                })
+                .await;
             }
         }
     }
@@ -732,4 +909,188 @@ async fn attempt_batch(
         error!(machine = %machine, error = %e, "cannot record the result of an order write");
     }
     outcome.map_err(|(_, text)| text)
+}
+
+/// First pause before held order changes are tried again; doubles up to
+/// [`HELD_RETRY_MAX`].
+const HELD_RETRY_MIN: Duration = Duration::from_millis(200);
+/// At most this between tries: held changes are stored soon after space returns.
+const HELD_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Most order changes held in memory while the store cannot write (a
+/// machine view, an order message or a write result each, a few hundred
+/// bytes): hours of a busy line.
+const MAX_HELD_CHANGES: usize = 20_000;
+
+/// A change of the order book with the time it happened, replayed as it
+/// was when the store takes it again.
+enum BookChange {
+    /// An order message; acknowledged only when its answer is committed.
+    Intake {
+        msg: OrderMessage,
+        now: chrono::DateTime<Utc>,
+    },
+    /// A new view of a machine: progress, running, completed.
+    Observe {
+        view: MachineView,
+        now: chrono::DateTime<Utc>,
+    },
+    /// A release batch was written: the order is on its machine.
+    Released {
+        order_id: String,
+        revision: u32,
+        machine: String,
+        baseline: Counts,
+        now: chrono::DateTime<Utc>,
+    },
+    Aborted {
+        order_id: String,
+        revision: u32,
+        reason: String,
+        now: chrono::DateTime<Utc>,
+    },
+    /// A hold or cancel was written (or failed).
+    Stopped {
+        stop: StopRequest,
+        totals: Option<Counts>,
+        result: Result<(), String>,
+        now: chrono::DateTime<Utc>,
+    },
+}
+
+/// Order changes the store did not take, oldest first, and when to try again.
+struct HeldBook {
+    work: std::collections::VecDeque<BookChange>,
+    retry: Duration,
+    retry_at: tokio::time::Instant,
+    /// Logged the overflow of this run of failures.
+    overflow_logged: bool,
+}
+
+impl Default for HeldBook {
+    fn default() -> Self {
+        HeldBook {
+            work: std::collections::VecDeque::new(),
+            retry: HELD_RETRY_MIN,
+            retry_at: tokio::time::Instant::now(),
+            overflow_logged: false,
+        }
+    }
+}
+
+impl HeldBook {
+    fn is_empty(&self) -> bool {
+        self.work.is_empty()
+    }
+
+    /// Hold a change; beyond [`MAX_HELD_CHANGES`] it is dropped: an order
+    /// message is then left unacknowledged (the broker sends it again), any
+    /// other change is counted in `lost_events`.
+    fn push(&mut self, change: BookChange, health: &crate::store::health::Health) {
+        if self.work.len() < MAX_HELD_CHANGES {
+            self.work.push_back(change);
+            return;
+        }
+        if !matches!(change, BookChange::Intake { .. }) {
+            health.count_lost_events(1);
+        }
+        if !self.overflow_logged {
+            self.overflow_logged = true;
+            error!(
+                held = self.work.len(),
+                "the store has not taken order changes for too long: memory is full, new order changes are lost (counted in lost_events; order messages are left for the broker to send again)"
+            );
+        }
+    }
+
+    /// A try failed: the next one after the back-off.
+    fn failed(&mut self) {
+        self.retry_at = tokio::time::Instant::now() + self.retry;
+        self.retry = (self.retry * 2).min(HELD_RETRY_MAX);
+    }
+
+    /// Held changes that are not order messages (those the broker sends again).
+    fn statuses(&self) -> u64 {
+        self.work
+            .iter()
+            .filter(|c| !matches!(c, BookChange::Intake { .. }))
+            .count() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::health::Health;
+
+    fn view(produced: u64) -> BookChange {
+        BookChange::Observe {
+            view: MachineView {
+                machine: "m1".into(),
+                state: MachineState::Running,
+                since: Utc::now(),
+                reason: None,
+                produced_total: produced,
+                good_total: produced,
+                scrap_total: 0,
+            },
+            now: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn held_changes_keep_their_order_and_what_overflows_is_counted() {
+        let health = Health::default();
+        let mut held = HeldBook::default();
+        for n in 0..MAX_HELD_CHANGES as u64 {
+            held.push(view(n), &health);
+        }
+        assert_eq!(health.unstored().lost_events, 0);
+        // Full: a progress change is lost and counted …
+        held.push(view(u64::MAX), &health);
+        assert_eq!(health.unstored().lost_events, 1);
+        // … an order message is not counted: unacknowledged, the broker
+        // sends it again (its `committed` is dropped).
+        let (tx, mut rx) = oneshot::channel();
+        held.push(
+            BookChange::Intake {
+                msg: OrderMessage {
+                    payload: b"{}".to_vec(),
+                    committed: tx,
+                },
+                now: Utc::now(),
+            },
+            &health,
+        );
+        assert_eq!(health.unstored().lost_events, 1);
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        assert_eq!(held.work.len(), MAX_HELD_CHANGES);
+        assert_eq!(held.statuses(), MAX_HELD_CHANGES as u64);
+        // Oldest first.
+        let produced: Vec<u64> = held
+            .work
+            .iter()
+            .take(3)
+            .map(|c| match c {
+                BookChange::Observe { view, .. } => view.produced_total,
+                _ => u64::MAX,
+            })
+            .collect();
+        assert_eq!(produced, [0, 1, 2]);
+    }
+
+    #[test]
+    fn the_back_off_doubles_up_to_its_bound() {
+        let mut held = HeldBook::default();
+        let mut pauses = Vec::new();
+        for _ in 0..8 {
+            pauses.push(held.retry);
+            held.failed();
+        }
+        assert_eq!(pauses[0], HELD_RETRY_MIN);
+        assert_eq!(pauses[1], HELD_RETRY_MIN * 2);
+        assert_eq!(*pauses.last().unwrap_or(&Duration::ZERO), HELD_RETRY_MAX);
+    }
 }

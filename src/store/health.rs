@@ -10,8 +10,9 @@
 //! telemetry message not stored is counted. Once twice the reserve is free
 //! again, the reserve is made again and telemetry flows.
 //!
-//! What cannot be stored at all waits in the recorder's bounded memory; what
-//! overflows that memory is counted in `lost_events`. Both counts wait here
+//! What cannot be stored at all waits in the bounded memory of the recorder
+//! (machine events) or the order task (order changes); what overflows that
+//! memory is counted in `lost_events`. Both counts wait here
 //! ([`Unstored`]) until a commit writes them into the store (telemetry into
 //! the outbox's `dropped`, lost events into `store_loss`), so the gateway
 //! status can report them upstream even before they are stored.
