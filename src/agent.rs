@@ -420,6 +420,12 @@ impl Running {
             config_rx.clone(),
             downstream_stop.clone(),
         ));
+        downstream.spawn(crate::orders::scorecard_task::run_scorecard(
+            store.clone(),
+            config_rx.clone(),
+            wake.clone(),
+            downstream_stop.clone(),
+        ));
         downstream.spawn(record(event_rx, store.clone(), config_rx, wake.clone()));
         downstream.spawn(forward_orders(order_rx, order_target_rx));
 

@@ -15,6 +15,8 @@ pub mod book;
 pub mod command;
 pub mod dispatch;
 pub mod level;
+pub mod scorecard;
+pub mod scorecard_task;
 
 use tokio::sync::oneshot;
 
