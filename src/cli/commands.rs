@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     table, Cli, Command, DemoArgs, OrdersArgs, ReadArgs, ReportArgs, SimulateArgs, StatusArgs,
 };
+use super::{AnswerArgs, OrderAction, OrderArgs};
 use crate::agent::{self, Board, RunOptions};
 use crate::config::Config;
 use crate::store::Store;
@@ -70,6 +71,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => status(args),
         Command::Report(args) => report(args),
         Command::Orders(args) => orders(args),
+        Command::Order(args) => order(args),
     }
 }
 
@@ -349,7 +351,7 @@ fn parse_time(s: Option<&str>, flag: &str) -> Result<Option<chrono::DateTime<chr
 }
 
 fn report(args: ReportArgs) -> Result<ExitCode> {
-    let (_config, store) = open_store(args.config.config.as_deref())?;
+    let (config, store) = open_store(args.config.config.as_deref())?;
     let from = parse_time(args.from.as_deref(), "--from")?;
     let to = parse_time(args.to.as_deref(), "--to")?;
     let machine = args.machine.clone();
@@ -405,7 +407,89 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
             &rows
         )
     );
+    scorecard_section(&config, &store, args.machine.as_deref(), from, to)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `linegate report`'s delivery scorecard: every shift and day of the range
+/// (default the last 7 days) with an order due, per machine and for the
+/// gateway, from the order book as it is now (open periods included).
+fn scorecard_section(
+    config: &Config,
+    store: &Store,
+    machine: Option<&str>,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<()> {
+    use crate::orders::scorecard::{PeriodKind, Scope};
+    let now = chrono::Utc::now();
+    let to = to.unwrap_or(now);
+    let from = from.unwrap_or(to - chrono::Duration::days(7));
+    let calendar = crate::machine::engine::calendar(config)?;
+    let tz: chrono_tz::Tz = config.gateway.timezone.parse().unwrap_or(chrono_tz::UTC);
+    let cards = store.call_blocking(move |c| {
+        crate::orders::scorecard_task::cards_between(c, calendar.as_deref(), tz, from, to)
+    })?;
+    let rows: Vec<Vec<String>> = cards
+        .iter()
+        .filter(|c| c.tally.due > 0)
+        .filter(|c| match (&c.scope, machine) {
+            (Scope::Machine(m), Some(want)) => m == want,
+            (Scope::Gateway, Some(_)) => false,
+            (_, None) => true,
+        })
+        .map(|c| {
+            let t = &c.tally;
+            vec![
+                match &c.scope {
+                    Scope::Machine(m) => m.clone(),
+                    Scope::Gateway => "(gateway)".into(),
+                },
+                match &c.period.kind {
+                    PeriodKind::Shift { name } => format!("shift {name}"),
+                    PeriodKind::Day { date } => format!("day {date}"),
+                },
+                c.period.start.to_rfc3339(),
+                if c.period.end <= now { "closed" } else { "open" }.into(),
+                t.due.to_string(),
+                t.completed_on_time.to_string(),
+                t.completed_late.to_string(),
+                t.not_completed().to_string(),
+                t.in_full.to_string(),
+                t.on_time_in_full.to_string(),
+                table::percent(t.on_time_in_full_rate()),
+                t.mean_lateness_s()
+                    .map(|s| format!("{:.0}", s / 60.0))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    say!(line "\ndelivery scorecard (orders by due):");
+    if rows.is_empty() {
+        say!(line "no order was due in {} .. {}", from.to_rfc3339(), to.to_rfc3339());
+        return Ok(());
+    }
+    say!(text
+        "{}",
+        table::render(
+            &[
+                "scope",
+                "period",
+                "start",
+                "",
+                "due",
+                "on time",
+                "late",
+                "open",
+                "in full",
+                "otif",
+                "otif %",
+                "mean late min"
+            ],
+            &rows
+        )
+    );
+    Ok(())
 }
 
 fn orders(args: OrdersArgs) -> Result<ExitCode> {
@@ -416,9 +500,16 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
         say!(line "{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let states: BTreeMap<String, crate::machine::MachineState> = store
+        .call_blocking(|c| crate::machine::history::current(c))?
+        .into_iter()
+        .map(|s| (s.machine, s.state))
+        .collect();
+    let waits = waits_for_column(&rows, &states);
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|o| {
+        .zip(waits)
+        .map(|(o, waits)| {
             vec![
                 o.order_id.clone(),
                 o.revision.to_string(),
@@ -427,17 +518,101 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
                 format!("{}/{}", o.progress.produced, o.quantity),
                 o.state.to_string(),
                 o.reason.clone().unwrap_or_default(),
+                waits,
             ]
         })
         .collect();
     say!(text
         "{}",
         table::render(
-            &["order", "rev", "machine", "product", "produced", "state", "reason"],
+            &["order", "rev", "machine", "product", "produced", "state", "reason", "waits for"],
             &rows
         )
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `linegate order send|hold|resume|cancel`: publish, wait, print the answers.
+fn order(args: OrderArgs) -> Result<ExitCode> {
+    use crate::orders::command::CommandKind;
+    use crate::orders::planner::{self, Expect};
+    let (config_arg, payload, expect, wait) = match args.action {
+        OrderAction::Send(a) => {
+            let file = a.file.display().to_string();
+            let payload =
+                std::fs::read(&a.file).with_context(|| format!("cannot read {file}"))?;
+            let message: serde_json::Value = serde_json::from_slice(&payload)
+                .with_context(|| format!("{file} is not JSON; nothing was sent"))?;
+            let expect = Expect::of_message(&message)
+                .map_err(|e| anyhow::anyhow!("{file}: {e}; nothing was sent"))?;
+            (a.config, payload, expect, a.wait)
+        }
+        OrderAction::Hold(a) => command_message(a, CommandKind::Hold),
+        OrderAction::Resume(a) => command_message(a, CommandKind::Resume),
+        OrderAction::Cancel(a) => command_message(a, CommandKind::Cancel),
+    };
+    let path = Config::locate(config_arg.config.as_deref());
+    let config = Config::load(&path)?;
+    let timeout = Duration::from_secs(wait.timeout_s.max(1));
+    let outcome = runtime()?.block_on(planner::send(
+        &config,
+        &path.display().to_string(),
+        payload,
+        expect,
+        timeout,
+    ))?;
+    for answer in &outcome.waiting.answers {
+        if wait.json {
+            say!(line "{answer}");
+        } else {
+            say!(line "{}", planner::describe(answer));
+        }
+    }
+    Ok(if outcome.waiting.rejected() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn command_message(
+    a: super::OrderIdArgs,
+    kind: crate::orders::command::CommandKind,
+) -> (
+    super::ConfigArg,
+    Vec<u8>,
+    crate::orders::planner::Expect,
+    AnswerArgs,
+) {
+    let payload = serde_json::json!({"type": kind.as_str(), "order_id": a.order_id}).to_string();
+    let expect = crate::orders::planner::Expect::Command {
+        kind,
+        order_id: a.order_id,
+    };
+    (a.config, payload.into_bytes(), expect, a.wait)
+}
+
+/// `linegate orders`' "waits for" column: rows are in release order per
+/// machine (`book::list`), so the queued rows before one are those ahead.
+fn waits_for_column(
+    rows: &[crate::orders::book::OrderRow],
+    states: &BTreeMap<String, crate::machine::MachineState>,
+) -> Vec<String> {
+    use crate::orders::book::OrderState;
+    rows.iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let same = |r: &&crate::orders::book::OrderRow| r.machine == o.machine;
+            let on_machine = rows.iter().filter(same).find(|r| r.state.on_machine());
+            let ahead: Vec<&crate::orders::book::OrderRow> = rows[..i]
+                .iter()
+                .filter(same)
+                .filter(|r| r.state == OrderState::Queued)
+                .collect();
+            crate::orders::waiting::waits_for(o, on_machine, &ahead, states.get(&o.machine).copied())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 fn simulate(args: SimulateArgs) -> Result<ExitCode> {

@@ -48,6 +48,60 @@ pub enum Command {
     Report(ReportArgs),
     /// List work orders and their states.
     Orders(OrdersArgs),
+    /// Send an order, a plan or a command to the gateway through its broker
+    /// (the config's [uplink]) and print the gateway's answers.
+    Order(OrderArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OrderArgs {
+    #[command(subcommand)]
+    pub action: OrderAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrderAction {
+    /// Publish ORDER.json or PLAN.json to {p}/orders/cmd and wait for one
+    /// answer per order. Exit 1 when one is rejected, 2 on no answer.
+    Send(OrderSendArgs),
+    /// Hold an order (it is not released, or stopped on its machine).
+    Hold(OrderIdArgs),
+    /// Put a held order back in its queue.
+    Resume(OrderIdArgs),
+    /// Cancel an order.
+    Cancel(OrderIdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OrderSendArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// A JSON file holding one order or one plan (docs/orders.md).
+    #[arg(value_name = "ORDER.json|PLAN.json")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub wait: AnswerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct OrderIdArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The order's `order_id`.
+    #[arg(value_name = "ID")]
+    pub order_id: String,
+    #[command(flatten)]
+    pub wait: AnswerArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AnswerArgs {
+    /// How long to wait for the answers, seconds.
+    #[arg(long, value_name = "S", default_value_t = 10)]
+    pub timeout_s: u64,
+    /// Print the answers as they came (one status JSON per line).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

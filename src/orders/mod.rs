@@ -6,6 +6,10 @@
 //! - [`book`]: the orders in SQLite and their state machine; every change
 //!   and its status message in one transaction.
 //! - [`dispatch`]: the task: intake, interlock, release writes, progress.
+//! - [`waiting`]: what a queued order waits for, by the interlock (pure).
+//! - [`scorecard`]: the delivery scorecard per shift and day (pure);
+//!   [`scorecard_task`] publishes it.
+//! - [`planner`]: the planner's client (`linegate order ...`).
 //!
 //! Orders never write anything but the registers of a machine's
 //! `[machine.orders]` section, and never send MQTT themselves: statuses go
@@ -15,8 +19,10 @@ pub mod book;
 pub mod command;
 pub mod dispatch;
 pub mod level;
+pub mod planner;
 pub mod scorecard;
 pub mod scorecard_task;
+pub mod waiting;
 
 use tokio::sync::oneshot;
 
