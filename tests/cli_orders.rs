@@ -1,6 +1,7 @@
 //! `linegate orders` as a planner uses it, on a store that holds orders put
 //! there through the library (intake, release, progress): the table, `--json`,
-//! `--machine`, and a config file that does not exist.
+//! `--machine`, a config file that does not exist, what a queued order
+//! waits for, and `linegate report`'s delivery scorecard of a scripted day.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -259,4 +260,175 @@ fn an_unknown_config_file_is_a_clear_error_and_a_failing_exit() {
     );
     assert!(stderr.contains("config file"), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing on stdout");
+}
+
+#[test]
+fn a_queued_order_says_what_it_waits_for() {
+    // The fixture's own facts: WO-1 is running on press07 with WO-2 queued
+    // behind it; nothing has ever been seen of press08.
+    let line = line();
+    let table = stdout_of(&linegate(&["orders", "-c", line.config.to_str().unwrap()]));
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.contains("waits for"), "{header}");
+    let line_of = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .unwrap_or_else(|| panic!("no row for {id} in:\n{table}"))
+            .to_owned()
+    };
+    assert!(
+        line_of("WO-2").contains(
+            "order WO-1 is on the machine (running); released after it completes, is held or cancelled"
+        ),
+        "{table}"
+    );
+    assert!(
+        line_of("WO-3").contains("machine not seen yet; released when idle or in setup"),
+        "{table}"
+    );
+    assert!(
+        !line_of("WO-1").contains("released when"),
+        "a running order waits for nothing: {table}"
+    );
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// A scripted day (UTC, no shift calendar), every step through the book:
+/// - WO-1, press07, 10 due 10:00: released 08:00, all 10 good by 09:00 (on time, in full);
+/// - WO-2, press07, 10 due 10:30: released 09:01, done 11:00 with 1 scrap (30 min late, short);
+/// - WO-3, press08, 5 due 12:00: never started (not completed);
+/// - WO-4, press08, 5 due 12:00: cancelled (does not count);
+/// - WO-5, press08, 5 due the next day (another day).
+fn scripted_day() -> Line {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let text = config_text(&data_dir);
+    let config_path = dir.path().join("line.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let config = Config::from_toml(&text, &config_path).expect("test config is valid");
+    let store = Store::open(&config.gateway.data_dir).unwrap();
+    store
+        .call_blocking(|c| outbox::configure(c, OutboxPolicy::from_mb(64)))
+        .unwrap();
+    let send = |v: Value, when: &str| {
+        let parsed = command::parse(v.to_string().as_bytes(), &config);
+        let when = at(when);
+        store
+            .call_blocking(move |c| book::intake(c, outbox::enqueue, parsed, &|_| false, when))
+            .unwrap();
+    };
+    let due = |id: &str, machine: &str, qty: u32, due: &str| {
+        json!({"type": "order", "order_id": id, "machine": machine, "product": "P-4711",
+               "quantity": qty, "due": due})
+    };
+    send(due("WO-1", "press07", 10, "2026-11-26T10:00:00Z"), "2026-11-26T07:00:00Z");
+    send(due("WO-2", "press07", 10, "2026-11-26T10:30:00Z"), "2026-11-26T07:00:01Z");
+    send(due("WO-3", "press08", 5, "2026-11-26T12:00:00Z"), "2026-11-26T07:00:02Z");
+    send(due("WO-4", "press08", 5, "2026-11-26T12:00:00Z"), "2026-11-26T07:00:03Z");
+    send(due("WO-5", "press08", 5, "2026-11-27T09:00:00Z"), "2026-11-26T07:00:04Z");
+    send(json!({"type": "cancel", "order_id": "WO-4"}), "2026-11-26T07:30:00Z");
+    let run = |id: &'static str, base: u64, released: &str, good: u64, scrap: u64, done: &str| {
+        let (released, done) = (at(released), at(done));
+        store
+            .call_blocking(move |c| {
+                let totals = Counts {
+                    produced: base,
+                    good: base,
+                    scrap: 0,
+                };
+                book::mark_released(c, outbox::enqueue, id, 1, totals, released)?;
+                let view = MachineView {
+                    machine: "press07".into(),
+                    state: MachineState::Running,
+                    since: released,
+                    reason: None,
+                    produced_total: base + good + scrap,
+                    good_total: base + good,
+                    scrap_total: scrap,
+                };
+                book::observe(c, outbox::enqueue, &view, chrono::Duration::seconds(30), done)
+            })
+            .unwrap()
+            .unwrap_or_else(|| panic!("{id} is on press07"));
+    };
+    run("WO-1", 1000, "2026-11-26T08:00:00Z", 10, 0, "2026-11-26T09:00:00Z");
+    run("WO-2", 1010, "2026-11-26T09:01:00Z", 9, 1, "2026-11-26T11:00:00Z");
+    drop(store);
+    Line {
+        _dir: dir,
+        config: config_path,
+    }
+}
+
+#[test]
+fn report_shows_the_delivery_scorecard_of_a_scripted_day() {
+    let line = scripted_day();
+    let orders = stdout_of(&linegate(&["orders", "-c", line.config.to_str().unwrap()]));
+    // The script did what it says before its scorecard is read.
+    assert!(row(&orders, "WO-1").contains(&"completed"), "{orders}");
+    assert!(row(&orders, "WO-2").contains(&"completed"), "{orders}");
+    assert!(row(&orders, "WO-4").contains(&"cancelled"), "{orders}");
+    let report = stdout_of(&linegate(&[
+        "report",
+        "-c",
+        line.config.to_str().unwrap(),
+        "--from",
+        "2026-11-26T00:00:00Z",
+        "--to",
+        "2026-11-27T00:00:00Z",
+    ]));
+    let section = report
+        .split("delivery scorecard")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no scorecard section in:\n{report}"));
+    let cells = |scope: &str| -> Vec<String> {
+        section
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(scope))
+            .unwrap_or_else(|| panic!("no {scope} row in:\n{section}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    // scope, "day", date, start, closed/open, due, on time, late, open, in
+    // full, otif, otif %, mean lateness in minutes (absent when none late).
+    assert_eq!(
+        cells("press07"),
+        ["press07", "day", "2026-11-26", "2026-11-26T00:00:00+00:00", "closed", "2", "1", "1", "0", "1", "1", "50.0%", "30"]
+    );
+    assert_eq!(
+        cells("press08"),
+        ["press08", "day", "2026-11-26", "2026-11-26T00:00:00+00:00", "closed", "1", "0", "0", "1", "0", "0", "0.0%"]
+    );
+    assert_eq!(
+        cells("(gateway)"),
+        ["(gateway)", "day", "2026-11-26", "2026-11-26T00:00:00+00:00", "closed", "3", "1", "1", "1", "1", "1", "33.3%", "30"]
+    );
+    // WO-5 is due the next day, outside the range: no row for it.
+    assert!(!section.contains("2026-11-27T00:00:00"), "{section}");
+
+    let machine = stdout_of(&linegate(&[
+        "report",
+        "-c",
+        line.config.to_str().unwrap(),
+        "--machine",
+        "press08",
+        "--from",
+        "2026-11-26T00:00:00Z",
+        "--to",
+        "2026-11-28T00:00:00Z",
+    ]));
+    let section = machine.split("delivery scorecard").nth(1).unwrap_or_default();
+    let rows: Vec<&str> = section
+        .lines()
+        .filter(|l| l.starts_with("press08"))
+        .collect();
+    assert_eq!(rows.len(), 2, "press08's two days: {section}");
+    assert!(!section.contains("press07") && !section.contains("(gateway)"), "{section}");
 }

@@ -117,7 +117,7 @@ async fn the_planner_command_line_sends_orders_and_commands_and_reports_every_an
             machines: 1,
             base_port: 0,
             seed: 5,
-            speed: 20.0,
+            speed: 200.0,
             truth: None,
             honour_orders: true,
         },
