@@ -294,9 +294,7 @@ fn a_queued_order_says_what_it_waits_for() {
 }
 
 fn at(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .unwrap()
-        .with_timezone(&Utc)
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
 /// A scripted day (UTC, no shift calendar), every step through the book:
@@ -327,12 +325,30 @@ fn scripted_day() -> Line {
         json!({"type": "order", "order_id": id, "machine": machine, "product": "P-4711",
                "quantity": qty, "due": due})
     };
-    send(due("WO-1", "press07", 10, "2026-11-26T10:00:00Z"), "2026-11-26T07:00:00Z");
-    send(due("WO-2", "press07", 10, "2026-11-26T10:30:00Z"), "2026-11-26T07:00:01Z");
-    send(due("WO-3", "press08", 5, "2026-11-26T12:00:00Z"), "2026-11-26T07:00:02Z");
-    send(due("WO-4", "press08", 5, "2026-11-26T12:00:00Z"), "2026-11-26T07:00:03Z");
-    send(due("WO-5", "press08", 5, "2026-11-27T09:00:00Z"), "2026-11-26T07:00:04Z");
-    send(json!({"type": "cancel", "order_id": "WO-4"}), "2026-11-26T07:30:00Z");
+    send(
+        due("WO-1", "press07", 10, "2026-11-26T10:00:00Z"),
+        "2026-11-26T07:00:00Z",
+    );
+    send(
+        due("WO-2", "press07", 10, "2026-11-26T10:30:00Z"),
+        "2026-11-26T07:00:01Z",
+    );
+    send(
+        due("WO-3", "press08", 5, "2026-11-26T12:00:00Z"),
+        "2026-11-26T07:00:02Z",
+    );
+    send(
+        due("WO-4", "press08", 5, "2026-11-26T12:00:00Z"),
+        "2026-11-26T07:00:03Z",
+    );
+    send(
+        due("WO-5", "press08", 5, "2026-11-27T09:00:00Z"),
+        "2026-11-26T07:00:04Z",
+    );
+    send(
+        json!({"type": "cancel", "order_id": "WO-4"}),
+        "2026-11-26T07:30:00Z",
+    );
     let run = |id: &'static str, base: u64, released: &str, good: u64, scrap: u64, done: &str| {
         let (released, done) = (at(released), at(done));
         store
@@ -352,13 +368,33 @@ fn scripted_day() -> Line {
                     good_total: base + good,
                     scrap_total: scrap,
                 };
-                book::observe(c, outbox::enqueue, &view, chrono::Duration::seconds(30), done)
+                book::observe(
+                    c,
+                    outbox::enqueue,
+                    &view,
+                    chrono::Duration::seconds(30),
+                    done,
+                )
             })
             .unwrap()
             .unwrap_or_else(|| panic!("{id} is on press07"));
     };
-    run("WO-1", 1000, "2026-11-26T08:00:00Z", 10, 0, "2026-11-26T09:00:00Z");
-    run("WO-2", 1010, "2026-11-26T09:01:00Z", 9, 1, "2026-11-26T11:00:00Z");
+    run(
+        "WO-1",
+        1000,
+        "2026-11-26T08:00:00Z",
+        10,
+        0,
+        "2026-11-26T09:00:00Z",
+    );
+    run(
+        "WO-2",
+        1010,
+        "2026-11-26T09:01:00Z",
+        9,
+        1,
+        "2026-11-26T11:00:00Z",
+    );
     drop(store);
     Line {
         _dir: dir,
@@ -400,15 +436,56 @@ fn report_shows_the_delivery_scorecard_of_a_scripted_day() {
     // full, otif, otif %, mean lateness in minutes (absent when none late).
     assert_eq!(
         cells("press07"),
-        ["press07", "day", "2026-11-26", "2026-11-26T00:00:00+00:00", "closed", "2", "1", "1", "0", "1", "1", "50.0%", "30"]
+        [
+            "press07",
+            "day",
+            "2026-11-26",
+            "2026-11-26T00:00:00+00:00",
+            "closed",
+            "2",
+            "1",
+            "1",
+            "0",
+            "1",
+            "1",
+            "50.0%",
+            "30"
+        ]
     );
     assert_eq!(
         cells("press08"),
-        ["press08", "day", "2026-11-26", "2026-11-26T00:00:00+00:00", "closed", "1", "0", "0", "1", "0", "0", "0.0%"]
+        [
+            "press08",
+            "day",
+            "2026-11-26",
+            "2026-11-26T00:00:00+00:00",
+            "closed",
+            "1",
+            "0",
+            "0",
+            "1",
+            "0",
+            "0",
+            "0.0%"
+        ]
     );
     assert_eq!(
         cells("(gateway)"),
-        ["(gateway)", "day", "2026-11-26", "2026-11-26T00:00:00+00:00", "closed", "3", "1", "1", "1", "1", "1", "33.3%", "30"]
+        [
+            "(gateway)",
+            "day",
+            "2026-11-26",
+            "2026-11-26T00:00:00+00:00",
+            "closed",
+            "3",
+            "1",
+            "1",
+            "1",
+            "1",
+            "1",
+            "33.3%",
+            "30"
+        ]
     );
     // WO-5 is due the next day, outside the range: no row for it.
     assert!(!section.contains("2026-11-27T00:00:00"), "{section}");
@@ -424,11 +501,17 @@ fn report_shows_the_delivery_scorecard_of_a_scripted_day() {
         "--to",
         "2026-11-28T00:00:00Z",
     ]));
-    let section = machine.split("delivery scorecard").nth(1).unwrap_or_default();
+    let section = machine
+        .split("delivery scorecard")
+        .nth(1)
+        .unwrap_or_default();
     let rows: Vec<&str> = section
         .lines()
         .filter(|l| l.starts_with("press08"))
         .collect();
     assert_eq!(rows.len(), 2, "press08's two days: {section}");
-    assert!(!section.contains("press07") && !section.contains("(gateway)"), "{section}");
+    assert!(
+        !section.contains("press07") && !section.contains("(gateway)"),
+        "{section}"
+    );
 }

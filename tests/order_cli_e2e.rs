@@ -177,7 +177,15 @@ async fn the_planner_command_line_sends_orders_and_commands_and_reports_every_an
         &json!({"type": "order", "order_id": "WO-A", "machine": machine,
                 "product": "P-4711", "quantity": 5000}),
     );
-    let out = linegate(&["order", "send", "-c", &cfg, &big.display().to_string(), "--json"]).await;
+    let out = linegate(&[
+        "order",
+        "send",
+        "-c",
+        &cfg,
+        &big.display().to_string(),
+        "--json",
+    ])
+    .await;
     assert!(out.status.success(), "send: {out:?}");
     let printed: Vec<Value> = text(&out.stdout)
         .lines()
@@ -213,8 +221,12 @@ async fn the_planner_command_line_sends_orders_and_commands_and_reports_every_an
     assert!(out.status.success(), "plan: {out:?}");
     let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(lines.iter().any(|l| l.starts_with("accepted WO-B (revision 1)")));
-    assert!(lines.iter().any(|l| l.starts_with("accepted WO-C (revision 1)")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("accepted WO-B (revision 1)")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("accepted WO-C (revision 1)")));
 
     // Rejected: exit 1 and the gateway's reason.
     let bad = write(
@@ -238,7 +250,9 @@ async fn the_planner_command_line_sends_orders_and_commands_and_reports_every_an
     assert!(out.status.success(), "hold: {out:?}");
     assert!(text(&out.stdout).starts_with("accepted WO-B"), "{out:?}");
     record
-        .wait("WO-B held", |r| r.states_of("WO-B").iter().any(|s| s == "held"))
+        .wait("WO-B held", |r| {
+            r.states_of("WO-B").iter().any(|s| s == "held")
+        })
         .await;
     let out = linegate(&["order", "hold", "-c", &cfg, "WO-B"]).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -247,9 +261,9 @@ async fn the_planner_command_line_sends_orders_and_commands_and_reports_every_an
     assert!(out.status.success(), "resume: {out:?}");
     record
         .wait("WO-B queued again", |r| {
-            r.all()
-                .iter()
-                .any(|s| s["order_id"] == "WO-B" && s["state"] == "queued" && s["reason"] == "resumed")
+            r.all().iter().any(|s| {
+                s["order_id"] == "WO-B" && s["state"] == "queued" && s["reason"] == "resumed"
+            })
         })
         .await;
     for id in ["WO-B", "WO-A"] {
@@ -286,7 +300,13 @@ async fn the_planner_command_line_sends_orders_and_commands_and_reports_every_an
     )
     .expect("write config");
     let out = linegate(&[
-        "order", "hold", "-c", &silent.display().to_string(), "WO-C", "--timeout-s", "1",
+        "order",
+        "hold",
+        "-c",
+        &silent.display().to_string(),
+        "WO-C",
+        "--timeout-s",
+        "1",
     ])
     .await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");

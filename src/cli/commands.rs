@@ -450,7 +450,12 @@ fn scorecard_section(
                     PeriodKind::Day { date } => format!("day {date}"),
                 },
                 c.period.start.to_rfc3339(),
-                if c.period.end <= now { "closed" } else { "open" }.into(),
+                if c.period.end <= now {
+                    "closed"
+                } else {
+                    "open"
+                }
+                .into(),
                 t.due.to_string(),
                 t.completed_on_time.to_string(),
                 t.completed_late.to_string(),
@@ -476,7 +481,7 @@ fn scorecard_section(
                 "scope",
                 "period",
                 "start",
-                "",
+                "status",
                 "due",
                 "on time",
                 "late",
@@ -539,8 +544,7 @@ fn order(args: OrderArgs) -> Result<ExitCode> {
     let (config_arg, payload, expect, wait) = match args.action {
         OrderAction::Send(a) => {
             let file = a.file.display().to_string();
-            let payload =
-                std::fs::read(&a.file).with_context(|| format!("cannot read {file}"))?;
+            let payload = std::fs::read(&a.file).with_context(|| format!("cannot read {file}"))?;
             let message: serde_json::Value = serde_json::from_slice(&payload)
                 .with_context(|| format!("{file} is not JSON; nothing was sent"))?;
             let expect = Expect::of_message(&message)
@@ -609,8 +613,13 @@ fn waits_for_column(
                 .filter(same)
                 .filter(|r| r.state == OrderState::Queued)
                 .collect();
-            crate::orders::waiting::waits_for(o, on_machine, &ahead, states.get(&o.machine).copied())
-                .unwrap_or_default()
+            crate::orders::waiting::waits_for(
+                o,
+                on_machine,
+                &ahead,
+                states.get(&o.machine).copied(),
+            )
+            .unwrap_or_default()
         })
         .collect()
 }

@@ -29,7 +29,9 @@ const MAX_PACKET_BYTES: usize = 4 * 1024 * 1024;
 /// Why a message could not be sent or its answers did not come.
 #[derive(Debug, thiserror::Error)]
 pub enum PlannerError {
-    #[error("{0} has no [uplink] section: the planner commands reach the gateway through its broker")]
+    #[error(
+        "{0} has no [uplink] section: the planner commands reach the gateway through its broker"
+    )]
     NoUplink(String),
     #[error("{file}: {reason}")]
     File { file: String, reason: String },
@@ -37,7 +39,9 @@ pub enum PlannerError {
     Uplink(#[from] crate::uplink::UplinkError),
     #[error("cannot reach the broker {broker} (uplink.url): {reason}")]
     Unreachable { broker: String, reason: String },
-    #[error("broker {broker} refused the subscription to {topic} (check the ACL of uplink.username)")]
+    #[error(
+        "broker {broker} refused the subscription to {topic} (check the ACL of uplink.username)"
+    )]
     SubscribeRefused { broker: String, topic: String },
     #[error("{0}")]
     NoAnswer(String),
@@ -193,7 +197,11 @@ fn options(config: &Config, config_file: &str) -> Result<(MqttOptions, String), 
         .ok_or_else(|| PlannerError::NoUplink(config_file.to_owned()))?;
     let addr = tls::parse_url(&u.url)?;
     let broker = format!("{}:{}", addr.host, addr.port);
-    let client_id = format!("linegate-planner-{}-{}", config.gateway.id, std::process::id());
+    let client_id = format!(
+        "linegate-planner-{}-{}",
+        config.gateway.id,
+        std::process::id()
+    );
     let mut o = MqttOptions::new(client_id, &addr.host, addr.port);
     o.set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true)
@@ -389,14 +397,18 @@ mod tests {
         assert!(w.complete());
 
         let mut w = Waiting::new(Expect::of_message(&msg).unwrap_or_else(|e| panic!("{e}")));
-        assert!(w.offer(&json!({"order_id": null, "plan_id": "HJ-1", "state": "rejected",
-                                 "reason": "plan HJ-1: unknown field(s) x"})));
+        assert!(w.offer(
+            &json!({"order_id": null, "plan_id": "HJ-1", "state": "rejected",
+                                 "reason": "plan HJ-1: unknown field(s) x"})
+        ));
         assert!(w.complete() && w.rejected());
 
         // An order named by its place is one answer of several, not the end.
         let mut w = Waiting::new(Expect::of_message(&msg).unwrap_or_else(|e| panic!("{e}")));
-        assert!(w.offer(&json!({"order_id": null, "plan_id": "HJ-1", "state": "rejected",
-                                 "reason": "plan HJ-1: orders[2]: missing field `order_id`"})));
+        assert!(w.offer(
+            &json!({"order_id": null, "plan_id": "HJ-1", "state": "rejected",
+                                 "reason": "plan HJ-1: orders[2]: missing field `order_id`"})
+        ));
         assert!(!w.complete());
     }
 
@@ -408,8 +420,10 @@ mod tests {
         });
         assert!(!w.offer(&json!({"order_id": "WO-1", "state": "accepted"})));
         assert!(!w.offer(&json!({"order_id": "WO-1", "state": "accepted", "command": "cancel"})));
-        assert!(w.offer(&json!({"order_id": "WO-1", "state": "rejected", "command": "hold",
-                                 "reason": "hold: order WO-1 is already held"})));
+        assert!(w.offer(
+            &json!({"order_id": "WO-1", "state": "rejected", "command": "hold",
+                                 "reason": "hold: order WO-1 is already held"})
+        ));
         assert!(w.complete() && w.rejected());
         assert_eq!(
             describe(&w.answers[0]),

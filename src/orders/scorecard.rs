@@ -287,13 +287,11 @@ pub type CardKey = (Scope, Period);
 pub fn to_publish(cards: Vec<Card>, sent: &BTreeMap<CardKey, (Tally, u32)>) -> Vec<(Card, u32)> {
     cards
         .into_iter()
-        .filter_map(
-            |c| match sent.get(&(c.scope.clone(), c.period.clone())) {
-                None => Some((c, 1)),
-                Some((t, _)) if *t == c.tally => None,
-                Some((_, rev)) => Some((c, rev.saturating_add(1))),
-            },
-        )
+        .filter_map(|c| match sent.get(&(c.scope.clone(), c.period.clone())) {
+            None => Some((c, 1)),
+            Some((t, _)) if *t == c.tally => None,
+            Some((_, rev)) => Some((c, rev.saturating_add(1))),
+        })
         .collect()
 }
 
@@ -354,7 +352,9 @@ mod tests {
     fn find<'a>(cards: &'a [Card], scope: &Scope, kind: &str, start: &str) -> &'a Tally {
         cards
             .iter()
-            .find(|c| &c.scope == scope && c.period.kind.as_str() == kind && c.period.start == t(start))
+            .find(|c| {
+                &c.scope == scope && c.period.kind.as_str() == kind && c.period.start == t(start)
+            })
             .map(|c| &c.tally)
             .unwrap_or_else(|| panic!("no {kind} card for {scope:?} starting {start}"))
     }
@@ -365,18 +365,60 @@ mod tests {
         let orders = vec![
             // press07, early: on time in full; on time short (good 9 of 10);
             // late by 30 min in full; not completed.
-            order("press07", 10, 10, "2026-11-26T08:00:00Z", Some("2026-11-26T07:59:00Z")),
-            order("press07", 10, 9, "2026-11-26T09:00:00Z", Some("2026-11-26T09:00:00Z")),
-            order("press07", 5, 5, "2026-11-26T12:00:00Z", Some("2026-11-26T12:30:00Z")),
+            order(
+                "press07",
+                10,
+                10,
+                "2026-11-26T08:00:00Z",
+                Some("2026-11-26T07:59:00Z"),
+            ),
+            order(
+                "press07",
+                10,
+                9,
+                "2026-11-26T09:00:00Z",
+                Some("2026-11-26T09:00:00Z"),
+            ),
+            order(
+                "press07",
+                5,
+                5,
+                "2026-11-26T12:00:00Z",
+                Some("2026-11-26T12:30:00Z"),
+            ),
             order("press07", 5, 0, "2026-11-26T12:59:59.999Z", None),
             // saw02, early, due in the break: late by 2 h, short.
-            order("saw02", 4, 3, "2026-11-26T09:15:00Z", Some("2026-11-26T11:15:00Z")),
+            order(
+                "saw02",
+                4,
+                3,
+                "2026-11-26T09:15:00Z",
+                Some("2026-11-26T11:15:00Z"),
+            ),
             // saw02, late shift: on time in full.
-            order("saw02", 4, 4, "2026-11-26T13:00:00Z", Some("2026-11-26T12:00:00Z")),
+            order(
+                "saw02",
+                4,
+                4,
+                "2026-11-26T13:00:00Z",
+                Some("2026-11-26T12:00:00Z"),
+            ),
             // press07 at 22:30 local (21:30Z): after the late shift, still Thursday.
-            order("press07", 1, 1, "2026-11-26T21:30:00Z", Some("2026-11-26T21:29:00Z")),
+            order(
+                "press07",
+                1,
+                1,
+                "2026-11-26T21:30:00Z",
+                Some("2026-11-26T21:29:00Z"),
+            ),
             // Friday 00:30 local (Thu 23:30Z): the next day.
-            order("press07", 1, 1, "2026-11-26T23:30:00Z", Some("2026-11-26T20:00:00Z")),
+            order(
+                "press07",
+                1,
+                1,
+                "2026-11-26T23:30:00Z",
+                Some("2026-11-26T20:00:00Z"),
+            ),
         ];
         let cal = calendar();
         let ps = periods(
@@ -440,7 +482,11 @@ mod tests {
 
     #[test]
     fn a_gateway_card_says_nothing_was_due() {
-        let ps = days(chrono_tz::UTC, t("2026-11-26T00:00:00Z"), t("2026-11-26T01:00:00Z"));
+        let ps = days(
+            chrono_tz::UTC,
+            t("2026-11-26T00:00:00Z"),
+            t("2026-11-26T01:00:00Z"),
+        );
         let cards = cards(&ps, &[]);
         assert_eq!(cards.len(), 1);
         assert_eq!(cards[0].scope, Scope::Gateway);
@@ -486,16 +532,32 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("early".into(), t("2026-11-27T05:00:00Z"), t("2026-11-27T13:00:00Z")),
-                ("late".into(), t("2026-11-27T13:00:00Z"), t("2026-11-27T21:00:00Z")),
-                ("early".into(), t("2026-11-30T05:00:00Z"), t("2026-11-30T13:00:00Z")),
+                (
+                    "early".into(),
+                    t("2026-11-27T05:00:00Z"),
+                    t("2026-11-27T13:00:00Z")
+                ),
+                (
+                    "late".into(),
+                    t("2026-11-27T13:00:00Z"),
+                    t("2026-11-27T21:00:00Z")
+                ),
+                (
+                    "early".into(),
+                    t("2026-11-30T05:00:00Z"),
+                    t("2026-11-30T13:00:00Z")
+                ),
             ]
         );
     }
 
     #[test]
     fn a_card_is_published_once_and_again_only_when_it_changes() {
-        let ps = days(chrono_tz::UTC, t("2026-11-26T00:00:00Z"), t("2026-11-26T01:00:00Z"));
+        let ps = days(
+            chrono_tz::UTC,
+            t("2026-11-26T00:00:00Z"),
+            t("2026-11-26T01:00:00Z"),
+        );
         let mut orders = vec![order("m1", 2, 0, "2026-11-26T10:00:00Z", None)];
         let first = to_publish(cards(&ps, &orders), &BTreeMap::new());
         assert_eq!(first.len(), 2);
@@ -549,7 +611,10 @@ mod tests {
             reported_at: None,
         };
         let o = DueOrder::from_row(&row);
-        assert_eq!(o.map(|o| (o.good, o.completed_at)), Some((3, Some(t("2026-11-26T09:00:00Z")))));
+        assert_eq!(
+            o.map(|o| (o.good, o.completed_at)),
+            Some((3, Some(t("2026-11-26T09:00:00Z"))))
+        );
         let cancelled = OrderRow {
             state: OrderState::Cancelled,
             ..row.clone()

@@ -372,7 +372,6 @@ mod tests {
     fn put_order(
         c: &Connection,
         id: &str,
-        arrival: i64,
         machine: &str,
         due: &str,
         state: &str,
@@ -382,8 +381,9 @@ mod tests {
         c.execute(
             "INSERT INTO work_order (order_id, revision, arrival, machine, product, quantity, due,
                 state, good, produced, actual_end, updated_at)
-             VALUES (?1, 1, ?2, ?3, 'P', 10, ?4, ?5, ?6, ?6, ?7, ?4)",
-            params![id, arrival, machine, due, state, good, end],
+             VALUES (?1, 1, (SELECT COALESCE(MAX(arrival), 0) + 1 FROM work_order), ?2, 'P', 10,
+                     ?3, ?4, ?5, ?5, ?6, ?3)",
+            params![id, machine, due, state, good, end],
         )?;
         Ok(())
     }
@@ -408,9 +408,9 @@ mod tests {
         let result = store.call_blocking(|c| {
             // First run on Wednesday noon: nothing before it is published.
             assert_eq!(publish_closed(c, None, chrono_tz::UTC, t("2026-11-25T12:00:00Z"))?, 0);
-            put_order(c, "WO-1", 1, "press07", "2026-11-26T08:00:00.000Z", "completed", 10, Some("2026-11-26T07:00:00.000Z"))?;
-            put_order(c, "WO-2", 2, "press07", "2026-11-26T09:00:00.000Z", "running", 4, None)?;
-            put_order(c, "WO-3", 3, "saw02", "2026-11-26T10:00:00.000Z", "cancelled", 0, None)?;
+            put_order(c, "WO-1", "press07", "2026-11-26T08:00:00.000Z", "completed", 10, Some("2026-11-26T07:00:00.000Z"))?;
+            put_order(c, "WO-2", "press07", "2026-11-26T09:00:00.000Z", "running", 4, None)?;
+            put_order(c, "WO-3", "saw02", "2026-11-26T10:00:00.000Z", "cancelled", 0, None)?;
             // Thursday is still open: only Wednesday (nothing due) closes.
             assert_eq!(publish_closed(c, None, chrono_tz::UTC, t("2026-11-26T23:00:00Z"))?, 1);
             // Friday 00:00:30: Thursday closes; press07 and the gateway.
@@ -428,7 +428,13 @@ mod tests {
         let topics: Vec<&str> = rows.iter().map(|(t, _, _)| t.as_str()).collect();
         assert_eq!(
             topics,
-            ["scorecard", "m/press07/scorecard", "scorecard", "m/press07/scorecard", "scorecard"]
+            [
+                "scorecard",
+                "m/press07/scorecard",
+                "scorecard",
+                "m/press07/scorecard",
+                "scorecard"
+            ]
         );
         assert!(rows.iter().all(|(_, retain, _)| *retain));
         let (_, _, first) = &rows[1];
@@ -447,6 +453,9 @@ mod tests {
         assert_eq!(again["revision"], 2);
         let (_, _, gateway) = &rows[4];
         assert!(gateway.get("machine").is_none());
-        assert_eq!(gateway["orders"]["due"], 2, "the cancelled order does not count");
+        assert_eq!(
+            gateway["orders"]["due"], 2,
+            "the cancelled order does not count"
+        );
     }
 }

@@ -19,7 +19,9 @@ pub fn waits_for(
     machine: Option<MachineState>,
 ) -> Option<String> {
     match order.state {
-        OrderState::Held => return Some("held by command; resume puts it back in the queue".into()),
+        OrderState::Held => {
+            return Some("held by command; resume puts it back in the queue".into())
+        }
         OrderState::Queued => {}
         _ => return None,
     }
@@ -120,8 +122,16 @@ mod tests {
 
     #[test]
     fn orders_on_the_machine_or_finished_wait_for_nothing() {
-        for s in [OrderState::Running, OrderState::Released, OrderState::Completed, OrderState::Cancelled] {
-            assert_eq!(waits_for(&row("WO-1", s), None, &[], Some(MachineState::Idle)), None);
+        for s in [
+            OrderState::Running,
+            OrderState::Released,
+            OrderState::Completed,
+            OrderState::Cancelled,
+        ] {
+            assert_eq!(
+                waits_for(&row("WO-1", s), None, &[], Some(MachineState::Idle)),
+                None
+            );
         }
         assert!(waits_for(&row("WO-1", OrderState::Held), None, &[], None).is_some());
     }
