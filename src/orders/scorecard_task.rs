@@ -50,6 +50,8 @@ CREATE TABLE scorecard_sent (
     sent_at           TEXT NOT NULL,
     PRIMARY KEY (scope, kind, name, start)
 );
+-- The task reads the orders due in the periods it looks at, every tick.
+CREATE INDEX work_order_due ON work_order (due);
 CREATE TABLE scorecard_state (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     since TEXT NOT NULL                 -- first run on this store: nothing before is published
