@@ -70,6 +70,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => status(args),
         Command::Report(args) => report(args),
         Command::Orders(args) => orders(args),
+        Command::Completions(args) => super::docs::completions(&args),
+        Command::Man(args) => super::docs::man(&args),
     }
 }
 

@@ -3,6 +3,7 @@
 //! own beyond formatting what they print. Errors are `anyhow` here, at the edge.
 
 mod commands;
+mod docs;
 mod table;
 
 use std::path::PathBuf;
@@ -48,6 +49,12 @@ pub enum Command {
     Report(ReportArgs),
     /// List work orders and their states.
     Orders(OrdersArgs),
+    /// Print a shell completion script to stdout (the package installs them).
+    #[command(hide = true)]
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (linegate.1, linegate-<command>.1) into a directory.
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 #[derive(Debug, Args)]
