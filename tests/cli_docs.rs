@@ -75,8 +75,14 @@ fn completions_name_every_command_and_option() {
     let bash = stdout_of(&["completions", "bash"]);
     let zsh = stdout_of(&["completions", "zsh"]);
     let fish = stdout_of(&["completions", "fish"]);
-    assert!(bash.contains("complete -F _linegate"), "bash script registers no completion");
-    assert!(zsh.starts_with("#compdef linegate"), "zsh script is no #compdef file");
+    assert!(
+        bash.contains("complete -F _linegate"),
+        "bash script registers no completion"
+    );
+    assert!(
+        zsh.starts_with("#compdef linegate"),
+        "zsh script is no #compdef file"
+    );
 
     for command in &commands {
         // bash: the command is a word of the top-level candidates and has a case of its own.
@@ -97,7 +103,8 @@ fn completions_name_every_command_and_option() {
             assert!(bash.contains(&long), "bash: `{command} {long}` missing");
             assert!(zsh.contains(&long), "zsh: `{command} {long}` missing");
             assert!(
-                fish.lines().any(|l| l.contains(&format!("__fish_linegate_using_subcommand {command}"))
+                fish.lines().any(|l| l
+                    .contains(&format!("__fish_linegate_using_subcommand {command}"))
                     && l.contains(&format!("-l {option}"))),
                 "fish: `{command} {long}` missing"
             );
@@ -112,7 +119,10 @@ fn man_pages_cover_every_command_and_option() {
     let commands = commands_from_help();
 
     let main = std::fs::read_to_string(dir.path().join("linegate.1")).expect("linegate.1 written");
-    assert!(main.starts_with(".ie") || main.starts_with(".TH"), "linegate.1 is not roff: {main:.80}");
+    assert!(
+        main.starts_with(".ie") || main.starts_with(".TH"),
+        "linegate.1 is not roff: {main:.80}"
+    );
     assert!(main.contains(".SH FILES") && main.contains("/etc/linegate/linegate.toml"));
     for command in &commands {
         let page = format!("linegate-{command}.1");
@@ -120,7 +130,10 @@ fn man_pages_cover_every_command_and_option() {
             main.contains(&format!("linegate\\-{}(1)", command.replace('-', "\\-"))),
             "linegate.1 does not list `{command}`"
         );
-        assert!(listed.contains(&page), "`linegate man` did not report {page}: {listed}");
+        assert!(
+            listed.contains(&page),
+            "`linegate man` did not report {page}: {listed}"
+        );
         let text = std::fs::read_to_string(dir.path().join(&page))
             .unwrap_or_else(|e| panic!("{page} not written: {e}"));
         for option in long_options_from_help(command) {
@@ -139,12 +152,18 @@ fn an_unknown_shell_or_an_unwritable_directory_is_an_error() {
     let out = linegate(&["completions", "tcsh"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("tcsh") && err.contains("bash"), "error names neither the shell nor the choices: {err}");
+    assert!(
+        err.contains("tcsh") && err.contains("bash"),
+        "error names neither the shell nor the choices: {err}"
+    );
 
     let file = tempfile::NamedTempFile::new().expect("temp file");
     let under_a_file = file.path().join("man");
     let out = linegate(&["man", &under_a_file.display().to_string()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&under_a_file.display().to_string()), "error does not name the directory: {err}");
+    assert!(
+        err.contains(&under_a_file.display().to_string()),
+        "error does not name the directory: {err}"
+    );
 }
