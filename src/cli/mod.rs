@@ -3,6 +3,7 @@
 //! own beyond formatting what they print. Errors are `anyhow` here, at the edge.
 
 mod commands;
+mod docs;
 mod table;
 
 use std::path::PathBuf;
@@ -51,6 +52,12 @@ pub enum Command {
     /// Send an order, a plan or a command to the gateway through its broker
     /// (the config's [uplink]) and print the gateway's answers.
     Order(OrderArgs),
+    /// Print a shell completion script to stdout (the package installs them).
+    #[command(hide = true)]
+    Completions(docs::CompletionsArgs),
+    /// Write the man pages (linegate.1, linegate-<command>.1) into a directory.
+    #[command(hide = true)]
+    Man(docs::ManArgs),
 }
 
 #[derive(Debug, Args)]
