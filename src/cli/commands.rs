@@ -71,12 +71,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(args) => status(args),
         Command::Report(args) => report(args),
         Command::Orders(args) => orders(args),
-<<<<<<< HEAD
         Command::Order(args) => order(args),
-=======
         Command::Completions(args) => super::docs::completions(&args),
         Command::Man(args) => super::docs::man(&args),
->>>>>>> package
     }
 }
 
