@@ -4,6 +4,7 @@
 
 mod commands;
 mod table;
+mod tui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,9 @@ pub enum Command {
     Report(ReportArgs),
     /// List work orders and their states.
     Orders(OrdersArgs),
+    /// Live screen of a running agent (from its store, read only): state,
+    /// reason, OEE, parts and order per machine, the uplink and its backlog.
+    Top(TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -77,13 +81,17 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
+    /// How many simulated machines (sim01, sim02, ...).
     #[arg(long, default_value_t = 4)]
     pub machines: usize,
-    /// First TCP port; machine N listens on base_port + N. 0 picks free ports.
+    /// TCP port of the first machine; machine N (1, 2, ...) listens on
+    /// base_port + N - 1 on 127.0.0.1. 0 picks free ports.
     #[arg(long, default_value_t = 5020)]
     pub base_port: u16,
+    /// Seed of the simulated schedules (same seed, same line).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Time compression of the simulated schedules (1 = real time).
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
     /// Append the ground truth (state changes) as JSON lines to this file.
@@ -129,6 +137,7 @@ pub struct StatusArgs {
 pub struct ReportArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    /// Only this machine (one neither configured nor in the store is an error).
     #[arg(long, value_name = "ID")]
     pub machine: Option<String>,
     /// Periods ending after this time (RFC 3339, e.g. 2026-11-26T06:00:00Z).
@@ -137,17 +146,34 @@ pub struct ReportArgs {
     /// Periods starting before this time (RFC 3339).
     #[arg(long, value_name = "T")]
     pub to: Option<String>,
-    /// One JSON object per period, the contract's fields.
+    /// One JSON object per period, the contract's fields (times in UTC).
     #[arg(long)]
     pub json: bool,
+    /// Times in UTC instead of the site's gateway.timezone.
+    #[arg(long)]
+    pub utc: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Refresh every this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Print the screen once as plain lines and exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct OrdersArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    /// Only the orders of this machine.
     #[arg(long, value_name = "ID")]
     pub machine: Option<String>,
+    /// A JSON array of orders (fields in docs/orders.md, "linegate orders").
     #[arg(long)]
     pub json: bool,
 }
