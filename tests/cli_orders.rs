@@ -205,6 +205,72 @@ fn json_output_is_an_array_of_orders_with_their_fields() {
     assert_eq!(wo3["progress"]["produced"], 0);
 }
 
+/// What docs/orders.md ("What `linegate orders --json` prints") lists.
+const DOCUMENTED_ORDER_FIELDS: [&str; 18] = [
+    "order_id",
+    "revision",
+    "machine",
+    "product",
+    "quantity",
+    "due",
+    "sequence",
+    "plan_id",
+    "plan_pos",
+    "ideal_cycle_s",
+    "params",
+    "state",
+    "reason",
+    "superseded",
+    "progress",
+    "released_at",
+    "actual_start",
+    "actual_end",
+];
+
+#[test]
+fn json_orders_carry_the_documented_fields_and_not_the_books_bookkeeping() {
+    let line = line();
+    let text = stdout_of(&linegate(&[
+        "orders",
+        "-c",
+        line.config.to_str().unwrap(),
+        "--json",
+    ]));
+    let rows: Value = serde_json::from_str(&text).expect("valid JSON");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/orders.md"))
+        .expect("docs/orders.md");
+    for field in DOCUMENTED_ORDER_FIELDS {
+        assert!(
+            doc.contains(&format!("| `{field}` |")),
+            "{field} documented"
+        );
+    }
+    for r in rows.as_array().expect("an array") {
+        let keys: Vec<&str> = r
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for k in &keys {
+            assert!(
+                DOCUMENTED_ORDER_FIELDS.contains(k),
+                "{k} is not documented: {r}"
+            );
+        }
+        for k in [
+            "arrival",
+            "done",
+            "base",
+            "started_rank",
+            "late_reported",
+            "reported_at",
+        ] {
+            assert!(!keys.contains(&k), "{k}: {r}");
+        }
+    }
+}
+
 #[test]
 fn machine_filter_lists_only_that_machines_orders() {
     let line = line();

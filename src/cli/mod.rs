@@ -35,7 +35,7 @@ pub struct ConfigArg {
 pub enum Command {
     /// Run the agent (what systemd starts).
     Run(ConfigArg),
-    /// Run the agent on a built-in simulated line and show a live table. Needs nothing installed.
+    /// Run the agent on a built-in simulated line and show a live screen (q, Esc or Ctrl-C quit). Needs nothing installed.
     Demo(DemoArgs),
     /// Serve simulated machines as Modbus TCP servers on loopback.
     Simulate(SimulateArgs),
@@ -68,7 +68,7 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long, value_name = "S")]
     pub seconds: Option<u64>,
-    /// Print log lines instead of the live table.
+    /// Print log lines instead of the live screen.
     #[arg(long)]
     pub no_table: bool,
     /// Accounting period in minutes for the demo (short, to see periods close).
