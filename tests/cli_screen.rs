@@ -496,3 +496,73 @@ fn status_exit_codes_are_0_with_a_store_2_without_and_141_into_a_closed_pipe() {
     assert_eq!(out.status.code(), Some(141), "{out:?}");
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 }
+
+// ---------- help ----------
+
+#[test]
+fn every_option_of_every_command_has_a_description() {
+    let commands = [
+        "run",
+        "demo",
+        "simulate",
+        "check-config",
+        "read",
+        "status",
+        "report",
+        "orders",
+        "top",
+    ];
+    for cmd in commands {
+        let out = linegate(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help");
+        let help = text(&out.stdout);
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if !l.trim_start().starts_with('-') {
+                continue;
+            }
+            // `  --flag <V>  Description [default: x]`, or the description on
+            // the next, further indented line.
+            let same_line = l
+                .trim()
+                .split("  ")
+                .skip(1)
+                .map(str::trim)
+                .find(|s| !s.is_empty());
+            let described =
+                |s: &str| !s.is_empty() && !s.starts_with('-') && !s.starts_with("[default");
+            let ok = match same_line {
+                Some(s) => described(s),
+                None => lines.get(i + 1).is_some_and(|n| described(n.trim())),
+            };
+            assert!(ok, "{cmd}: {l:?} has no description:\n{help}");
+        }
+    }
+}
+
+#[test]
+fn simulate_help_says_machine_n_listens_on_base_port_plus_n_minus_1_as_it_does() {
+    let help = text(&linegate(&["simulate", "--help"]).stdout);
+    assert!(help.contains("base_port + N - 1"), "{help}");
+    // And it does: machine 1 on the base port, machine 2 on the next.
+    let base = common::free_port();
+    let out = linegate(&[
+        "simulate",
+        "--machines",
+        "2",
+        "--seconds",
+        "1",
+        "--base-port",
+        &base.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("sim01 modbus tcp 127.0.0.1:{base}\n")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("sim02 modbus tcp 127.0.0.1:{}\n", base + 1)),
+        "{stdout}"
+    );
+}
