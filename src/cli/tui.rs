@@ -27,7 +27,7 @@ use ratatui::crossterm::{cursor, execute};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Cell, Paragraph, Row, Table};
+use ratatui::widgets::{Cell, Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
 use tokio_util::sync::CancellationToken;
 
@@ -334,14 +334,16 @@ fn widest(screen: &Screen) -> BTreeMap<&'static str, u16> {
     w
 }
 
-/// Draw `screen` into one frame: title, machine table, two footer lines.
+/// Draw `screen` into one frame: title, machine table, the uplink (two
+/// lines, for its last error), the backlog.
 /// Machines beyond the rows there are are counted in the title.
 pub fn draw(frame: &mut Frame, screen: &Screen) {
     let area = frame.area();
-    let [title_area, table_area, footer_area] = Layout::vertical([
+    let [title_area, table_area, uplink_area, backlog_area] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(1),
         Constraint::Length(2),
+        Constraint::Length(1),
     ])
     .areas(area);
     let room = table_area.height.saturating_sub(1) as usize;
@@ -386,13 +388,16 @@ pub fn draw(frame: &mut Frame, screen: &Screen) {
         Some(t) => format!("{second} · {t}"),
         None => second,
     };
+    // The uplink's line wraps onto a second one for its last error.
     frame.render_widget(
-        Paragraph::new(vec![
-            Line::from(Span::styled(uplink, link_style(screen.footer.link))),
-            Line::from(second),
-        ]),
-        footer_area,
+        Paragraph::new(Line::from(Span::styled(
+            uplink,
+            link_style(screen.footer.link),
+        )))
+        .wrap(Wrap { trim: true }),
+        uplink_area,
     );
+    frame.render_widget(Paragraph::new(Line::from(second)), backlog_area);
 }
 
 /// `screen` as plain lines (no escape codes): the title with the time,
@@ -631,12 +636,13 @@ mod tests {
             !first.contains("main drive"),
             "the reason is cut: {first:?}"
         );
-        // The footer: the uplink, its last error (cut at 80), the backlog, the URL.
+        // The footer: the uplink and its last error (on two lines), the backlog, the URL.
         assert!(
-            rows[22].starts_with("uplink mqtts://central.example:8883: not connected; last error"),
+            rows[21].starts_with("uplink mqtts://central.example:8883: not connected; last error"),
             "{:?}",
-            rows[22]
+            rows[21]
         );
+        assert!(rows[22].contains("connection refused"), "{:?}", rows[22]);
         assert!(
             rows[23].contains("backlog: 1234 message(s)")
                 && rows[23].contains("http://127.0.0.1:8080/"),
@@ -685,10 +691,10 @@ mod tests {
     #[test]
     fn more_machines_than_rows_are_counted_in_the_title() {
         let rows = render(&screen(30), 80, 24);
-        // 24 rows: title, header, 20 machines, 2 footer lines.
-        assert!(rows[0].contains("20 of 30 machines shown"), "{:?}", rows[0]);
-        assert!(rows[21].starts_with("press20"), "{:?}", rows[21]);
-        assert!(rows[22].starts_with("uplink"), "{:?}", rows[22]);
+        // 24 rows: title, header, 19 machines, 3 footer lines.
+        assert!(rows[0].contains("19 of 30 machines shown"), "{:?}", rows[0]);
+        assert!(rows[20].starts_with("press19"), "{:?}", rows[20]);
+        assert!(rows[21].starts_with("uplink"), "{:?}", rows[21]);
     }
 
     #[test]
