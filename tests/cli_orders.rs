@@ -272,6 +272,28 @@ fn json_orders_carry_the_documented_fields_and_not_the_books_bookkeeping() {
 }
 
 #[test]
+fn top_shows_the_order_in_progress_on_its_machine_and_none_on_the_other() {
+    let line = line();
+    let text = stdout_of(&linegate(&[
+        "top",
+        "-c",
+        line.config.to_str().unwrap(),
+        "--once",
+    ]));
+    // WO-1 running at 37 of 120 (what the store was given above).
+    let press07 = row(&text, "press07");
+    assert!(
+        press07.contains(&"WO-1") && press07.contains(&"37/120"),
+        "{text}"
+    );
+    let press08 = row(&text, "press08");
+    assert!(
+        !press08.iter().any(|c| c.starts_with("WO-")),
+        "WO-3 is only queued: {text}"
+    );
+}
+
+#[test]
 fn machine_filter_lists_only_that_machines_orders() {
     let line = line();
     let config = line.config.to_str().unwrap();

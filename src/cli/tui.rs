@@ -88,12 +88,13 @@ pub fn gather(
     url: Option<&str>,
 ) -> Screen {
     let now = Utc::now();
-    let read = store.call_blocking(|c| {
+    let ids: Vec<String> = config.machine.iter().map(|m| m.id.clone()).collect();
+    let read = store.call_blocking(move |c| {
         let current = crate::machine::history::current(c)?;
         let mut orders = BTreeMap::new();
-        for s in &current {
-            if let Some(o) = crate::orders::book::current(c, &s.machine)? {
-                orders.insert(s.machine.clone(), o);
+        for id in ids {
+            if let Some(o) = crate::orders::book::current(c, &id)? {
+                orders.insert(id, o);
             }
         }
         let uplink = crate::uplink::status::read(c)?;
@@ -135,9 +136,15 @@ pub fn gather(
                 line.reason = s.reason.clone();
                 line.oee = s.period.as_ref().and_then(|p| p.kpi.oee);
                 line.parts = s.period.as_ref().map(|p| p.counts.produced);
-                line.order = orders
-                    .get(&s.machine)
-                    .map(|o| format!("{} {}/{}", o.order_id, o.progress.produced, o.quantity));
+            }
+            // Also on a machine the store has no state for yet.
+            for (id, o) in orders {
+                if let Some(line) = known.get_mut(&id) {
+                    line.order = Some(format!(
+                        "{} {}/{}",
+                        o.order_id, o.progress.produced, o.quantity
+                    ));
+                }
             }
             screen.footer.link = Link::of(config.uplink.is_some(), uplink.as_ref(), now);
             screen.footer.last_error = uplink.and_then(|u| u.last_error);
