@@ -601,6 +601,8 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
             },
             agent_stop.clone(),
         ));
+        // A URL to show in the screen's footer (a web console's), if any.
+        let footer_url: Option<String> = None;
         let screen = (!args.no_table).then(|| {
             let title = format!("linegate demo ({} simulated machines)", line.machines.len());
             let (config, stop, data_dir) = (config.clone(), shutdown.clone(), data_dir.clone());
@@ -613,7 +615,13 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
                     }
                     let board = board.lock().map(|b| b.clone()).unwrap_or_default();
                     match &store {
-                        Some(s) => super::tui::gather(s, &config, Some(&board), &title, None),
+                        Some(s) => super::tui::gather(
+                            s,
+                            &config,
+                            Some(&board),
+                            &title,
+                            footer_url.as_deref(),
+                        ),
                         None => super::tui::Screen {
                             title: title.clone(),
                             at: chrono::Utc::now(),
@@ -623,7 +631,7 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
                                 broker: config.uplink.as_ref().map(|u| u.url.clone()),
                                 last_error: None,
                                 backlog: 0,
-                                url: None,
+                                url: footer_url.clone(),
                             },
                             trouble: Some("the agent is opening its store".into()),
                         },
