@@ -588,12 +588,21 @@ impl Running {
         let heartbeat = self.liveness.register("uplink");
         self.uplink = Some(Task::spawn(stop, async move {
             let stats = Arc::new(crate::uplink::UplinkStats::default());
+            // Copied into the store for `linegate status` and `top`.
+            let copy_stop = CancellationToken::new();
+            let copy = tokio::spawn(crate::uplink::status::copy_to_store(
+                store.clone(),
+                stats.clone(),
+                copy_stop.clone(),
+            ));
             if let Err(e) =
                 crate::uplink::run_uplink(u, info, store, wake, order_tx, stats, heartbeat, ustop)
                     .await
             {
                 error!(error = %e, "uplink stopped");
             }
+            copy_stop.cancel();
+            let _ = copy.await;
         }));
     }
 

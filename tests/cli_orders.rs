@@ -206,6 +206,90 @@ fn json_output_is_an_array_of_orders_with_their_fields() {
     assert_eq!(wo3["progress"]["produced"], 0);
 }
 
+/// The fields that docs/orders.md lists under "What `linegate orders
+/// --json` prints" (its table's first column).
+fn documented_order_fields() -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/orders.md"))
+        .expect("docs/orders.md");
+    let section = doc
+        .split("### What `linegate orders --json` prints")
+        .nth(1)
+        .expect("docs/orders.md has the section");
+    section
+        .lines()
+        .skip_while(|l| !l.starts_with("| `"))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn json_orders_carry_the_documented_fields_and_not_the_books_bookkeeping() {
+    let line = line();
+    let text = stdout_of(&linegate(&[
+        "orders",
+        "-c",
+        line.config.to_str().unwrap(),
+        "--json",
+    ]));
+    let rows: Value = serde_json::from_str(&text).expect("valid JSON");
+    let documented = documented_order_fields();
+    for must in ["order_id", "revision", "machine", "state", "progress"] {
+        assert!(
+            documented.iter().any(|f| f == must),
+            "{must}: {documented:?}"
+        );
+    }
+    let rows = rows.as_array().expect("an array");
+    assert!(!rows.is_empty());
+    for r in rows {
+        let keys: Vec<&str> = r
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for k in &keys {
+            assert!(
+                documented.iter().any(|f| f == k),
+                "{k} is not in docs/orders.md's table of `orders --json`: {r}"
+            );
+        }
+        for k in [
+            "arrival",
+            "done",
+            "base",
+            "started_rank",
+            "late_reported",
+            "reported_at",
+        ] {
+            assert!(!keys.contains(&k), "{k}: {r}");
+        }
+    }
+}
+
+#[test]
+fn top_shows_the_order_in_progress_on_its_machine_and_none_on_the_other() {
+    let line = line();
+    let text = stdout_of(&linegate(&[
+        "top",
+        "-c",
+        line.config.to_str().unwrap(),
+        "--once",
+    ]));
+    // WO-1 running at 37 of 120 (what the store was given above).
+    let press07 = row(&text, "press07");
+    assert!(
+        press07.contains(&"WO-1") && press07.contains(&"37/120"),
+        "{text}"
+    );
+    let press08 = row(&text, "press08");
+    assert!(
+        !press08.iter().any(|c| c.starts_with("WO-")),
+        "WO-3 is only queued: {text}"
+    );
+}
+
 #[test]
 fn machine_filter_lists_only_that_machines_orders() {
     let line = line();

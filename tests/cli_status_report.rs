@@ -386,8 +386,148 @@ fn report_filters_by_machine_and_time() {
     assert!(to.iter().all(|l| parse_time(&l["period"]["start"]) < cut));
     assert_eq!(from.len() + to.len(), stored.len(), "the cut splits them");
 
-    let none = report_lines(&["report", "-c", config, "--json", "--machine", "no-such"]);
-    assert!(none.is_empty());
+    // A machine that is neither configured nor in the store is an error
+    // naming the known ones, not an empty table.
+    let out = linegate(&["report", "-c", config, "--json", "--machine", "no-such"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"no-such\"") && err.contains(&f.machines[0]),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn report_with_from_after_to_is_an_error_not_an_empty_table() {
+    let f = fixture();
+    let out = linegate(&[
+        "report",
+        "-c",
+        path(&f.config),
+        "--from",
+        "2026-11-26T08:00:00Z",
+        "--to",
+        "2026-11-26T06:00:00Z",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("--from") && err.contains("after --to"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty());
+}
+
+/// The cells of the table's row of `p` (the one starting at `start`).
+fn table_row<'a>(text: &'a str, p: &ClosedPeriod, start: &str) -> Vec<&'a str> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&p.machine.as_str()) && cells.get(2) == Some(&start))
+        .unwrap_or_else(|| panic!("{} at {start}: {text}", p.machine))
+}
+
+#[test]
+fn report_table_has_all_six_states_adding_up_in_the_sites_time_zone_or_utc() {
+    let f = fixture();
+    let stored = stored_periods(f);
+    // The same store, seen from a site in New York (the file says UTC).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ny = dir.path().join("ny.toml");
+    assert!(
+        !f.text.contains("timezone"),
+        "the demo config leaves the zone at UTC"
+    );
+    std::fs::write(
+        &ny,
+        f.text.replacen(
+            "[gateway]\n",
+            "[gateway]\ntimezone = \"America/New_York\"\n",
+            1,
+        ),
+    )
+    .expect("write");
+    let zone: chrono_tz::Tz = "America/New_York".parse().expect("a zone");
+
+    let out = linegate(&["report", "-c", path(&ny)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("times in America/New_York\n"), "{text}");
+    let header: Vec<&str> = text
+        .lines()
+        .nth(1)
+        .expect("a header")
+        .split("  ")
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "machine",
+            "period",
+            "start",
+            "end",
+            "run s",
+            "setup s",
+            "idle s",
+            "down s",
+            "planned s",
+            "offline s",
+            "parts",
+            "avail",
+            "oee"
+        ]
+    );
+    for p in &stored {
+        let start = p
+            .start
+            .with_timezone(&zone)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let end = p
+            .end
+            .with_timezone(&zone)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let cells = table_row(&text, p, &start);
+        assert_eq!(cells[1], "interval");
+        assert_eq!(cells[3], end.as_str());
+        assert!(
+            start.ends_with("-05:00") || start.ends_with("-04:00"),
+            "{start}"
+        );
+        // run, setup, idle, down, planned, offline: as stored, and they add
+        // up to the period's length (to a second per rounded cell).
+        let secs: Vec<f64> = cells[4..10]
+            .iter()
+            .map(|c| c.parse().expect("seconds"))
+            .collect();
+        let want = [
+            p.seconds.running,
+            p.seconds.setup,
+            p.seconds.idle,
+            p.seconds.down,
+            p.seconds.planned_stop,
+            p.seconds.offline,
+        ];
+        for (got, want) in secs.iter().zip(want) {
+            assert_eq!(*got, want.round(), "{cells:?}");
+        }
+        let len = (p.end - p.start).num_milliseconds() as f64 / 1000.0;
+        assert!(
+            (secs.iter().sum::<f64>() - len).abs() <= 3.0,
+            "{cells:?} vs {len}"
+        );
+    }
+
+    let out = linegate(&["report", "-c", path(&ny), "--utc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("times in UTC\n"), "{text}");
+    for p in &stored {
+        let start = p.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        assert!(start.ends_with('Z'));
+        table_row(&text, p, &start);
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     table, Cli, Command, DemoArgs, OrdersArgs, ReadArgs, ReportArgs, SimulateArgs, StatusArgs,
+    TopArgs,
 };
 use super::{AnswerArgs, OrderAction, OrderArgs};
 use crate::agent::{self, Board, RunOptions};
@@ -74,6 +75,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Order(args) => order(args),
         Command::Completions(args) => super::docs::completions(&args),
         Command::Man(args) => super::docs::man(&args),
+        Command::Top(args) => top(args),
     }
 }
 
@@ -256,9 +258,18 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     for bus in &buses {
         say!(line "{}", crate::store::bus_stats::describe(bus));
     }
+    let uplink = store.call_blocking(|c| crate::uplink::status::read(c))?;
+    say!(line
+        "\n{}",
+        crate::uplink::status::describe(
+            config.uplink.as_ref().map(|u| u.url.as_str()),
+            uplink.as_ref(),
+            chrono::Utc::now()
+        )
+    );
     let outbox = store.call_blocking(|c| crate::uplink::outbox::counts(c))?;
     say!(line
-        "\noutbox: {} message(s) waiting ({} KB of {} KB), {} telemetry message(s) dropped when full",
+        "outbox: {} message(s) waiting ({} KB of {} KB), {} telemetry message(s) dropped when full",
         outbox.depth,
         outbox.bytes / 1024,
         outbox.max_bytes / 1024,
@@ -353,13 +364,52 @@ fn parse_time(s: Option<&str>, flag: &str) -> Result<Option<chrono::DateTime<chr
 }
 
 fn report(args: ReportArgs) -> Result<ExitCode> {
+    let path = Config::locate(args.config.config.as_deref());
     let (config, store) = open_store(args.config.config.as_deref())?;
     let from = parse_time(args.from.as_deref(), "--from")?;
     let to = parse_time(args.to.as_deref(), "--to")?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if f > t {
+            bail!(
+                "--from {} is after --to {}: no period can end after the first and start before the second",
+                f.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+    }
+    // Times in the site's zone unless --utc (the JSON stays in UTC, as the contract).
+    let zone: chrono_tz::Tz = if args.utc {
+        chrono_tz::UTC
+    } else {
+        config.gateway.timezone.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "gateway.timezone {:?} of {} is not a time zone: {e}",
+                config.gateway.timezone,
+                path.display()
+            )
+        })?
+    };
     let machine = args.machine.clone();
     let periods = store.call_blocking(move |c| {
         crate::machine::history::periods(c, machine.as_deref(), from, to)
     })?;
+    if let Some(id) = &args.machine {
+        // A machine no longer configured still has its history in the store.
+        let stored = !periods.is_empty() || {
+            let id = id.clone();
+            !store
+                .call_blocking(move |c| crate::machine::history::periods(c, Some(&id), None, None))?
+                .is_empty()
+        };
+        if config.machine(id).is_none() && !stored {
+            let known: Vec<&str> = config.machine.iter().map(|m| m.id.as_str()).collect();
+            bail!(
+                "no machine {id:?} in {} nor in its store (machines: {})",
+                path.display(),
+                known.join(", ")
+            );
+        }
+    }
     if args.json {
         for p in &periods {
             say!(line
@@ -369,6 +419,10 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let local = |t: chrono::DateTime<chrono::Utc>| {
+        t.with_timezone(&zone)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
     let rows: Vec<Vec<String>> = periods
         .iter()
         .map(|p| {
@@ -378,11 +432,13 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
                     crate::machine::PeriodKind::Interval => "interval".into(),
                     crate::machine::PeriodKind::Shift { name } => format!("shift {name}"),
                 },
-                p.start.to_rfc3339(),
-                p.end.to_rfc3339(),
+                local(p.start),
+                local(p.end),
                 format!("{:.0}", p.seconds.running),
+                format!("{:.0}", p.seconds.setup),
                 format!("{:.0}", p.seconds.idle),
                 format!("{:.0}", p.seconds.down),
+                format!("{:.0}", p.seconds.planned_stop),
                 format!("{:.0}", p.seconds.offline),
                 p.counts.produced.to_string(),
                 table::percent(p.kpi.availability),
@@ -390,6 +446,7 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
+    say!(line "times in {}", zone.name());
     say!(text
         "{}",
         table::render(
@@ -399,8 +456,10 @@ fn report(args: ReportArgs) -> Result<ExitCode> {
                 "start",
                 "end",
                 "run s",
+                "setup s",
                 "idle s",
                 "down s",
+                "planned s",
                 "offline s",
                 "parts",
                 "avail",
@@ -504,6 +563,7 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
     let machine = args.machine.clone();
     let rows = store.call_blocking(move |c| crate::orders::book::list(c, machine.as_deref()))?;
     if args.json {
+        let rows: Vec<serde_json::Value> = rows.iter().map(order_json).collect::<Result<_, _>>()?;
         say!(line "{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -626,6 +686,29 @@ fn waits_for_column(
         .collect()
 }
 
+/// Fields of the order book's rows that are its own bookkeeping (arrival
+/// number, counter baselines, parts of earlier releases, the late report's
+/// marks): left out of `orders --json`, whose fields docs/orders.md lists.
+const ORDER_BOOKKEEPING: [&str; 6] = [
+    "arrival",
+    "done",
+    "base",
+    "started_rank",
+    "late_reported",
+    "reported_at",
+];
+
+/// One order of `orders --json`: the row without its bookkeeping.
+fn order_json(o: &crate::orders::book::OrderRow) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(o)?;
+    if let Some(obj) = v.as_object_mut() {
+        for key in ORDER_BOOKKEEPING {
+            obj.remove(key);
+        }
+    }
+    Ok(v)
+}
+
 fn simulate(args: SimulateArgs) -> Result<ExitCode> {
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
@@ -668,10 +751,14 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
     if args.no_table {
         crate::systemd::init_logging(verbose);
     }
-    let data_dir = tempfile_dir()?;
-    runtime()?.block_on(async {
+    // Removed when this returns, whichever way: an error, a signal
+    // (SIGTERM, SIGINT, SIGHUP all end the demo), or a closed stdout.
+    let store_dir = DemoStore::create()?;
+    let data_dir = store_dir.0.clone();
+    let outcome = runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         agent::cancel_on_signals(shutdown.clone());
+        cancel_on_hangup(shutdown.clone());
         let line = crate::sim::serve(
             crate::sim::SimOptions {
                 machines: args.machines,
@@ -690,94 +777,154 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
         }
         let mut config = Config::from_toml(&text, Path::new("(demo line)"))?;
         config.accounting.period_minutes = args.period_minutes;
+        let config = std::sync::Arc::new(config);
         let board: Board = Default::default();
         let agent_stop = shutdown.child_token();
         let agent = tokio::spawn(agent::run(
-            config,
+            (*config).clone(),
             RunOptions {
                 config_path: None,
                 board: Some(board.clone()),
             },
             agent_stop.clone(),
         ));
-        let until = args
-            .seconds
-            .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
+        // A URL to show in the screen's footer (a web console's), if any.
+        let footer_url: Option<String> = None;
+        let screen = (!args.no_table).then(|| {
+            let title = format!("linegate demo ({} simulated machines)", line.machines.len());
+            let (config, stop, data_dir) = (config.clone(), shutdown.clone(), data_dir.clone());
+            std::thread::spawn(move || {
+                // The agent creates the store; until then the rows are empty.
+                let mut store: Option<Store> = None;
+                let next = || {
+                    if store.is_none() {
+                        store = Store::open_existing(&data_dir).ok();
+                    }
+                    let board = board.lock().map(|b| b.clone()).unwrap_or_default();
+                    match &store {
+                        Some(s) => super::tui::gather(
+                            s,
+                            &config,
+                            Some(&board),
+                            &title,
+                            footer_url.as_deref(),
+                        ),
+                        None => super::tui::Screen {
+                            title: title.clone(),
+                            at: chrono::Utc::now(),
+                            machines: Vec::new(),
+                            footer: super::tui::Footer {
+                                link: crate::uplink::status::Link::Unknown,
+                                broker: config.uplink.as_ref().map(|u| u.url.clone()),
+                                last_error: None,
+                                backlog: 0,
+                                url: footer_url.clone(),
+                            },
+                            trouble: Some("the agent is opening its store".into()),
+                        },
+                    }
+                };
+                super::tui::run(
+                    next,
+                    &stop,
+                    Duration::from_millis(500),
+                    Duration::from_secs(2),
+                )
+            })
+        });
+        if let Some(s) = args.seconds {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    if !args.no_table {
-                        say!(text "\x1b[2J\x1b[H{}", render_board(&board, &data_dir));
-                    }
-                    if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
-                        break;
-                    }
-                }
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(s)) => {}
             }
-        }
-        if !args.no_table {
-            say!(text "\x1b[2J\x1b[H{}", render_board(&board, &data_dir));
+        } else {
+            shutdown.cancelled().await;
         }
         agent_stop.cancel();
         shutdown.cancel();
-        agent.await.context("agent task")??;
-        anyhow::Ok(())
-    })?;
-    // The demo's store is throwaway: nothing of a real line is in it.
-    if let Err(e) = std::fs::remove_dir_all(&data_dir) {
-        eprintln!("linegate: could not remove {}: {e}", data_dir.display());
+        let agent_result = agent.await.context("agent task");
+        let screen_result = match screen {
+            Some(handle) => tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .ok()
+                .and_then(|j| j.ok())
+                .unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        agent_result??;
+        anyhow::Ok(screen_result)
+    });
+    drop(store_dir);
+    match outcome? {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::from(141)),
+        Err(e) => Err(anyhow::Error::from(e).context("cannot write to stdout")),
+        Ok(()) => Ok(ExitCode::SUCCESS),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("linegate-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+/// The demo's throwaway store folder: nothing of a real line is in it, and
+/// it is removed when this is dropped.
+struct DemoStore(std::path::PathBuf);
+
+impl DemoStore {
+    fn create() -> Result<DemoStore> {
+        let dir = std::env::temp_dir().join(format!("linegate-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(DemoStore(dir))
+    }
 }
 
-fn render_board(board: &Board, data_dir: &Path) -> String {
-    let Ok(board) = board.lock() else {
-        return String::new();
-    };
-    let now = chrono::Utc::now();
-    let rows: Vec<Vec<String>> = board
-        .iter()
-        .map(|(id, b)| {
-            let values: BTreeMap<&str, &str> = b
-                .values
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let shown = ["alarm_code", "mode", "part_count", "spindle_rpm"]
-                .iter()
-                .filter_map(|k| values.get(k).map(|v| format!("{k}={v}")))
-                .collect::<Vec<_>>()
-                .join(" ");
-            vec![
-                id.clone(),
-                b.state.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-                b.since
-                    .map(|s| format!("{:.0}s", (now - s).num_milliseconds() as f64 / 1000.0))
-                    .unwrap_or_else(|| "-".into()),
-                b.reason.clone().unwrap_or_default(),
-                shown,
-                b.last_read
-                    .map(|t| format!("{}ms ago", (now - t).num_milliseconds()))
-                    .unwrap_or_else(|| "never".into()),
-                format!("{}/{}", b.failed_reads, b.reads),
-                b.last_error.clone().unwrap_or_default(),
-            ]
+impl Drop for DemoStore {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("linegate: could not remove {}: {e}", self.0.display());
+            }
+        }
+    }
+}
+
+/// Cancel `token` on SIGHUP (the terminal closed): the demo and `top` end
+/// then, where the agent would reload. Call inside the runtime.
+fn cancel_on_hangup(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                hup.recv().await;
+                token.cancel();
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = token;
+}
+
+fn top(args: TopArgs) -> Result<ExitCode> {
+    let (config, store) = open_store(args.config.config.as_deref())?;
+    let title = format!("linegate top: gateway {}", config.gateway.id);
+    if args.once {
+        let screen = super::tui::gather(&store, &config, None, &title, None);
+        say!(text "{}", super::tui::plain(&screen));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let every = Duration::from_millis(args.interval_ms.max(100));
+    let result = runtime()?.block_on(async {
+        let stop = CancellationToken::new();
+        agent::cancel_on_signals(stop.clone());
+        cancel_on_hangup(stop.clone());
+        let thread_stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            let next = || super::tui::gather(&store, &config, None, &title, None);
+            super::tui::run(next, &thread_stop, every, every)
         })
-        .collect();
-    format!(
-        "linegate demo — simulated line over Modbus TCP on loopback (Ctrl-C to stop)\nstore: {}\n\n{}",
-        data_dir.display(),
-        table::render(
-            &["machine", "state", "for", "reason", "values", "last read", "failed/reads", "error"],
-            &rows
-        )
-    )
+        .await
+        .context("the screen thread")
+    })?;
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::from(141)),
+        Err(e) => Err(anyhow::Error::from(e).context("cannot write to stdout")),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
 }

@@ -5,6 +5,7 @@
 mod commands;
 mod docs;
 mod table;
+mod tui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,7 +36,7 @@ pub struct ConfigArg {
 pub enum Command {
     /// Run the agent (what systemd starts).
     Run(ConfigArg),
-    /// Run the agent on a built-in simulated line and show a live table. Needs nothing installed.
+    /// Run the agent on a built-in simulated line and show a live screen (q, Esc or Ctrl-C quit). Needs nothing installed.
     Demo(DemoArgs),
     /// Serve simulated machines as Modbus TCP servers on loopback.
     Simulate(SimulateArgs),
@@ -58,6 +59,9 @@ pub enum Command {
     /// Write the man pages (linegate.1, linegate-<command>.1) into a directory.
     #[command(hide = true)]
     Man(docs::ManArgs),
+    /// Live screen of a running agent (from its store, read only): state,
+    /// reason, OEE, parts and order per machine, the uplink and its backlog.
+    Top(TopArgs),
 }
 
 #[derive(Debug, Args)]
@@ -125,7 +129,7 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: until Ctrl-C).
     #[arg(long, value_name = "S")]
     pub seconds: Option<u64>,
-    /// Print log lines instead of the live table.
+    /// Print log lines instead of the live screen.
     #[arg(long)]
     pub no_table: bool,
     /// Accounting period in minutes for the demo (short, to see periods close).
@@ -138,13 +142,17 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
+    /// How many simulated machines (sim01, sim02, ...).
     #[arg(long, default_value_t = 4)]
     pub machines: usize,
-    /// First TCP port; machine N listens on base_port + N. 0 picks free ports.
+    /// TCP port of the first machine; machine N (1, 2, ...) listens on
+    /// base_port + N - 1 on 127.0.0.1. 0 picks free ports.
     #[arg(long, default_value_t = 5020)]
     pub base_port: u16,
+    /// Seed of the simulated schedules (same seed, same line).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Time compression of the simulated schedules (1 = real time).
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
     /// Append the ground truth (state changes) as JSON lines to this file.
@@ -190,6 +198,7 @@ pub struct StatusArgs {
 pub struct ReportArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    /// Only this machine (one neither configured nor in the store is an error).
     #[arg(long, value_name = "ID")]
     pub machine: Option<String>,
     /// Periods ending after this time (RFC 3339, e.g. 2026-11-26T06:00:00Z).
@@ -198,17 +207,34 @@ pub struct ReportArgs {
     /// Periods starting before this time (RFC 3339).
     #[arg(long, value_name = "T")]
     pub to: Option<String>,
-    /// One JSON object per period, the contract's fields.
+    /// One JSON object per period, the contract's fields (times in UTC).
     #[arg(long)]
     pub json: bool,
+    /// Times in UTC instead of the site's gateway.timezone.
+    #[arg(long)]
+    pub utc: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Refresh every this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Print the screen once as plain lines and exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct OrdersArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    /// Only the orders of this machine.
     #[arg(long, value_name = "ID")]
     pub machine: Option<String>,
+    /// A JSON array of orders (fields in docs/orders.md, "linegate orders").
     #[arg(long)]
     pub json: bool,
 }

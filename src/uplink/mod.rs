@@ -10,6 +10,7 @@
 //! - [`telemetry`]: the deadband/heartbeat filter (pure).
 //! - [`pacing`]: reconnect backoff and the historical rate limit (pure).
 //! - [`session`]: the persisted connection counter of the status messages.
+//! - [`status`]: the copy of [`UplinkStats`] in the store, for the CLI.
 //! - [`tls`]: URL, rustls configuration, password.
 //! - `connection`: one connection's life (birth, drain, orders, goodbye).
 //!
@@ -22,6 +23,7 @@ pub mod message;
 pub mod outbox;
 pub mod pacing;
 pub mod session;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 
