@@ -10,7 +10,9 @@
 //! Every struct rejects unknown keys: a typo must never be silently ignored.
 //! Keys carry their unit in the name (`poll_ms`, `timeout_ms`, `outbox_max_mb`).
 
+mod env;
 mod raw;
+mod shape;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -20,8 +22,26 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use validate::{
-    is_valid_id, uplink_warnings, validate, writable_range, ConfigIssue, MAX_IDEAL_CYCLE_S,
+    address_warnings, is_valid_id, uplink_warnings, validate, writable_range, ConfigIssue, Place,
+    MAX_IDEAL_CYCLE_S,
 };
+
+/// A config that loaded, and what in it works but looks wrong.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// E.g. a 40001-style address; each placed like an error.
+    pub warnings: Vec<ConfigIssue>,
+}
+
+/// File order (line, column), then the environment's, then the rest.
+fn sort_by_place(issues: &mut [ConfigIssue]) {
+    issues.sort_by_key(|i| match &i.place {
+        Place::File { line, column } => (0, *line, *column, String::new()),
+        Place::Env { variable } => (1, 0, 0, variable.clone()),
+        Place::Unknown => (2, 0, 0, String::new()),
+    });
+}
 
 /// Where the config file is looked for when neither `-c` nor `$LINEGATE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/linegate/linegate.toml";
@@ -40,17 +60,17 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
-    #[error("{file}: {} problem(s):\n{}", issues.len(), list(issues))]
+    #[error("{}: {} problem(s):\n{}", file.display(), issues.len(), list(file, issues))]
     Invalid {
         file: PathBuf,
         issues: Vec<ConfigIssue>,
     },
 }
 
-fn list(issues: &[ConfigIssue]) -> String {
+fn list(file: &Path, issues: &[ConfigIssue]) -> String {
     issues
         .iter()
-        .map(|i| format!("  - {i}"))
+        .map(|i| format!("  - {}", i.in_file(file)))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -641,10 +661,16 @@ impl Config {
 
     /// Load a file with environment overrides, and validate it as a whole.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_warnings(path).map(|l| l.config)
+    }
+
+    /// [`Config::load`], with the warnings about the settings that work but
+    /// look wrong (for `check-config` to print and the agent to log).
+    pub fn load_with_warnings(path: &Path) -> Result<Loaded, ConfigError> {
         // Only `LINEGATE_<SECTION>__<KEY>` is an override: every key lives in
         // a section, so a variable without `__` (`LINEGATE_CONFIG`, the file
         // to load) is not a config key and must not be refused as one.
-        let overrides: config::Map<String, String> = std::env::vars_os()
+        let overrides: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .filter(|(k, _)| {
                 k.strip_prefix(ENV_PREFIX)
@@ -652,28 +678,15 @@ impl Config {
                     .is_some_and(|rest| rest.contains("__"))
             })
             .collect();
-        // Parsed as numbers, `nan` and `inf` would reach serde as no value.
-        let issues = raw::env_number_issues(&overrides);
-        if !issues.is_empty() {
-            return Err(ConfigError::Invalid {
-                file: path.to_path_buf(),
-                issues,
-            });
-        }
-        let env = config::Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("_")
-            .separator("__")
-            .try_parsing(true)
-            .source(Some(overrides));
-        Self::load_with(path, Some(env))
+        Self::load_with(path, &overrides)
     }
 
     /// Load a file without environment overrides (tests, `check-config --no-env`).
     pub fn load_file_only(path: &Path) -> Result<Config, ConfigError> {
-        Self::load_with(path, None)
+        Self::load_with(path, &[]).map(|l| l.config)
     }
 
-    fn load_with(path: &Path, env: Option<config::Environment>) -> Result<Config, ConfigError> {
+    fn load_with(path: &Path, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
         let read_error = |reason: String| ConfigError::Read {
             file: path.to_path_buf(),
             reason,
@@ -685,61 +698,60 @@ impl Config {
 
     /// Parse TOML text as if it came from `file` (tests and embedded demo config).
     pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        Self::from_toml_str(text, file, None)
+        Self::from_toml_str(text, file, &[]).map(|l| l.config)
     }
 
+    /// [`Config::from_toml`] with these environment overrides (name, value).
+    pub fn from_toml_with_env(
+        text: &str,
+        file: &Path,
+        env: &[(String, String)],
+    ) -> Result<Loaded, ConfigError> {
+        Self::from_toml_str(text, file, env)
+    }
+
+    /// Every problem at once: syntax, then numbers, overrides, shape and
+    /// cross-checks together, each placed (line and column, or the
+    /// environment variable), in file order.
     fn from_toml_str(
         text: &str,
         file: &Path,
-        env: Option<config::Environment>,
-    ) -> Result<Config, ConfigError> {
-        // Numbers the config crate would lose the key of (or, for nan, the value).
-        let issues = raw::number_issues(text);
-        if !issues.is_empty() {
-            return Err(ConfigError::Invalid {
-                file: file.to_path_buf(),
-                issues,
-            });
-        }
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml));
-        if let Some(env) = env {
-            builder = builder.add_source(env.ignore_empty(true));
-        }
-        let merged = builder.build().map_err(|e| ConfigError::Shape {
+        env: &[(String, String)],
+    ) -> Result<Loaded, ConfigError> {
+        let invalid = |issues: Vec<ConfigIssue>| ConfigError::Invalid {
             file: file.to_path_buf(),
-            key: "(file)".into(),
-            reason: e.to_string(),
-        })?;
-        // Through serde_json so that serde_path_to_error can name the exact key.
-        let tree: serde_json::Value = merged.try_deserialize().map_err(|e| ConfigError::Shape {
-            file: file.to_path_buf(),
-            key: "(file)".into(),
-            reason: e.to_string(),
-        })?;
-        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
-            let key = e.path().to_string();
-            ConfigError::Shape {
-                file: file.to_path_buf(),
-                key: if key == "." {
-                    "(top level)".into()
-                } else {
-                    key
-                },
-                reason: e.into_inner().to_string(),
+            issues,
+        };
+        let raw::Tree {
+            mut value,
+            places,
+            mut issues,
+            left_out,
+        } = raw::parse(text).map_err(invalid)?;
+        let (applied, env_issues) = env::apply(&mut value, env);
+        issues.extend(env_issues);
+        let shaped = shape::read(value, &places, &applied, left_out);
+        issues.extend(shaped.issues);
+        let silenced = shaped.silenced;
+        let place = |mut list: Vec<ConfigIssue>| -> Vec<ConfigIssue> {
+            list.retain(|i| !silenced.iter().any(|s| shape::is_under(&i.key, s)));
+            for i in &mut list {
+                i.place = shape::place(&places, &applied, &i.key, false);
             }
-        })?;
-        let issues = validate(&config);
-        if issues.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                file: file.to_path_buf(),
-                issues,
-            })
+            list
+        };
+        let mut warnings = Vec::new();
+        if let Some(config) = &shaped.config {
+            issues.extend(place(validate(config)));
+            warnings = place(address_warnings(config));
+        }
+        sort_by_place(&mut issues);
+        sort_by_place(&mut warnings);
+        match shaped.config {
+            Some(config) if issues.is_empty() => Ok(Loaded { config, warnings }),
+            _ => Err(invalid(issues)),
         }
     }
-
     pub fn machine(&self, id: &str) -> Option<&MachineConfig> {
         self.machine.iter().find(|m| m.id == id)
     }
