@@ -189,7 +189,11 @@ fn set(tree: &mut Json, segments: &[String], variable: &str) -> Result<Vec<Step>
                     .rsplitn(segments.len() - n + 1, "__")
                     .last()
                     .unwrap_or(variable);
-                let after: Vec<String> = segments[n..].iter().map(|s| s.to_uppercase()).collect();
+                // Ending here, the segment is a key (`MACHINE__POLL_MS`); with
+                // more after it, a mistyped id (`MACHINE__PRESS08__POLL_MS`).
+                let skip = if last { n } else { n + 1 };
+                let after: Vec<String> =
+                    segments[skip..].iter().map(|s| s.to_uppercase()).collect();
                 match matches.as_slice() {
                     [i] => {
                         path.push(Step::Index(*i));
@@ -213,12 +217,16 @@ fn set(tree: &mut Json, segments: &[String], variable: &str) -> Result<Vec<Step>
                         } else {
                             format!("ids in the file: {}", ids.join(", "))
                         };
-                        return Err((
-                            here.clone(),
+                        let message = if last {
                             format!(
-                                "`{here}` is a list ([[{here}]]), and no entry has the id {seg:?}: name the entry by its id, e.g. {example} ({listed}); an override cannot add an entry"
-                            ),
-                        ));
+                                "`{here}` is a list ([[{here}]]): name the entry by its id, e.g. {example} ({listed})"
+                            )
+                        } else {
+                            format!(
+                                "no entry of `{here}` has the id {seg:?} ({listed}): name an entry by its id, e.g. {example}; an override cannot add an entry"
+                            )
+                        };
+                        return Err((here.clone(), message));
                     }
                     several => {
                         let names: Vec<&str> =

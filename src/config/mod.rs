@@ -60,11 +60,29 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
-    #[error("{}: {} problem(s):\n{}", file.display(), issues.len(), list(file, issues))]
+    #[error("{}: {} problem(s):\n{}{}", file.display(), issues.len(), list(file, issues), also_warn(file, warnings))]
     Invalid {
         file: PathBuf,
         issues: Vec<ConfigIssue>,
+        /// What would be warned about once the problems are fixed (a
+        /// 40001-style address), so that one run tells everything.
+        warnings: Vec<ConfigIssue>,
     },
+}
+
+fn also_warn(file: &Path, warnings: &[ConfigIssue]) -> String {
+    if warnings.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nand {} warning(s):\n{}",
+        warnings.len(),
+        warnings
+            .iter()
+            .map(|w| format!("  - {}", w.labelled_in_file(file, "warning: ")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
 }
 
 fn list(file: &Path, issues: &[ConfigIssue]) -> String {
@@ -721,6 +739,7 @@ impl Config {
         let invalid = |issues: Vec<ConfigIssue>| ConfigError::Invalid {
             file: file.to_path_buf(),
             issues,
+            warnings: Vec::new(),
         };
         let raw::Tree {
             mut value,
@@ -749,7 +768,11 @@ impl Config {
         sort_by_place(&mut warnings);
         match shaped.config {
             Some(config) if issues.is_empty() => Ok(Loaded { config, warnings }),
-            _ => Err(invalid(issues)),
+            _ => Err(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                issues,
+                warnings,
+            }),
         }
     }
     pub fn machine(&self, id: &str) -> Option<&MachineConfig> {

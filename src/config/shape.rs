@@ -110,15 +110,10 @@ pub fn read(mut tree: Json, places: &Places, env: &[Applied], silenced: Vec<Stri
             Complaint::Missing { key } => {
                 let at = join(&path, key);
                 if !quiet(&at, &out) {
-                    let table = path_string(&path);
-                    let what = if table.is_empty() { "the file".to_string() } else { format!("`{table}`") };
-                    out.issues.push(issue(
-                        places,
-                        env,
-                        &table,
-                        format!("{what} needs `{key}`, which is missing"),
-                        false,
-                    ));
+                    let mut missing = issue(places, env, &at, "is required, and missing".into(), false);
+                    // Placed where its table starts.
+                    missing.place = place(places, env, &path_string(&path), false);
+                    out.issues.push(missing);
                     out.silenced.push(at.clone());
                 }
                 standing.insert(at.clone(), 0);
@@ -157,12 +152,13 @@ pub fn read(mut tree: Json, places: &Places, env: &[Applied], silenced: Vec<Stri
                     continue;
                 }
                 if !quiet(&at, &out) {
-                    let written = env
-                        .iter()
-                        .find(|a| a.path == at)
-                        .map(|a| a.raw.clone())
-                        .or_else(|| places.written(&at).map(str::to_string));
-                    let msg = complaint.explain(&at, written.as_deref());
+                    let key = at.rsplit('.').next().unwrap_or(&at);
+                    let shown = match env.iter().find(|a| a.path == at) {
+                        Some(a) => Some(format!("`{}={}`", a.variable, a.raw)),
+                        None if at.ends_with(']') => places.written(&at).map(|w| format!("`{w}`")),
+                        None => places.written(&at).map(|w| format!("`{key} = {w}`")),
+                    };
+                    let msg = complaint.explain(&at, shown);
                     out.issues.push(issue(places, env, &at, msg, false));
                 }
                 out.silenced.push(at.clone());
@@ -312,18 +308,15 @@ impl Complaint {
     }
 
     /// The problem in the technician's words, for the value at `path`
-    /// (written as `written` in the file or the environment).
-    fn explain(&self, path: &str, written: Option<&str>) -> String {
+    /// (`shown` as the file or the environment has it: `` `poll_ms = "5"` ``).
+    fn explain(&self, path: &str, shown: Option<String>) -> String {
         let field = path.rsplit(['.', '[']).next().unwrap_or(path).trim_end_matches(']');
         let field = if field.chars().all(|c| c.is_ascii_digit()) {
             format!("each item of `{}`", super::raw::parent_path(path))
         } else {
             format!("`{field}`")
         };
-        let shown = |fallback: &str| match written {
-            Some(w) => format!("`{} = {w}`", path.rsplit('.').next().unwrap_or(path)),
-            None => fallback.to_string(),
-        };
+        let shown = |fallback: &str| shown.clone().unwrap_or_else(|| fallback.to_string());
         match self {
             Complaint::UnknownVariant { value, allowed } => {
                 let what = variant_noun(path);
@@ -388,7 +381,9 @@ fn expected_words(expected: &str) -> String {
         "a sequence" => "a list, e.g. [\"a\", \"b\"]".into(),
         "a map" => "a table".into(),
         e if e.starts_with("struct ") => "a table ([section] or { key = value })".into(),
-        e if e.starts_with("enum ") || e.contains("variant") => "one of its names, in quotes".into(),
+        e if e.starts_with("enum ") || e.contains("variant") || e == "string or map" => {
+            "one of its names, in quotes".into()
+        }
         e => e.to_string(),
     }
 }
@@ -458,19 +453,19 @@ mod tests {
     #[test]
     fn a_wrong_type_is_said_with_the_value_as_written() {
         let c = Complaint::parse("invalid type: string \"500\", expected u64");
-        let m = c.explain("machine[0].poll_ms", Some("\"500\""));
+        let m = c.explain("machine[0].poll_ms", Some("`poll_ms = \"500\"`".into()));
         assert_eq!(
             m,
             "`poll_ms = \"500\"` is text \"500\", but `poll_ms` takes a whole number, 0 or more: write it without quotes"
         );
         let c = Complaint::parse("invalid value: integer `70000`, expected u16");
-        let m = c.explain("machine[0].signal[1].address", Some("70000"));
+        let m = c.explain("machine[0].signal[1].address", Some("`address = 70000`".into()));
         assert!(m.contains("`address = 70000` does not fit") && m.contains("0..=65535"), "{m}");
         let c = Complaint::parse(
             "unknown variant `uint32`, expected one of `bool`, `u16`, `u32`, `string`",
         );
         assert_eq!(
-            c.explain("machine[0].signal[0].type", Some("\"uint32\"")),
+            c.explain("machine[0].signal[0].type", Some("`type = \"uint32\"`".into())),
             "`type = \"uint32\"` is not a signal type; did you mean `u32`?"
         );
     }

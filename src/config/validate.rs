@@ -36,10 +36,17 @@ impl ConfigIssue {
     /// The issue as one line of a report about `file`:
     /// `linegate.toml:12:1: `machine[0].signal[0].typ`: ...`.
     pub fn in_file(&self, file: &std::path::Path) -> String {
+        self.labelled_in_file(file, "")
+    }
+
+    /// [`ConfigIssue::in_file`] with a label after the place (`"warning: "`).
+    pub fn labelled_in_file(&self, file: &std::path::Path, label: &str) -> String {
         match &self.place {
-            Place::File { line, column } => format!("{}:{line}:{column}: {self}", file.display()),
-            Place::Env { variable } => format!("{variable} (environment): {self}"),
-            Place::Unknown => format!("{}: {self}", file.display()),
+            Place::File { line, column } => {
+                format!("{}:{line}:{column}: {label}{self}", file.display())
+            }
+            Place::Env { variable } => format!("{variable} (environment): {label}{self}"),
+            Place::Unknown => format!("{}: {label}{self}", file.display()),
         }
     }
 }

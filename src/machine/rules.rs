@@ -287,7 +287,7 @@ fn syntax_words(e: &EvalexprError) -> String {
             "two values stand side by side with no operator between them (e.g. `mode 2`: write `mode == 2`)".into()
         }
         EvalexprError::WrongOperatorArgumentAmount { .. } => {
-            "an operator is missing a value on one side (e.g. `running &&`: write `running && mode == 1`)".into()
+            "an operator has no value on one side (`a &&` needs another value: `a && b`)".into()
         }
         EvalexprError::UnmatchedLBrace => "a `(` is never closed".into(),
         EvalexprError::UnmatchedRBrace => "a `)` has no `(` before it".into(),
@@ -782,7 +782,7 @@ mod tests {
             ),
             ("!mode", "signal `mode` is an integer (type i16), but `!` needs true/false"),
             ("cycle_active mode", "two values stand side by side with no operator"),
-            ("cycle_active &&", "an operator is missing a value on one side"),
+            ("cycle_active &&", "an operator has no value on one side"),
             ("(mode == 2", "a `(` is never closed"),
             ("mode == 2)", "a `)` has no `(`"),
             ("cycle_active & mode == 1", "a lone `&`, `|` or `=`"),
