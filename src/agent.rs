@@ -129,7 +129,10 @@ pub async fn run(
         };
         info!(file = %path.display(), "SIGHUP: reloading the config");
         match Config::load_with_warnings(path) {
-            Ok(crate::config::Loaded { config: new, warnings }) => {
+            Ok(crate::config::Loaded {
+                config: new,
+                warnings,
+            }) => {
                 for w in &warnings {
                     warn!("{}", w.in_file(path));
                 }

@@ -58,7 +58,10 @@ fn a_good_config_loads() {
 #[test]
 fn a_typo_key_is_named_with_its_path() {
     let e = error_of(&GOOD.replace("type = \"u32\"", "typ = \"u32\""));
-    assert!(e.contains("test.toml:21:1: `machine[0].signal[0].typ`"), "{e}");
+    assert!(
+        e.contains("test.toml:21:1: `machine[0].signal[0].typ`"),
+        "{e}"
+    );
     assert!(e.contains("unknown key `typ`"), "{e}");
     assert!(e.contains("did you mean `type`?"), "{e}");
 }
@@ -299,7 +302,10 @@ fn a_number_too_large_is_named_with_its_key_and_line() {
     );
     let e = refused(&text);
     assert!(e.contains("`bus[0].timeout_ms`"), "{e}");
-    assert!(e.contains("linegate.toml:11:14: `bus[0].timeout_ms`"), "{e}");
+    assert!(
+        e.contains("linegate.toml:11:14: `bus[0].timeout_ms`"),
+        "{e}"
+    );
     assert!(e.contains("99999999999999999999 is too large"), "{e}");
 }
 
@@ -583,7 +589,13 @@ fn check_config_reports_every_mistake_at_once_with_line_column_key_and_suggestio
     }
     assert!(e.contains(": 8 problem(s):"), "{e}");
     assert!(e.contains("and 1 warning(s):"), "{e}");
-    for internal in ["unknown variant", "unknown field", "invalid type", "leaf node", "Value::"] {
+    for internal in [
+        "unknown variant",
+        "unknown field",
+        "invalid type",
+        "leaf node",
+        "Value::",
+    ] {
         assert!(!e.contains(internal), "leaks {internal:?}:\n{e}");
     }
 }
@@ -601,7 +613,10 @@ fn environment_overrides_reach_list_entries_by_id_and_errors_name_the_variable()
         Path::new("test.toml"),
         &env(&[
             ("LINEGATE_MACHINE__PRESS07__POLL_MS", "250"),
-            ("LINEGATE_MACHINE__PRESS07__SIGNAL__PART_COUNT__ADDRESS", "102"),
+            (
+                "LINEGATE_MACHINE__PRESS07__SIGNAL__PART_COUNT__ADDRESS",
+                "102",
+            ),
             ("LINEGATE_BUS__CELL_A__ADDRESS", "10.0.0.7:502"),
             ("LINEGATE_GATEWAY__ID", "123"),
             ("LINEGATE_GATEWAY__TIMEZONE", "Europe/Berlin"),
@@ -632,7 +647,9 @@ fn environment_overrides_reach_list_entries_by_id_and_errors_name_the_variable()
     );
     assert!(
         e.contains("LINEGATE_MACHINE__PRESS08__POLL_MS (environment): `machine`")
-            && e.contains("no entry of `machine` has the id \"press08\" (ids in the file: press07)")
+            && e.contains(
+                "no entry of `machine` has the id \"press08\" (ids in the file: press07)"
+            )
             && e.contains("e.g. LINEGATE_MACHINE__PRESS07__POLL_MS;"),
         "{e}"
     );
@@ -640,12 +657,18 @@ fn environment_overrides_reach_list_entries_by_id_and_errors_name_the_variable()
         e.contains("LINEGATE_GATEWAY__IDD (environment): `gateway.idd`: unknown key `idd` in `gateway`; did you mean `id`?"),
         "{e}"
     );
-    assert!(!e.contains("  - test.toml:"), "no problem is placed in the file: {e}");
+    assert!(
+        !e.contains("  - test.toml:"),
+        "no problem is placed in the file: {e}"
+    );
 }
 
 #[test]
 fn a_1_based_manual_address_passes_check_config_with_a_warning_that_says_the_0_based_one() {
-    let text = GOOD.replace("address = 100\ntype = \"u32\"", "address = 40001\ntype = \"u32\"");
+    let text = GOOD.replace(
+        "address = 100\ntype = \"u32\"",
+        "address = 40001\ntype = \"u32\"",
+    );
     let (ok, stdout, stderr) = check_config_bytes(text.as_bytes(), &[]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains(": ok"), "{stdout}");
@@ -667,7 +690,16 @@ fn a_bad_required_key_does_not_hide_the_problems_after_it() {
         e.contains("`bus[0].transport`: `transport = \"modbus\"` is not a bus transport; use one of: tcp, rtu, mqtt"),
         "{e}"
     );
-    assert!(e.contains("`machine[0].id`: is required, and missing"), "{e}");
-    assert!(e.contains("`machine[0].unit`: unit 0 is the Modbus broadcast address"), "{e}");
-    assert!(!e.contains("not a valid id"), "the stand-in id is not reported: {e}");
+    assert!(
+        e.contains("`machine[0].id`: is required, and missing"),
+        "{e}"
+    );
+    assert!(
+        e.contains("`machine[0].unit`: unit 0 is the Modbus broadcast address"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("not a valid id"),
+        "the stand-in id is not reported: {e}"
+    );
 }

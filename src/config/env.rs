@@ -50,7 +50,11 @@ pub fn apply(tree: &mut Json, vars: &[(String, String)]) -> (Vec<Applied>, Vec<C
         };
         let segments: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
         let issue = |key: &str, message: String| ConfigIssue {
-            key: if key.is_empty() { "(top level)".into() } else { key.to_string() },
+            key: if key.is_empty() {
+                "(top level)".into()
+            } else {
+                key.to_string()
+            },
             message,
             place: Place::Env {
                 variable: variable.clone(),
@@ -143,7 +147,11 @@ fn entry_id(entry: &Json) -> Option<&str> {
 
 /// Walk `segments` down `tree`, creating tables where the file has none;
 /// the path of the key to set, or (key path, why not).
-fn set(tree: &mut Json, segments: &[String], variable: &str) -> Result<Vec<Step>, (String, String)> {
+fn set(
+    tree: &mut Json,
+    segments: &[String],
+    variable: &str,
+) -> Result<Vec<Step>, (String, String)> {
     let mut path: Vec<Step> = Vec::new();
     let mut node = tree;
     let mut n = 0;
@@ -269,7 +277,9 @@ mod tests {
     }
 
     fn vars(list: &[(&str, &str)]) -> Vec<(String, String)> {
-        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -277,7 +287,10 @@ mod tests {
         let mut t = tree();
         let (applied, issues) = apply(
             &mut t,
-            &vars(&[("LINEGATE_GATEWAY__ID", "gw-line3"), ("LINEGATE_STORE__RESERVE_MB", "0")]),
+            &vars(&[
+                ("LINEGATE_GATEWAY__ID", "gw-line3"),
+                ("LINEGATE_STORE__RESERVE_MB", "0"),
+            ]),
         );
         assert!(issues.is_empty(), "{issues:?}");
         assert_eq!(t["gateway"]["id"], "gw-line3");
@@ -293,7 +306,10 @@ mod tests {
             &vars(&[
                 ("LINEGATE_MACHINE__PRESS07__POLL_MS", "250"),
                 ("LINEGATE_MACHINE__OVEN_2__UNIT", "3"),
-                ("LINEGATE_MACHINE__PRESS07__SIGNAL__PART_COUNT__ADDRESS", "101"),
+                (
+                    "LINEGATE_MACHINE__PRESS07__SIGNAL__PART_COUNT__ADDRESS",
+                    "101",
+                ),
             ]),
         );
         assert!(issues.is_empty(), "{issues:?}");
@@ -317,7 +333,11 @@ mod tests {
                 variable: "LINEGATE_MACHINE__POLL_MS".into()
             }
         );
-        assert!(i.message.contains("LINEGATE_MACHINE__PRESS07__POLL_MS"), "{}", i.message);
+        assert!(
+            i.message.contains("LINEGATE_MACHINE__PRESS07__POLL_MS"),
+            "{}",
+            i.message
+        );
         assert!(i.message.contains("press07, oven-2"), "{}", i.message);
         assert_eq!(t, tree(), "nothing changed");
     }
@@ -335,7 +355,9 @@ mod tests {
         );
         assert_eq!(issues.len(), 3, "{issues:?}");
         assert!(issues.iter().any(|i| i.message.contains("single value")));
-        assert!(issues.iter().any(|i| i.message.contains("the file has none")));
+        assert!(issues
+            .iter()
+            .any(|i| i.message.contains("the file has none")));
         assert!(issues.iter().any(|i| i.message.contains("whole entry")));
     }
 }

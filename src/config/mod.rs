@@ -1,11 +1,14 @@
 //! The technician's interface: the TOML file that describes the gateway, its
 //! buses, machines and signals, and how to report upstream.
 //!
-//! This module owns the config types, loading them (file plus
-//! `LINEGATE_<SECTION>__<KEY>` environment overrides, through the `config`
-//! crate) and checking them as a whole (`validate`). Every error names the
-//! file and the key path (`machine[2].signal[0].type`) and says what is
-//! allowed. It never opens a device, a socket or the store.
+//! This module owns the config types, loading them and checking them as a
+//! whole. Loading goes: the text (`raw`: syntax, numbers, the position of
+//! every key), `LINEGATE_<SECTION>__<KEY>` environment overrides (`env`),
+//! the typed shape (`shape`: unknown keys, wrong types, missing keys), then
+//! the cross-checks (`validate`); every problem of every step is reported
+//! at once, in file order. Every problem names the file's line and column
+//! (or the variable), the key path (`machine[2].signal[0].type`) and says
+//! what is allowed. It never opens a device, a socket or the store.
 //!
 //! Every struct rejects unknown keys: a typo must never be silently ignored.
 //! Keys carry their unit in the name (`poll_ms`, `timeout_ms`, `outbox_max_mb`).

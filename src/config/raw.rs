@@ -219,7 +219,12 @@ impl Walk<'_> {
             } else {
                 format!("{path}.{name}")
             };
-            self.note(&child, Some(&key.span()), &value.span(), Some(value.get_ref()));
+            self.note(
+                &child,
+                Some(&key.span()),
+                &value.span(),
+                Some(value.get_ref()),
+            );
             if let Some(v) = self.value(value, &child) {
                 map.insert(name.to_string(), v);
             }
@@ -337,7 +342,10 @@ mod tests {
             .contains("inf is not a finite number"));
         // Left out of the tree; the array keeps its other item in place.
         assert!(tree.value["bus"][0].get("timeout_ms").is_none());
-        assert_eq!(tree.value["machine"][1]["x"], serde_json::json!([1.0, null]));
+        assert_eq!(
+            tree.value["machine"][1]["x"],
+            serde_json::json!([1.0, null])
+        );
     }
 
     #[test]
@@ -366,14 +374,22 @@ mod tests {
             p.place("machine[0].signal[0].scale", true),
             p.place("machine[0].signal[0]", false)
         );
-        assert!(matches!(p.place("machine[0]", false), Place::File { line: 4 | 5, .. }));
+        assert!(matches!(
+            p.place("machine[0]", false),
+            Place::File { line: 4 | 5, .. }
+        ));
     }
 
     #[test]
     fn environment_values_are_toml_or_text() {
         assert_eq!(env_value("5").unwrap(), serde_json::json!(5));
-        assert_eq!(env_value("gw-line3").unwrap(), serde_json::json!("gw-line3"));
+        assert_eq!(
+            env_value("gw-line3").unwrap(),
+            serde_json::json!("gw-line3")
+        );
         assert_eq!(env_value("[1, 2]").unwrap(), serde_json::json!([1, 2]));
-        assert!(env_value("nan").unwrap_err().contains("not a finite number"));
+        assert!(env_value("nan")
+            .unwrap_err()
+            .contains("not a finite number"));
     }
 }

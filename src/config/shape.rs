@@ -67,7 +67,10 @@ pub fn read(mut tree: Json, places: &Places, env: &[Applied], silenced: Vec<Stri
             Err(e) => e,
         };
         let Some(path) = steps(err.path()) else {
-            out.issues.push(plain_issue(err.path().to_string(), err.into_inner().to_string()));
+            out.issues.push(plain_issue(
+                err.path().to_string(),
+                err.into_inner().to_string(),
+            ));
             return out;
         };
         let message = err.into_inner().to_string();
@@ -78,7 +81,9 @@ pub fn read(mut tree: Json, places: &Places, env: &[Applied], silenced: Vec<Stri
                 // The path is the table's, or the unknown key's own.
                 let table = match pointer(&tree, &path) {
                     Some(Json::Object(m)) if m.contains_key(key) => path.clone(),
-                    _ if path.last() == Some(&Step::Key(key.clone())) => path[..path.len() - 1].to_vec(),
+                    _ if path.last() == Some(&Step::Key(key.clone())) => {
+                        path[..path.len() - 1].to_vec()
+                    }
                     _ => path.clone(),
                 };
                 let at = join(&table, key);
@@ -110,7 +115,8 @@ pub fn read(mut tree: Json, places: &Places, env: &[Applied], silenced: Vec<Stri
             Complaint::Missing { key } => {
                 let at = join(&path, key);
                 if !quiet(&at, &out) {
-                    let mut missing = issue(places, env, &at, "is required, and missing".into(), false);
+                    let mut missing =
+                        issue(places, env, &at, "is required, and missing".into(), false);
                     // Placed where its table starts.
                     missing.place = place(places, env, &path_string(&path), false);
                     out.issues.push(missing);
@@ -175,7 +181,9 @@ pub fn read(mut tree: Json, places: &Places, env: &[Applied], silenced: Vec<Stri
                     // An item of a list keeps its place with a stand-in.
                     Some(Step::Index(_)) => {
                         standing.insert(at, 0);
-                        let (Some(slot), Some(first)) = (pointer_mut(&mut tree, &path), stand_in(0)) else {
+                        let (Some(slot), Some(first)) =
+                            (pointer_mut(&mut tree, &path), stand_in(0))
+                        else {
                             return out;
                         };
                         *slot = first;
@@ -207,7 +215,11 @@ fn steps(path: &serde_path_to_error::Path) -> Option<Vec<Step>> {
 
 fn plain_issue(key: String, message: String) -> ConfigIssue {
     ConfigIssue {
-        key: if key == "." { "(top level)".into() } else { key },
+        key: if key == "." {
+            "(top level)".into()
+        } else {
+            key
+        },
         message,
         place: Place::Unknown,
     }
@@ -215,9 +227,19 @@ fn plain_issue(key: String, message: String) -> ConfigIssue {
 
 /// An issue about `key`, placed: by the environment variable that set it,
 /// else where the file has it (its key when `key_first`, else its value).
-pub fn issue(places: &Places, env: &[Applied], key: &str, message: String, key_first: bool) -> ConfigIssue {
+pub fn issue(
+    places: &Places,
+    env: &[Applied],
+    key: &str,
+    message: String,
+    key_first: bool,
+) -> ConfigIssue {
     ConfigIssue {
-        key: if key.is_empty() { "(top level)".into() } else { key.to_string() },
+        key: if key.is_empty() {
+            "(top level)".into()
+        } else {
+            key.to_string()
+        },
         message,
         place: place(places, env, key, key_first),
     }
@@ -259,17 +281,33 @@ pub fn nearest(given: &str, allowed: &[String]) -> Option<String> {
 /// serde's message, taken apart.
 #[derive(Debug, PartialEq)]
 enum Complaint {
-    UnknownKey { key: String, allowed: Vec<String> },
-    UnknownVariant { value: String, allowed: Vec<String> },
-    Missing { key: String },
+    UnknownKey {
+        key: String,
+        allowed: Vec<String>,
+    },
+    UnknownVariant {
+        value: String,
+        allowed: Vec<String>,
+    },
+    Missing {
+        key: String,
+    },
     /// `invalid type` (`got` a string, `expected` u64) or `invalid value` (out of range).
-    Wrong { range: bool, got: String, expected: String },
+    Wrong {
+        range: bool,
+        got: String,
+        expected: String,
+    },
     Other(String),
 }
 
 /// The names between backticks in `text`.
 fn ticked(text: &str) -> Vec<String> {
-    text.split('`').skip(1).step_by(2).map(str::to_string).collect()
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
 }
 
 impl Complaint {
@@ -280,10 +318,16 @@ impl Complaint {
             None => Vec::new(),
         };
         if let Some(rest) = message.strip_prefix("unknown field ") {
-            return Complaint::UnknownKey { key: first(rest), allowed: allowed(rest) };
+            return Complaint::UnknownKey {
+                key: first(rest),
+                allowed: allowed(rest),
+            };
         }
         if let Some(rest) = message.strip_prefix("unknown variant ") {
-            return Complaint::UnknownVariant { value: first(rest), allowed: allowed(rest) };
+            return Complaint::UnknownVariant {
+                value: first(rest),
+                allowed: allowed(rest),
+            };
         }
         if let Some(rest) = message.strip_prefix("missing field ") {
             return Complaint::Missing { key: first(rest) };
@@ -310,7 +354,11 @@ impl Complaint {
     /// The problem in the technician's words, for the value at `path`
     /// (`shown` as the file or the environment has it: `` `poll_ms = "5"` ``).
     fn explain(&self, path: &str, shown: Option<String>) -> String {
-        let field = path.rsplit(['.', '[']).next().unwrap_or(path).trim_end_matches(']');
+        let field = path
+            .rsplit(['.', '['])
+            .next()
+            .unwrap_or(path)
+            .trim_end_matches(']');
         let field = if field.chars().all(|c| c.is_ascii_digit()) {
             format!("each item of `{}`", super::raw::parent_path(path))
         } else {
@@ -327,16 +375,29 @@ impl Complaint {
                 }
                 msg
             }
-            Complaint::Wrong { range, got, expected } => {
+            Complaint::Wrong {
+                range,
+                got,
+                expected,
+            } => {
                 let takes = expected_words(expected);
                 if *range {
-                    return format!("{} does not fit: {field} takes {takes}", shown(&got_words(got)));
+                    return format!(
+                        "{} does not fit: {field} takes {takes}",
+                        shown(&got_words(got))
+                    );
                 }
-                let mut msg = format!("{} is {}, but {field} takes {takes}", shown("the value"), got_words(got));
+                let mut msg = format!(
+                    "{} is {}, but {field} takes {takes}",
+                    shown("the value"),
+                    got_words(got)
+                );
                 let unquoted = got
                     .strip_prefix("string \"")
                     .and_then(|s| s.strip_suffix('"'))
-                    .is_some_and(|s| s.trim().parse::<f64>().is_ok() || s == "true" || s == "false");
+                    .is_some_and(|s| {
+                        s.trim().parse::<f64>().is_ok() || s == "true" || s == "false"
+                    });
                 if unquoted && !expected.contains("string") {
                     msg.push_str(": write it without quotes");
                 } else if expected.starts_with("enum") || expected.contains("string") {
@@ -445,7 +506,9 @@ mod tests {
         assert_eq!(nearest("uint32", &types).as_deref(), Some("u32"));
         assert_eq!(nearest("Bool", &types).as_deref(), Some("bool"));
         assert_eq!(nearest("float", &types), None);
-        let keys: Vec<String> = ["name", "area", "address", "type"].map(String::from).to_vec();
+        let keys: Vec<String> = ["name", "area", "address", "type"]
+            .map(String::from)
+            .to_vec();
         assert_eq!(nearest("adress", &keys).as_deref(), Some("address"));
         assert_eq!(nearest("typ", &keys).as_deref(), Some("type"));
     }
@@ -459,13 +522,22 @@ mod tests {
             "`poll_ms = \"500\"` is text \"500\", but `poll_ms` takes a whole number, 0 or more: write it without quotes"
         );
         let c = Complaint::parse("invalid value: integer `70000`, expected u16");
-        let m = c.explain("machine[0].signal[1].address", Some("`address = 70000`".into()));
-        assert!(m.contains("`address = 70000` does not fit") && m.contains("0..=65535"), "{m}");
+        let m = c.explain(
+            "machine[0].signal[1].address",
+            Some("`address = 70000`".into()),
+        );
+        assert!(
+            m.contains("`address = 70000` does not fit") && m.contains("0..=65535"),
+            "{m}"
+        );
         let c = Complaint::parse(
             "unknown variant `uint32`, expected one of `bool`, `u16`, `u32`, `string`",
         );
         assert_eq!(
-            c.explain("machine[0].signal[0].type", Some("`type = \"uint32\"`".into())),
+            c.explain(
+                "machine[0].signal[0].type",
+                Some("`type = \"uint32\"`".into())
+            ),
             "`type = \"uint32\"` is not a signal type; did you mean `u32`?"
         );
     }

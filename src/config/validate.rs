@@ -122,7 +122,11 @@ pub fn address_warnings(config: &Config) -> Vec<ConfigIssue> {
     let mut issues = Issues(Vec::new());
     for (i, m) in config.machine.iter().enumerate() {
         let signals = m.signal.iter().enumerate().filter_map(|(j, s)| {
-            Some((format!("machine[{i}].signal[{j}].address"), s.area?, s.address?))
+            Some((
+                format!("machine[{i}].signal[{j}].address"),
+                s.area?,
+                s.address?,
+            ))
         });
         let orders = m.orders.iter().flat_map(|o| {
             [
@@ -133,7 +137,13 @@ pub fn address_warnings(config: &Config) -> Vec<ConfigIssue> {
             ]
             .into_iter()
             .chain(o.params.iter().map(|(k, r)| (format!("params.{k}"), r)))
-            .map(move |(name, r)| (format!("machine[{i}].orders.{name}.address"), r.area, r.address))
+            .map(move |(name, r)| {
+                (
+                    format!("machine[{i}].orders.{name}.address"),
+                    r.area,
+                    r.address,
+                )
+            })
         });
         for (key, area, address) in signals.chain(orders) {
             let prefix = match (area, address) {

@@ -350,12 +350,15 @@ fn kind_problem(tree: &Node, probe: &SignalValues, signals: &[SignalConfig]) -> 
         let Ok(value) = child.eval_with_context(probe) else {
             continue;
         };
-        let fits = match (needs, &value) {
-            (Needs::TrueFalse, EvalValue::Boolean(_)) => true,
-            (Needs::Number | Needs::NumberOrText, EvalValue::Int(_) | EvalValue::Float(_)) => true,
-            (Needs::NumberOrText, EvalValue::String(_)) => true,
-            _ => false,
-        };
+        let fits = matches!(
+            (needs, &value),
+            (Needs::TrueFalse, EvalValue::Boolean(_))
+                | (
+                    Needs::Number | Needs::NumberOrText,
+                    EvalValue::Int(_) | EvalValue::Float(_)
+                )
+                | (Needs::NumberOrText, EvalValue::String(_))
+        );
         if fits {
             continue;
         }
@@ -504,7 +507,9 @@ impl StateRules {
                     Ok(EvalValue::Boolean(_)) => {}
                     Ok(other) => {
                         let what = match single_signal(&tree) {
-                            Some(s) => format!("signal `{s}` alone, which is {}", type_name(&other)),
+                            Some(s) => {
+                                format!("signal `{s}` alone, which is {}", type_name(&other))
+                            }
                             None => type_name(&other).to_string(),
                         };
                         let example = single_signal(&tree).unwrap_or("x");
@@ -795,9 +800,13 @@ mod tests {
                 assert!(!m.contains(internal), "{running}: leaks {internal:?}: {m}");
             }
         }
-        let p = check(&rules("cycle_active", "alarm_code", "mode == 2"), &signals());
+        let p = check(
+            &rules("cycle_active", "alarm_code", "mode == 2"),
+            &signals(),
+        );
         assert!(
-            p[0].message.contains("gives signal `alarm_code` alone, which is an integer")
+            p[0].message
+                .contains("gives signal `alarm_code` alone, which is an integer")
                 && p[0].message.contains("`alarm_code != 0`"),
             "{}",
             p[0].message
