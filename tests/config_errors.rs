@@ -703,3 +703,65 @@ fn a_bad_required_key_does_not_hide_the_problems_after_it() {
         "the stand-in id is not reported: {e}"
     );
 }
+
+/// Every one-line mistake in the reference config (the line gone, or its
+/// value replaced by one of another kind): loading ends, and either the
+/// config loads or every problem has a key path and a place in the file
+/// (or the environment), and none repeats serde's own words.
+#[test]
+fn every_one_line_mistake_in_the_reference_config_is_placed_and_named() {
+    let reference = include_str!("../configs/linegate.toml");
+    let lines: Vec<&str> = reference.lines().collect();
+    let mut refused = 0;
+    for (n, line) in lines.iter().enumerate() {
+        let Some((key, value)) = line.split_once(" = ").filter(|_| !line.starts_with('#')) else {
+            continue;
+        };
+        // The value of the other kind: text for a number, a number for text.
+        let wrong = if value.starts_with('"') {
+            format!("{key} = 7")
+        } else {
+            format!("{key} = \"x\"")
+        };
+        for replaced in [None, Some(wrong)] {
+            let mut text: Vec<&str> = lines.clone();
+            let replaced_line;
+            match &replaced {
+                None => {
+                    text.remove(n);
+                }
+                Some(r) => {
+                    replaced_line = r.clone();
+                    text[n] = &replaced_line;
+                }
+            }
+            let text = text.join("\n");
+            match Config::from_toml(&text, Path::new("linegate.toml")) {
+                Ok(_) => {}
+                Err(ConfigError::Invalid { issues, .. }) => {
+                    refused += 1;
+                    assert!(!issues.is_empty(), "line {}: no issue", n + 1);
+                    for i in &issues {
+                        assert!(!i.key.is_empty(), "line {}: {i}", n + 1);
+                        assert_ne!(
+                            i.place,
+                            linegate::config::Place::Unknown,
+                            "line {}: {i}",
+                            n + 1
+                        );
+                        for serde in [
+                            "unknown variant",
+                            "unknown field",
+                            "invalid type",
+                            "missing field",
+                        ] {
+                            assert!(!i.message.contains(serde), "line {}: {i}", n + 1);
+                        }
+                    }
+                }
+                Err(other) => panic!("line {}: {other}", n + 1),
+            }
+        }
+    }
+    assert!(refused > 100, "the mistakes were refused ({refused})");
+}

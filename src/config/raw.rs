@@ -138,6 +138,7 @@ pub fn parse(text: &str) -> Result<Tree, Vec<ConfigIssue>> {
     }
     let mut walk = Walk {
         text,
+        line_starts: line_starts(text),
         places: Places {
             text: text.to_string(),
             spots: HashMap::new(),
@@ -166,6 +167,7 @@ pub fn env_value(raw: &str) -> Result<Json, String> {
     };
     let mut walk = Walk {
         text: trimmed,
+        line_starts: line_starts(trimmed),
         places: Places::default(),
         issues: Vec::new(),
         left_out: Vec::new(),
@@ -179,8 +181,16 @@ pub fn env_value(raw: &str) -> Result<Json, String> {
     }
 }
 
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
 struct Walk<'t> {
     text: &'t str,
+    /// Byte offset where each line starts (the first is 0).
+    line_starts: Vec<usize>,
     places: Places,
     issues: Vec<ConfigIssue>,
     left_out: Vec<String>,
@@ -188,7 +198,15 @@ struct Walk<'t> {
 
 impl Walk<'_> {
     fn position(&self, offset: usize) -> (usize, usize) {
-        line_column(self.text.as_bytes(), offset)
+        // Lines found once: every key of a long file is placed.
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line.saturating_sub(1)];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(1, |s| s.chars().count() + 1);
+        (line, column)
     }
 
     fn note(
@@ -378,6 +396,27 @@ mod tests {
             p.place("machine[0]", false),
             Place::File { line: 4 | 5, .. }
         ));
+    }
+
+    #[test]
+    fn positions_of_the_walk_are_those_of_line_column() {
+        let text = "a = 1\n\n[t]\nä = \"é\"\nb = [1,\n  2]\n";
+        let walk = Walk {
+            text,
+            line_starts: line_starts(text),
+            places: Places::default(),
+            issues: Vec::new(),
+            left_out: Vec::new(),
+        };
+        for offset in 0..=text.len() {
+            if text.is_char_boundary(offset) {
+                assert_eq!(
+                    walk.position(offset),
+                    line_column(text.as_bytes(), offset),
+                    "{offset}"
+                );
+            }
+        }
     }
 
     #[test]
