@@ -165,6 +165,10 @@ pub fn env_value(raw: &str) -> Result<Json, String> {
     let Ok(value) = DeValue::parse(trimmed) else {
         return Ok(Json::String(raw.to_string()));
     };
+    // A time or date is meant as written (`06:00`, not TOML's `06:00:00`).
+    if matches!(value.get_ref(), DeValue::Datetime(_)) {
+        return Ok(Json::String(raw.to_string()));
+    }
     let mut walk = Walk {
         text: trimmed,
         line_starts: line_starts(trimmed),
@@ -292,8 +296,8 @@ impl Walk<'_> {
             },
             DeValue::String(s) => Some(Json::String(s.to_string())),
             DeValue::Boolean(b) => Some(Json::Bool(*b)),
-            // Dates are read as their text (`holidays = [2026-12-25]`).
-            DeValue::Datetime(d) => Some(Json::String(d.to_string())),
+            // Dates and times are read as written (`holidays = [2026-12-25]`, `start = 06:00`).
+            DeValue::Datetime(_) => Some(Json::String(written)),
             DeValue::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (n, item) in items.iter().enumerate() {
@@ -364,6 +368,11 @@ mod tests {
             tree.value["machine"][1]["x"],
             serde_json::json!([1.0, null])
         );
+        let dates = parse("d = [2026-12-25]\nt = 06:00\n").unwrap().value;
+        assert_eq!(
+            dates,
+            serde_json::json!({"d": ["2026-12-25"], "t": "06:00"})
+        );
     }
 
     #[test]
@@ -427,6 +436,7 @@ mod tests {
             serde_json::json!("gw-line3")
         );
         assert_eq!(env_value("[1, 2]").unwrap(), serde_json::json!([1, 2]));
+        assert_eq!(env_value("06:00").unwrap(), serde_json::json!("06:00"));
         assert!(env_value("nan")
             .unwrap_err()
             .contains("not a finite number"));
