@@ -767,6 +767,14 @@ impl Config {
             issues.extend(place(validate(config)));
             warnings = place(address_warnings(config));
         }
+        if shaped.config.is_none() && issues.is_empty() {
+            // Not expected: every way out of the shape check names a problem.
+            issues.push(ConfigIssue {
+                key: "(top level)".into(),
+                message: "the file cannot be read as a config".into(),
+                place: Place::Unknown,
+            });
+        }
         sort_by_place(&mut issues);
         sort_by_place(&mut warnings);
         match shaped.config {
