@@ -765,3 +765,12 @@ fn every_one_line_mistake_in_the_reference_config_is_placed_and_named() {
     }
     assert!(refused > 100, "the mistakes were refused ({refused})");
 }
+
+#[test]
+fn a_single_bracket_list_entry_says_to_write_two_brackets() {
+    let e = error_of(&GOOD.replace("[[machine]]", "[machine]"));
+    assert!(
+        e.contains("`machine`: `machine` is a list of tables: write each entry as [[machine]] (two brackets), not [machine]"),
+        "{e}"
+    );
+}

@@ -134,7 +134,13 @@ pub fn parse(text: &str) -> Result<Tree, Vec<ConfigIssue>> {
                     place: Place::File { line, column },
                 }
             })
-            .collect());
+            .fold(Vec::new(), |mut unique: Vec<ConfigIssue>, issue| {
+                // Recovery can report one spot twice.
+                if !unique.contains(&issue) {
+                    unique.push(issue);
+                }
+                unique
+            }));
     }
     let mut walk = Walk {
         text,

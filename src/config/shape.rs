@@ -380,6 +380,12 @@ impl Complaint {
                 got,
                 expected,
             } => {
+                if got == "map" && expected == "a sequence" {
+                    let name = path.rsplit('.').next().unwrap_or(path);
+                    return format!(
+                        "{field} is a list of tables: write each entry as [[{name}]] (two brackets), not [{name}]"
+                    );
+                }
                 let takes = expected_words(expected);
                 if *range {
                     return format!(
