@@ -128,8 +128,14 @@ pub async fn run(
             continue;
         };
         info!(file = %path.display(), "SIGHUP: reloading the config");
-        match Config::load(path) {
-            Ok(new) => {
+        match Config::load_with_warnings(path) {
+            Ok(crate::config::Loaded {
+                config: new,
+                warnings,
+            }) => {
+                for w in &warnings {
+                    warn!("{}", w.in_file(path));
+                }
                 let new = Arc::new(new);
                 let plan = crate::reload::plan_reload(&config, &new);
                 if new.gateway.data_dir != config.gateway.data_dir {

@@ -58,8 +58,12 @@ fn a_good_config_loads() {
 #[test]
 fn a_typo_key_is_named_with_its_path() {
     let e = error_of(&GOOD.replace("type = \"u32\"", "typ = \"u32\""));
-    assert!(e.contains("machine[0].signal[0]"), "{e}");
-    assert!(e.contains("unknown field `typ`"), "{e}");
+    assert!(
+        e.contains("test.toml:21:1: `machine[0].signal[0].typ`"),
+        "{e}"
+    );
+    assert!(e.contains("unknown key `typ`"), "{e}");
+    assert!(e.contains("did you mean `type`?"), "{e}");
 }
 
 #[test]
@@ -298,7 +302,10 @@ fn a_number_too_large_is_named_with_its_key_and_line() {
     );
     let e = refused(&text);
     assert!(e.contains("`bus[0].timeout_ms`"), "{e}");
-    assert!(e.contains("line 11, column 14"), "{e}");
+    assert!(
+        e.contains("linegate.toml:11:14: `bus[0].timeout_ms`"),
+        "{e}"
+    );
     assert!(e.contains("99999999999999999999 is too large"), "{e}");
 }
 
@@ -420,7 +427,10 @@ fn an_environment_override_of_nan_is_named_by_its_variable() {
         &[("LINEGATE_STORE__OUTBOX_MAX_MB", "nan")],
     );
     assert!(!ok, "{stdout}");
-    assert!(e.contains("`LINEGATE_STORE__OUTBOX_MAX_MB`"), "{e}");
+    assert!(
+        e.contains("LINEGATE_STORE__OUTBOX_MAX_MB (environment): `store.outbox_max_mb`"),
+        "{e}"
+    );
     assert!(e.contains("not a finite number"), "{e}");
 }
 
@@ -470,4 +480,297 @@ fn a_store_reserve_beyond_its_bound_is_named() {
     let c = load(&format!("{GOOD}\n[store]\nreserve_mb = 0\n")).unwrap();
     assert_eq!(c.store.reserve_mb, 0, "0 turns the reserve off");
     assert_eq!(load(GOOD).unwrap().store.reserve_mb, 16, "the default");
+}
+
+// ---------------------------------------------------------------------------
+// Every mistake in one run: `check-config` on a file with many, plus
+// environment overrides.
+
+/// GOOD with one mistake of each kind; (line, column, key, what it says).
+const MANY_MISTAKES: &str = r#"
+[gateway]
+id = "gw-line2"
+site = "plant1"
+data_dir = "/tmp/x"
+timezon = "Europe/Berlin"
+
+[[bus]]
+id = "cell-a"
+transport = "tcp"
+address = "127.0.0.1:502"
+timeout_ms = "500"
+
+[[machine]]
+id = "press07"
+bus = "cell-a"
+unit = 1
+
+[[machine.signal]]
+name = "part_count"
+area = "holding"
+address = 40101
+type = "uint32"
+
+[[machine.signal]]
+name = "running"
+area = "coils"
+address = 0
+type = "bool"
+
+[[machine.signal]]
+name = "mode"
+area = "holding"
+address = 300
+
+[machine.state]
+running = "running && mode"
+down = "mode 2"
+"#;
+
+#[test]
+fn check_config_reports_every_mistake_at_once_with_line_column_key_and_suggestion() {
+    let (ok, stdout, e) = check_config_bytes(
+        MANY_MISTAKES.as_bytes(),
+        &[
+            ("LINEGATE_MACHINE__POLL_MS", "5"),
+            ("LINEGATE_MACHINE__PRESS07__UNIT", "abc"),
+        ],
+    );
+    assert!(!ok, "{stdout}");
+    for (at, key, says) in [
+        (":6:1: ", "gateway.timezon", "did you mean `timezone`?"),
+        (
+            ":12:14: ",
+            "bus[0].timeout_ms",
+            "`timeout_ms = \"500\"` is text \"500\", but `timeout_ms` takes a whole number, 0 or more: write it without quotes",
+        ),
+        (
+            ":23:8: ",
+            "machine[0].signal[0].type",
+            "`type = \"uint32\"` is not a signal type; did you mean `u32`?",
+        ),
+        (
+            ":27:8: ",
+            "machine[0].signal[1].area",
+            "`area = \"coils\"` is not a Modbus area; did you mean `coil`?",
+        ),
+        (
+            ":37:11: ",
+            "machine[0].state.running",
+            "signal `mode` is an integer (type u16), but `&&` needs true/false",
+        ),
+        (
+            ":38:8: ",
+            "machine[0].state.down",
+            "two values stand side by side with no operator between them",
+        ),
+        (
+            "LINEGATE_MACHINE__POLL_MS (environment): ",
+            "machine",
+            "name the entry by its id, e.g. LINEGATE_MACHINE__PRESS07__POLL_MS",
+        ),
+        (
+            "LINEGATE_MACHINE__PRESS07__UNIT (environment): ",
+            "machine[0].unit",
+            "`LINEGATE_MACHINE__PRESS07__UNIT=abc` is text \"abc\", but `unit` takes a whole number 0..=255",
+        ),
+        (
+            ":22:11: warning: ",
+            "machine[0].signal[0].address",
+            "holding 40101 looks like a 1-based number from a manual",
+        ),
+    ] {
+        let line = e
+            .lines()
+            .find(|l| l.contains(&format!("`{key}`")))
+            .unwrap_or_else(|| panic!("no line about {key}:\n{e}"));
+        assert!(line.contains(&format!("{at}`{key}`: ")), "{key} at {at}: {line}");
+        assert!(line.contains(says), "{key} says {says:?}: {line}");
+    }
+    assert!(e.contains(": 8 problem(s):"), "{e}");
+    assert!(e.contains("and 1 warning(s):"), "{e}");
+    for internal in [
+        "unknown variant",
+        "unknown field",
+        "invalid type",
+        "leaf node",
+        "Value::",
+    ] {
+        assert!(!e.contains(internal), "leaks {internal:?}:\n{e}");
+    }
+}
+
+#[test]
+fn environment_overrides_reach_list_entries_by_id_and_errors_name_the_variable() {
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let loaded = Config::from_toml_with_env(
+        GOOD,
+        Path::new("test.toml"),
+        &env(&[
+            ("LINEGATE_MACHINE__PRESS07__POLL_MS", "250"),
+            (
+                "LINEGATE_MACHINE__PRESS07__SIGNAL__PART_COUNT__ADDRESS",
+                "102",
+            ),
+            ("LINEGATE_BUS__CELL_A__ADDRESS", "10.0.0.7:502"),
+            ("LINEGATE_GATEWAY__ID", "123"),
+            ("LINEGATE_GATEWAY__TIMEZONE", "Europe/Berlin"),
+        ]),
+    )
+    .unwrap();
+    let c = loaded.config;
+    assert_eq!(c.machine[0].poll_ms, 250);
+    assert_eq!(c.machine[0].signal[0].address, Some(102));
+    assert_eq!(c.bus[0].address.as_deref(), Some("10.0.0.7:502"));
+    assert_eq!(c.gateway.id, "123", "a number where text goes is its text");
+    assert_eq!(c.gateway.timezone, "Europe/Berlin");
+
+    let e = Config::from_toml_with_env(
+        GOOD,
+        Path::new("test.toml"),
+        &env(&[
+            ("LINEGATE_MACHINE__PRESS07__POLL_MS", "0"),
+            ("LINEGATE_MACHINE__PRESS08__POLL_MS", "5"),
+            ("LINEGATE_GATEWAY__IDD", "x"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("LINEGATE_MACHINE__PRESS07__POLL_MS (environment): `machine[0].poll_ms`: must be above 0"),
+        "{e}"
+    );
+    assert!(
+        e.contains("LINEGATE_MACHINE__PRESS08__POLL_MS (environment): `machine`")
+            && e.contains(
+                "no entry of `machine` has the id \"press08\" (ids in the file: press07)"
+            )
+            && e.contains("e.g. LINEGATE_MACHINE__PRESS07__POLL_MS;"),
+        "{e}"
+    );
+    assert!(
+        e.contains("LINEGATE_GATEWAY__IDD (environment): `gateway.idd`: unknown key `idd` in `gateway`; did you mean `id`?"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("  - test.toml:"),
+        "no problem is placed in the file: {e}"
+    );
+}
+
+#[test]
+fn a_1_based_manual_address_passes_check_config_with_a_warning_that_says_the_0_based_one() {
+    let text = GOOD.replace(
+        "address = 100\ntype = \"u32\"",
+        "address = 40001\ntype = \"u32\"",
+    );
+    let (ok, stdout, stderr) = check_config_bytes(text.as_bytes(), &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+    assert!(
+        stderr.contains(":20:11: warning: `machine[0].signal[0].address`: holding 40001 looks like a 1-based number")
+            && stderr.contains("address = 0"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_required_key_does_not_hide_the_problems_after_it() {
+    let text = GOOD
+        .replace("transport = \"tcp\"", "transport = \"modbus\"")
+        .replace("unit = 1", "unit = 0")
+        .replace("[[machine]]\nid = \"press07\"\n", "[[machine]]\n");
+    let e = error_of(&text);
+    assert!(
+        e.contains("`bus[0].transport`: `transport = \"modbus\"` is not a bus transport; use one of: tcp, rtu, mqtt"),
+        "{e}"
+    );
+    assert!(
+        e.contains("`machine[0].id`: is required, and missing"),
+        "{e}"
+    );
+    assert!(
+        e.contains("`machine[0].unit`: unit 0 is the Modbus broadcast address"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("not a valid id"),
+        "the stand-in id is not reported: {e}"
+    );
+}
+
+/// Every one-line mistake in the reference config (the line gone, or its
+/// value replaced by one of another kind): loading ends, and either the
+/// config loads or every problem has a key path and a place in the file
+/// (or the environment), and none repeats serde's own words.
+#[test]
+fn every_one_line_mistake_in_the_reference_config_is_placed_and_named() {
+    let reference = include_str!("../configs/linegate.toml");
+    let lines: Vec<&str> = reference.lines().collect();
+    let mut refused = 0;
+    for (n, line) in lines.iter().enumerate() {
+        let Some((key, value)) = line.split_once(" = ").filter(|_| !line.starts_with('#')) else {
+            continue;
+        };
+        // The value of the other kind: text for a number, a number for text.
+        let wrong = if value.starts_with('"') {
+            format!("{key} = 7")
+        } else {
+            format!("{key} = \"x\"")
+        };
+        for replaced in [None, Some(wrong)] {
+            let mut text: Vec<&str> = lines.clone();
+            let replaced_line;
+            match &replaced {
+                None => {
+                    text.remove(n);
+                }
+                Some(r) => {
+                    replaced_line = r.clone();
+                    text[n] = &replaced_line;
+                }
+            }
+            let text = text.join("\n");
+            match Config::from_toml(&text, Path::new("linegate.toml")) {
+                Ok(_) => {}
+                Err(ConfigError::Invalid { issues, .. }) => {
+                    refused += 1;
+                    assert!(!issues.is_empty(), "line {}: no issue", n + 1);
+                    for i in &issues {
+                        assert!(!i.key.is_empty(), "line {}: {i}", n + 1);
+                        assert_ne!(
+                            i.place,
+                            linegate::config::Place::Unknown,
+                            "line {}: {i}",
+                            n + 1
+                        );
+                        for serde in [
+                            "unknown variant",
+                            "unknown field",
+                            "invalid type",
+                            "missing field",
+                        ] {
+                            assert!(!i.message.contains(serde), "line {}: {i}", n + 1);
+                        }
+                    }
+                }
+                Err(other) => panic!("line {}: {other}", n + 1),
+            }
+        }
+    }
+    assert!(refused > 100, "the mistakes were refused ({refused})");
+}
+
+#[test]
+fn a_single_bracket_list_entry_says_to_write_two_brackets() {
+    let e = error_of(&GOOD.replace("[[machine]]", "[machine]"));
+    assert!(
+        e.contains("`machine`: `machine` is a list of tables: write each entry as [[machine]] (two brackets), not [machine]"),
+        "{e}"
+    );
 }

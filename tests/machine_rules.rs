@@ -134,12 +134,13 @@ setup = "mode"
 "#,
     );
     let keys: Vec<&str> = i.iter().map(|(k, _)| k.as_str()).collect();
+    // In file order, each placed on its line.
     assert_eq!(
         keys,
         vec![
+            "machine[0].state.running",
             "machine[0].state.down",
             "machine[0].state.setup",
-            "machine[0].state.running"
         ]
     );
 }

@@ -43,7 +43,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             share_one_malloc_arena();
             crate::systemd::init_logging(cli.verbose);
             let path = Config::locate(c.config.as_deref());
-            let config = Config::load(&path)?;
+            let loaded = Config::load_with_warnings(&path)?;
+            for w in &loaded.warnings {
+                tracing::warn!("{}", w.in_file(&path));
+            }
+            let config = loaded.config;
             runtime()?.block_on(async {
                 let shutdown = CancellationToken::new();
                 agent::cancel_on_signals(shutdown.clone());
@@ -104,7 +108,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn check_config(path: &Path) -> Result<ExitCode> {
-    let config = Config::load(path)?;
+    let loaded = Config::load_with_warnings(path)?;
+    for w in &loaded.warnings {
+        eprintln!("{}", w.labelled_in_file(path, "warning: "));
+    }
+    let config = loaded.config;
     // The files the uplink will read (CA, certificate, key, password): what
     // passes here is what systemd starts, so a missing one is caught now.
     if let Some(u) = &config.uplink {

@@ -1,16 +1,21 @@
 //! The technician's interface: the TOML file that describes the gateway, its
 //! buses, machines and signals, and how to report upstream.
 //!
-//! This module owns the config types, loading them (file plus
-//! `LINEGATE_<SECTION>__<KEY>` environment overrides, through the `config`
-//! crate) and checking them as a whole (`validate`). Every error names the
-//! file and the key path (`machine[2].signal[0].type`) and says what is
-//! allowed. It never opens a device, a socket or the store.
+//! This module owns the config types, loading them and checking them as a
+//! whole. Loading goes: the text (`raw`: syntax, numbers, the position of
+//! every key), `LINEGATE_<SECTION>__<KEY>` environment overrides (`env`),
+//! the typed shape (`shape`: unknown keys, wrong types, missing keys), then
+//! the cross-checks (`validate`); every problem of every step is reported
+//! at once, in file order. Every problem names the file's line and column
+//! (or the variable), the key path (`machine[2].signal[0].type`) and says
+//! what is allowed. It never opens a device, a socket or the store.
 //!
 //! Every struct rejects unknown keys: a typo must never be silently ignored.
 //! Keys carry their unit in the name (`poll_ms`, `timeout_ms`, `outbox_max_mb`).
 
+mod env;
 mod raw;
+mod shape;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -20,8 +25,26 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use validate::{
-    is_valid_id, uplink_warnings, validate, writable_range, ConfigIssue, MAX_IDEAL_CYCLE_S,
+    address_warnings, is_valid_id, uplink_warnings, validate, writable_range, ConfigIssue, Place,
+    MAX_IDEAL_CYCLE_S,
 };
+
+/// A config that loaded, and what in it works but looks wrong.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// E.g. a 40001-style address; each placed like an error.
+    pub warnings: Vec<ConfigIssue>,
+}
+
+/// File order (line, column), then the environment's, then the rest.
+fn sort_by_place(issues: &mut [ConfigIssue]) {
+    issues.sort_by_key(|i| match &i.place {
+        Place::File { line, column } => (0, *line, *column, String::new()),
+        Place::Env { variable } => (1, 0, 0, variable.clone()),
+        Place::Unknown => (2, 0, 0, String::new()),
+    });
+}
 
 /// Where the config file is looked for when neither `-c` nor `$LINEGATE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/linegate/linegate.toml";
@@ -40,17 +63,35 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
-    #[error("{file}: {} problem(s):\n{}", issues.len(), list(issues))]
+    #[error("{}: {} problem(s):\n{}{}", file.display(), issues.len(), list(file, issues), also_warn(file, warnings))]
     Invalid {
         file: PathBuf,
         issues: Vec<ConfigIssue>,
+        /// What would be warned about once the problems are fixed (a
+        /// 40001-style address), so that one run tells everything.
+        warnings: Vec<ConfigIssue>,
     },
 }
 
-fn list(issues: &[ConfigIssue]) -> String {
+fn also_warn(file: &Path, warnings: &[ConfigIssue]) -> String {
+    if warnings.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nand {} warning(s):\n{}",
+        warnings.len(),
+        warnings
+            .iter()
+            .map(|w| format!("  - {}", w.labelled_in_file(file, "warning: ")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+fn list(file: &Path, issues: &[ConfigIssue]) -> String {
     issues
         .iter()
-        .map(|i| format!("  - {i}"))
+        .map(|i| format!("  - {}", i.in_file(file)))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -641,10 +682,16 @@ impl Config {
 
     /// Load a file with environment overrides, and validate it as a whole.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_warnings(path).map(|l| l.config)
+    }
+
+    /// [`Config::load`], with the warnings about the settings that work but
+    /// look wrong (for `check-config` to print and the agent to log).
+    pub fn load_with_warnings(path: &Path) -> Result<Loaded, ConfigError> {
         // Only `LINEGATE_<SECTION>__<KEY>` is an override: every key lives in
         // a section, so a variable without `__` (`LINEGATE_CONFIG`, the file
         // to load) is not a config key and must not be refused as one.
-        let overrides: config::Map<String, String> = std::env::vars_os()
+        let overrides: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .filter(|(k, _)| {
                 k.strip_prefix(ENV_PREFIX)
@@ -652,28 +699,15 @@ impl Config {
                     .is_some_and(|rest| rest.contains("__"))
             })
             .collect();
-        // Parsed as numbers, `nan` and `inf` would reach serde as no value.
-        let issues = raw::env_number_issues(&overrides);
-        if !issues.is_empty() {
-            return Err(ConfigError::Invalid {
-                file: path.to_path_buf(),
-                issues,
-            });
-        }
-        let env = config::Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("_")
-            .separator("__")
-            .try_parsing(true)
-            .source(Some(overrides));
-        Self::load_with(path, Some(env))
+        Self::load_with(path, &overrides)
     }
 
     /// Load a file without environment overrides (tests, `check-config --no-env`).
     pub fn load_file_only(path: &Path) -> Result<Config, ConfigError> {
-        Self::load_with(path, None)
+        Self::load_with(path, &[]).map(|l| l.config)
     }
 
-    fn load_with(path: &Path, env: Option<config::Environment>) -> Result<Config, ConfigError> {
+    fn load_with(path: &Path, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
         let read_error = |reason: String| ConfigError::Read {
             file: path.to_path_buf(),
             reason,
@@ -685,61 +719,73 @@ impl Config {
 
     /// Parse TOML text as if it came from `file` (tests and embedded demo config).
     pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        Self::from_toml_str(text, file, None)
+        Self::from_toml_str(text, file, &[]).map(|l| l.config)
     }
 
+    /// [`Config::from_toml`] with these environment overrides (name, value).
+    pub fn from_toml_with_env(
+        text: &str,
+        file: &Path,
+        env: &[(String, String)],
+    ) -> Result<Loaded, ConfigError> {
+        Self::from_toml_str(text, file, env)
+    }
+
+    /// Every problem at once: syntax, then numbers, overrides, shape and
+    /// cross-checks together, each placed (line and column, or the
+    /// environment variable), in file order.
     fn from_toml_str(
         text: &str,
         file: &Path,
-        env: Option<config::Environment>,
-    ) -> Result<Config, ConfigError> {
-        // Numbers the config crate would lose the key of (or, for nan, the value).
-        let issues = raw::number_issues(text);
-        if !issues.is_empty() {
-            return Err(ConfigError::Invalid {
-                file: file.to_path_buf(),
-                issues,
+        env: &[(String, String)],
+    ) -> Result<Loaded, ConfigError> {
+        let invalid = |issues: Vec<ConfigIssue>| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            issues,
+            warnings: Vec::new(),
+        };
+        let raw::Tree {
+            mut value,
+            places,
+            mut issues,
+            left_out,
+        } = raw::parse(text).map_err(invalid)?;
+        let (applied, env_issues) = env::apply(&mut value, env);
+        issues.extend(env_issues);
+        let shaped = shape::read(value, &places, &applied, left_out);
+        issues.extend(shaped.issues);
+        let silenced = shaped.silenced;
+        let place = |mut list: Vec<ConfigIssue>| -> Vec<ConfigIssue> {
+            list.retain(|i| !silenced.iter().any(|s| shape::is_under(&i.key, s)));
+            for i in &mut list {
+                i.place = shape::place(&places, &applied, &i.key, false);
+            }
+            list
+        };
+        let mut warnings = Vec::new();
+        if let Some(config) = &shaped.config {
+            issues.extend(place(validate(config)));
+            warnings = place(address_warnings(config));
+        }
+        if shaped.config.is_none() && issues.is_empty() {
+            // Not expected: every way out of the shape check names a problem.
+            issues.push(ConfigIssue {
+                key: "(top level)".into(),
+                message: "the file cannot be read as a config".into(),
+                place: Place::Unknown,
             });
         }
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml));
-        if let Some(env) = env {
-            builder = builder.add_source(env.ignore_empty(true));
-        }
-        let merged = builder.build().map_err(|e| ConfigError::Shape {
-            file: file.to_path_buf(),
-            key: "(file)".into(),
-            reason: e.to_string(),
-        })?;
-        // Through serde_json so that serde_path_to_error can name the exact key.
-        let tree: serde_json::Value = merged.try_deserialize().map_err(|e| ConfigError::Shape {
-            file: file.to_path_buf(),
-            key: "(file)".into(),
-            reason: e.to_string(),
-        })?;
-        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
-            let key = e.path().to_string();
-            ConfigError::Shape {
-                file: file.to_path_buf(),
-                key: if key == "." {
-                    "(top level)".into()
-                } else {
-                    key
-                },
-                reason: e.into_inner().to_string(),
-            }
-        })?;
-        let issues = validate(&config);
-        if issues.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
+        sort_by_place(&mut issues);
+        sort_by_place(&mut warnings);
+        match shaped.config {
+            Some(config) if issues.is_empty() => Ok(Loaded { config, warnings }),
+            _ => Err(ConfigError::Invalid {
                 file: file.to_path_buf(),
                 issues,
-            })
+                warnings,
+            }),
         }
     }
-
     pub fn machine(&self, id: &str) -> Option<&MachineConfig> {
         self.machine.iter().find(|m| m.id == id)
     }

@@ -1,16 +1,23 @@
-//! The config file as text, before the `config` crate reads it: the checks
-//! that need the file's own bytes and positions, which the `config` crate
-//! loses. Invalid UTF-8 is reported with its line and column; a whole number
-//! too large for 64 bits and a float that is `nan`, `inf` or overflows are
-//! reported with their key path and position (the `config` crate would say
-//! only "number too large", and a `nan` limit would pass through it as no
-//! limit at all); so is an environment override of `nan` or `inf`. Pure: it
-//! only looks at the text it is given.
+//! The config file as text: TOML syntax, positions and numbers, the things
+//! the typed config loses. It turns the text into a plain tree (the shape
+//! check in `shape` reads the typed config out of it) and keeps, for every
+//! key path (`machine[0].signal[2].address`), the line and column of the key
+//! and of its value, so that every problem can be placed in the file.
+//!
+//! Invalid UTF-8 is reported with its line and column; every TOML syntax
+//! error is reported at once, each with its position; a whole number too
+//! large for 64 bits and a float that is `nan`, `inf` or overflows are
+//! reported with their key path and position, and left out of the tree (a
+//! `nan` limit must never pass as no limit at all). Pure: it only looks at
+//! the text it is given.
 
+use std::collections::HashMap;
+
+use serde_json::Value as Json;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::ConfigIssue;
+use super::{ConfigIssue, Place};
 
 /// Line and column (both from 1) of byte `offset` in `text`.
 pub fn line_column(text: &[u8], offset: usize) -> (usize, usize) {
@@ -41,90 +48,274 @@ pub fn utf8_text(bytes: Vec<u8>) -> Result<String, String> {
     })
 }
 
-/// Numbers in `text` that the config cannot hold, each with its key path
-/// (`machine[0].orders.quantity.max`) and position. A file that is not valid
-/// TOML gives no issues here: the `config` crate reports its syntax error
-/// with a position of its own.
-pub fn number_issues(text: &str) -> Vec<ConfigIssue> {
-    let mut issues = Vec::new();
-    if let Ok(table) = DeTable::parse(text) {
-        walk_table(text, table.get_ref(), "", &mut issues);
-    }
-    issues
+/// Where a key and its value are written in the file.
+#[derive(Debug, Clone, Copy)]
+struct Spot {
+    /// Position of the key itself (`None` for array items and the document).
+    key: Option<(usize, usize)>,
+    value: (usize, usize),
+    /// The value as written (`"uint32"`, `[1, 2]`), short values only.
+    written: Option<(usize, usize)>,
 }
 
-/// Environment overrides whose value would be read as a number that is not
-/// finite (`nan`, `inf`), each named by its variable.
-pub fn env_number_issues<'a>(
-    overrides: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> Vec<ConfigIssue> {
-    overrides
-        .into_iter()
-        .filter(|(_, v)| v.trim().parse::<f64>().is_ok_and(|f| !f.is_finite()))
-        .map(|(k, v)| ConfigIssue {
-            key: k.clone(),
-            message: format!(
-                "environment override {v:?} is not a finite number; every number in the config must be finite"
-            ),
-        })
+/// Positions of every key path of one file.
+#[derive(Debug, Default)]
+pub struct Places {
+    text: String,
+    spots: HashMap<String, Spot>,
+}
+
+/// The path one level up: `machine[0].signal` of `machine[0].signal[1]`,
+/// `machine[0]` of `machine[0].bus`, `""` at the top.
+pub fn parent_path(path: &str) -> &str {
+    if path.ends_with(']') {
+        if let Some(i) = path.rfind('[') {
+            return &path[..i];
+        }
+    }
+    match path.rfind('.') {
+        Some(i) => &path[..i],
+        None => "",
+    }
+}
+
+impl Places {
+    /// Where `path` (or, if the file does not have it, its nearest
+    /// ancestor) is written: the key when `key_first`, else its value.
+    pub fn place(&self, path: &str, key_first: bool) -> Place {
+        let mut p = path;
+        loop {
+            if let Some(spot) = self.spots.get(p) {
+                let (line, column) = match (key_first, spot.key) {
+                    (true, Some(k)) => k,
+                    _ => spot.value,
+                };
+                return Place::File { line, column };
+            }
+            if p.is_empty() {
+                return Place::Unknown;
+            }
+            p = parent_path(p);
+        }
+    }
+
+    /// The value of `path` as written in the file, when it is short
+    /// enough to quote in a message.
+    pub fn written(&self, path: &str) -> Option<&str> {
+        let (start, end) = self.spots.get(path)?.written?;
+        self.text.get(start..end)
+    }
+}
+
+/// The file as a plain tree, with what could not go into it.
+#[derive(Debug)]
+pub struct Tree {
+    pub value: Json,
+    pub places: Places,
+    /// Numbers the config cannot hold, each placed.
+    pub issues: Vec<ConfigIssue>,
+    /// Key paths left out of `value` because of those issues.
+    pub left_out: Vec<String>,
+}
+
+/// Parse `text`; every syntax error, placed, when it is not TOML.
+pub fn parse(text: &str) -> Result<Tree, Vec<ConfigIssue>> {
+    let (table, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        let mut errors: Vec<&toml::de::Error> = errors.iter().collect();
+        errors.sort_by_key(|e| e.span().map_or(0, |s| s.start));
+        return Err(errors
+            .into_iter()
+            .map(|e| {
+                let (line, column) = line_column(text.as_bytes(), e.span().map_or(0, |s| s.start));
+                ConfigIssue {
+                    key: "(syntax)".into(),
+                    message: format!("not valid TOML: {}", e.message().trim_end()),
+                    place: Place::File { line, column },
+                }
+            })
+            .fold(Vec::new(), |mut unique: Vec<ConfigIssue>, issue| {
+                // Recovery can report one spot twice.
+                if !unique.contains(&issue) {
+                    unique.push(issue);
+                }
+                unique
+            }));
+    }
+    let mut walk = Walk {
+        text,
+        line_starts: line_starts(text),
+        places: Places {
+            text: text.to_string(),
+            spots: HashMap::new(),
+        },
+        issues: Vec::new(),
+        left_out: Vec::new(),
+    };
+    let span = table.span();
+    walk.note("", None, &span, None);
+    let value = walk.table(table.get_ref(), "");
+    Ok(Tree {
+        value,
+        places: walk.places,
+        issues: walk.issues,
+        left_out: walk.left_out,
+    })
+}
+
+/// A value given in an environment override, as TOML (`5`, `true`,
+/// `["a", "b"]`, `"quoted"`) or else as plain text (`gw-line3`). `Err` for a
+/// number that is not finite.
+pub fn env_value(raw: &str) -> Result<Json, String> {
+    let trimmed = raw.trim();
+    let Ok(value) = DeValue::parse(trimmed) else {
+        return Ok(Json::String(raw.to_string()));
+    };
+    // A time or date is meant as written (`06:00`, not TOML's `06:00:00`).
+    if matches!(value.get_ref(), DeValue::Datetime(_)) {
+        return Ok(Json::String(raw.to_string()));
+    }
+    let mut walk = Walk {
+        text: trimmed,
+        line_starts: line_starts(trimmed),
+        places: Places::default(),
+        issues: Vec::new(),
+        left_out: Vec::new(),
+    };
+    let json = walk.value(&value, "");
+    match walk.issues.first() {
+        Some(_) => Err(format!(
+            "{raw:?} is not a finite number; every number in the config must be finite"
+        )),
+        None => Ok(json.unwrap_or(Json::String(raw.to_string()))),
+    }
+}
+
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
         .collect()
 }
 
-fn walk_table(text: &str, table: &DeTable<'_>, path: &str, issues: &mut Vec<ConfigIssue>) {
-    for (key, value) in table.iter() {
-        let key = key.get_ref();
-        let path = if path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{path}.{key}")
-        };
-        walk_value(text, value, &path, issues);
-    }
+struct Walk<'t> {
+    text: &'t str,
+    /// Byte offset where each line starts (the first is 0).
+    line_starts: Vec<usize>,
+    places: Places,
+    issues: Vec<ConfigIssue>,
+    left_out: Vec<String>,
 }
 
-fn walk_value(text: &str, value: &Spanned<DeValue<'_>>, path: &str, issues: &mut Vec<ConfigIssue>) {
-    let at = || {
-        let (line, column) = line_column(text.as_bytes(), value.span().start);
-        format!("line {line}, column {column}")
-    };
-    match value.get_ref() {
-        DeValue::Integer(i) => {
-            if i64::from_str_radix(i.as_str(), i.radix()).is_err() {
-                let (what, bound) = if i.as_str().starts_with('-') {
-                    ("small", format!("down to {}", i64::MIN))
-                } else {
-                    ("large", format!("up to {}", i64::MAX))
-                };
-                issues.push(ConfigIssue {
-                    key: path.to_string(),
-                    message: format!(
-                        "{}: {} is too {what} for any setting (whole numbers go {bound})",
-                        at(),
-                        &text[value.span()],
-                    ),
-                });
+impl Walk<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        // Lines found once: every key of a long file is placed.
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line.saturating_sub(1)];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(1, |s| s.chars().count() + 1);
+        (line, column)
+    }
+
+    fn note(
+        &mut self,
+        path: &str,
+        key: Option<&std::ops::Range<usize>>,
+        value: &std::ops::Range<usize>,
+        value_kind: Option<&DeValue<'_>>,
+    ) {
+        let short = value.end.saturating_sub(value.start) <= 80
+            && !matches!(value_kind, Some(DeValue::Table(_)) | None);
+        let spot = Spot {
+            key: key.map(|k| self.position(k.start)),
+            value: self.position(value.start),
+            written: short.then_some((value.start, value.end)),
+        };
+        // A table header seen again (`[[machine]]`, then `[machine.state]`)
+        // keeps its first place.
+        self.places.spots.entry(path.to_string()).or_insert(spot);
+    }
+
+    fn table(&mut self, table: &DeTable<'_>, path: &str) -> Json {
+        let mut map = serde_json::Map::new();
+        for (key, value) in table.iter() {
+            let name = key.get_ref();
+            let child = if path.is_empty() {
+                name.to_string()
+            } else {
+                format!("{path}.{name}")
+            };
+            self.note(
+                &child,
+                Some(&key.span()),
+                &value.span(),
+                Some(value.get_ref()),
+            );
+            if let Some(v) = self.value(value, &child) {
+                map.insert(name.to_string(), v);
             }
         }
-        DeValue::Float(f) => {
-            let finite = f.as_str().parse::<f64>().is_ok_and(f64::is_finite);
-            if !finite {
-                issues.push(ConfigIssue {
-                    key: path.to_string(),
-                    message: format!(
-                        "{}: {} is not a finite number; every number in the config must be finite",
-                        at(),
-                        &text[value.span()]
-                    ),
-                });
+        Json::Object(map)
+    }
+
+    /// `None`: a number the config cannot hold (reported, left out).
+    fn value(&mut self, value: &Spanned<DeValue<'_>>, path: &str) -> Option<Json> {
+        let (line, column) = self.position(value.span().start);
+        let written = self.text.get(value.span()).unwrap_or("").to_string();
+        let refuse = |this: &mut Self, message: String| {
+            this.issues.push(ConfigIssue {
+                key: path.to_string(),
+                message,
+                place: Place::File { line, column },
+            });
+            this.left_out.push(path.to_string());
+            None
+        };
+        match value.get_ref() {
+            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Some(Json::from(n)),
+                Err(_) => {
+                    let (what, bound) = if i.as_str().starts_with('-') {
+                        ("small", format!("down to {}", i64::MIN))
+                    } else {
+                        ("large", format!("up to {}", i64::MAX))
+                    };
+                    refuse(
+                        self,
+                        format!("{written} is too {what} for any setting (whole numbers go {bound})"),
+                    )
+                }
+            },
+            DeValue::Float(f) => match f
+                .as_str()
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+            {
+                Some(n) => Some(Json::Number(n)),
+                None => refuse(
+                    self,
+                    format!("{written} is not a finite number; every number in the config must be finite"),
+                ),
+            },
+            DeValue::String(s) => Some(Json::String(s.to_string())),
+            DeValue::Boolean(b) => Some(Json::Bool(*b)),
+            // Dates and times are read as written (`holidays = [2026-12-25]`, `start = 06:00`).
+            DeValue::Datetime(_) => Some(Json::String(written)),
+            DeValue::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (n, item) in items.iter().enumerate() {
+                    let child = format!("{path}[{n}]");
+                    self.note(&child, None, &item.span(), Some(item.get_ref()));
+                    // An item left out stays as a hole, so the others keep their index.
+                    out.push(self.value(item, &child).unwrap_or(Json::Null));
+                }
+                Some(Json::Array(out))
             }
+            DeValue::Table(t) => Some(self.table(t, path)),
         }
-        DeValue::Array(items) => {
-            for (n, item) in items.iter().enumerate() {
-                walk_value(text, item, &format!("{path}[{n}]"), issues);
-            }
-        }
-        DeValue::Table(t) => walk_table(text, t, path, issues),
-        DeValue::String(_) | DeValue::Boolean(_) | DeValue::Datetime(_) => {}
     }
 }
 
@@ -151,7 +342,8 @@ mod tests {
         let text = "[[bus]]\nid = \"a\"\ntimeout_ms = 99999999999999999999\ndelay_ms = -99999999999999999999\n\
                     [[machine]]\n[machine.orders]\nquantity = { max = inf, min = 1.0 }\n\
                     params = { speed = { max = nan } }\n[[machine]]\nx = [1.0, -inf]\n";
-        let issues = number_issues(text);
+        let tree = parse(text).unwrap();
+        let issues = tree.issues;
         let mut keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
         keys.sort();
         assert_eq!(
@@ -164,22 +356,95 @@ mod tests {
                 "machine[1].x[1]",
             ]
         );
-        let of = |key: &str| {
-            issues
-                .iter()
-                .find(|i| i.key == key)
-                .unwrap()
-                .message
-                .clone()
+        let of = |key: &str| issues.iter().find(|i| i.key == key).unwrap().clone();
+        assert_eq!(
+            of("bus[0].timeout_ms").place,
+            Place::File {
+                line: 3,
+                column: 14
+            }
+        );
+        assert!(of("bus[0].delay_ms").message.contains("too small"));
+        assert!(of("machine[0].orders.quantity.max")
+            .message
+            .contains("inf is not a finite number"));
+        // Left out of the tree; the array keeps its other item in place.
+        assert!(tree.value["bus"][0].get("timeout_ms").is_none());
+        assert_eq!(
+            tree.value["machine"][1]["x"],
+            serde_json::json!([1.0, null])
+        );
+        let dates = parse("d = [2026-12-25]\nt = 06:00\n").unwrap().value;
+        assert_eq!(
+            dates,
+            serde_json::json!({"d": ["2026-12-25"], "t": "06:00"})
+        );
+    }
+
+    #[test]
+    fn every_syntax_error_is_placed() {
+        let issues = parse("[gateway]\nid = \"a\"\nid = \"b\"\n[bus\n").unwrap_err();
+        assert!(issues.len() >= 2, "{issues:?}");
+        assert_eq!(issues[0].place, Place::File { line: 3, column: 1 });
+        assert!(issues[0].message.contains("duplicate key"), "{issues:?}");
+    }
+
+    #[test]
+    fn keys_values_and_array_tables_are_placed() {
+        let text = "[gateway]\nid = \"g\"\n\n[[machine]]\nid = \"m\"\n[[machine.signal]]\nname = \"a\"\ntype = \"uint32\"\n";
+        let p = parse(text).unwrap().places;
+        assert_eq!(
+            p.place("machine[0].signal[0].type", true),
+            Place::File { line: 8, column: 1 }
+        );
+        assert_eq!(
+            p.place("machine[0].signal[0].type", false),
+            Place::File { line: 8, column: 8 }
+        );
+        assert_eq!(p.written("machine[0].signal[0].type"), Some("\"uint32\""));
+        // Not in the file: its nearest ancestor.
+        assert_eq!(
+            p.place("machine[0].signal[0].scale", true),
+            p.place("machine[0].signal[0]", false)
+        );
+        assert!(matches!(
+            p.place("machine[0]", false),
+            Place::File { line: 4 | 5, .. }
+        ));
+    }
+
+    #[test]
+    fn positions_of_the_walk_are_those_of_line_column() {
+        let text = "a = 1\n\n[t]\nä = \"é\"\nb = [1,\n  2]\n";
+        let walk = Walk {
+            text,
+            line_starts: line_starts(text),
+            places: Places::default(),
+            issues: Vec::new(),
+            left_out: Vec::new(),
         };
-        assert!(
-            of("bus[0].timeout_ms").contains("line 3, column 14"),
-            "{issues:?}"
+        for offset in 0..=text.len() {
+            if text.is_char_boundary(offset) {
+                assert_eq!(
+                    walk.position(offset),
+                    line_column(text.as_bytes(), offset),
+                    "{offset}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn environment_values_are_toml_or_text() {
+        assert_eq!(env_value("5").unwrap(), serde_json::json!(5));
+        assert_eq!(
+            env_value("gw-line3").unwrap(),
+            serde_json::json!("gw-line3")
         );
-        assert!(of("bus[0].delay_ms").contains("too small"), "{issues:?}");
-        assert!(
-            of("machine[0].orders.quantity.max").contains("inf is not a finite number"),
-            "{issues:?}"
-        );
+        assert_eq!(env_value("[1, 2]").unwrap(), serde_json::json!([1, 2]));
+        assert_eq!(env_value("06:00").unwrap(), serde_json::json!("06:00"));
+        assert!(env_value("nan")
+            .unwrap_err()
+            .contains("not a finite number"));
     }
 }

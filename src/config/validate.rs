@@ -16,6 +16,39 @@ pub struct ConfigIssue {
     /// Key path, e.g. `machine[2].signal[0].type`.
     pub key: String,
     pub message: String,
+    /// Where the key is written (filled in by loading, from the file's text).
+    pub place: Place,
+}
+
+/// Where a config problem is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Place {
+    /// Not known (the key is not in the file, nor any key above it).
+    #[default]
+    Unknown,
+    /// Line and column in the file, both from 1.
+    File { line: usize, column: usize },
+    /// Set by this environment override.
+    Env { variable: String },
+}
+
+impl ConfigIssue {
+    /// The issue as one line of a report about `file`:
+    /// `linegate.toml:12:1: `machine[0].signal[0].typ`: ...`.
+    pub fn in_file(&self, file: &std::path::Path) -> String {
+        self.labelled_in_file(file, "")
+    }
+
+    /// [`ConfigIssue::in_file`] with a label after the place (`"warning: "`).
+    pub fn labelled_in_file(&self, file: &std::path::Path, label: &str) -> String {
+        match &self.place {
+            Place::File { line, column } => {
+                format!("{}:{line}:{column}: {label}{self}", file.display())
+            }
+            Place::Env { variable } => format!("{variable} (environment): {label}{self}"),
+            Place::Unknown => format!("{}: {label}{self}", file.display()),
+        }
+    }
 }
 
 impl fmt::Display for ConfigIssue {
@@ -31,6 +64,7 @@ impl Issues {
         self.0.push(ConfigIssue {
             key: key.into(),
             message: message.into(),
+            place: Place::Unknown,
         });
     }
 }
@@ -77,6 +111,56 @@ pub fn uplink_warnings(u: &UplinkConfig) -> Vec<ConfigIssue> {
                 u.url
             ),
         );
+    }
+    issues.0
+}
+
+/// Addresses that look copied from a manual's 1-based numbering: holding
+/// 40001..=49999 and input 30001..=39999 ("40001" is holding address 0).
+/// They may be real (a large device), so they are warnings, not errors.
+pub fn address_warnings(config: &Config) -> Vec<ConfigIssue> {
+    let mut issues = Issues(Vec::new());
+    for (i, m) in config.machine.iter().enumerate() {
+        let signals = m.signal.iter().enumerate().filter_map(|(j, s)| {
+            Some((
+                format!("machine[{i}].signal[{j}].address"),
+                s.area?,
+                s.address?,
+            ))
+        });
+        let orders = m.orders.iter().flat_map(|o| {
+            [
+                ("order_number".to_string(), &o.order_number),
+                ("product_code".to_string(), &o.product_code),
+                ("quantity".to_string(), &o.quantity),
+                ("start".to_string(), &o.start),
+            ]
+            .into_iter()
+            .chain(o.params.iter().map(|(k, r)| (format!("params.{k}"), r)))
+            .map(move |(name, r)| {
+                (
+                    format!("machine[{i}].orders.{name}.address"),
+                    r.area,
+                    r.address,
+                )
+            })
+        });
+        for (key, area, address) in signals.chain(orders) {
+            let prefix = match (area, address) {
+                (Area::Holding, 40001..=49999) => 40001,
+                (Area::Input, 30001..=39999) => 30001,
+                _ => continue,
+            };
+            issues.push(
+                key,
+                format!(
+                    "{area} {address} looks like a 1-based number from a manual ({prefix} is {area} address 0): \
+                     linegate uses 0-based protocol addresses, so that would be address = {}; \
+                     if the device really has {area} register {address}, leave it",
+                    address - prefix
+                ),
+            );
+        }
     }
     issues.0
 }

@@ -25,7 +25,7 @@ use rustc_hash::FxHashMap;
 
 use evalexpr::{
     build_operator_tree, Context, DefaultNumericTypes, EvalexprError, EvalexprResult, Node,
-    Value as EvalValue,
+    Operator, Value as EvalValue,
 };
 
 use crate::config::{DataType, SignalConfig, StateRulesConfig};
@@ -279,6 +279,157 @@ fn type_name(v: &EvalValue) -> &'static str {
     }
 }
 
+/// A parse error of a rule, in the technician's words (never the
+/// expression library's own: "Tried to append a node to a leaf node").
+fn syntax_words(e: &EvalexprError) -> String {
+    match e {
+        EvalexprError::AppendedToLeafNode | EvalexprError::MissingOperatorOutsideOfBrace => {
+            "two values stand side by side with no operator between them (e.g. `mode 2`: write `mode == 2`)".into()
+        }
+        EvalexprError::WrongOperatorArgumentAmount { .. } => {
+            "an operator has no value on one side (`a &&` needs another value: `a && b`)".into()
+        }
+        EvalexprError::UnmatchedLBrace => "a `(` is never closed".into(),
+        EvalexprError::UnmatchedRBrace => "a `)` has no `(` before it".into(),
+        EvalexprError::UnmatchedDoubleQuote => "a `\"` is never closed".into(),
+        EvalexprError::UnmatchedPartialToken { .. } => {
+            "a lone `&`, `|` or `=`: write `&&`, `||` or `==`".into()
+        }
+        EvalexprError::IllegalEscapeSequence(_) => "a `\\` in a text that is not `\\\\` or `\\\"`".into(),
+        _ => "use signal names, numbers, \"text\", == != < > <= >=, && || !, + - * / % and ( )".into(),
+    }
+}
+
+/// The signal a rule is, when it is nothing but one signal (`down = "alarm"`).
+fn single_signal(tree: &Node) -> Option<&str> {
+    let mut node = tree;
+    loop {
+        match (node.operator(), node.children()) {
+            (Operator::RootNode, [only]) => node = only,
+            (Operator::VariableIdentifierRead { identifier }, _) => return Some(identifier),
+            _ => return None,
+        }
+    }
+}
+
+/// What kind of value an operator needs.
+#[derive(Clone, Copy, PartialEq)]
+enum Needs {
+    TrueFalse,
+    Number,
+    NumberOrText,
+}
+
+/// The first operator (innermost first) of `tree` that is given a value
+/// of the wrong kind at the probe values: which signal (or part of the
+/// rule), what it is, what the operator needs. `None` if none is found.
+fn kind_problem(tree: &Node, probe: &SignalValues, signals: &[SignalConfig]) -> Option<String> {
+    for child in tree.children() {
+        if let Some(p) = kind_problem(child, probe, signals) {
+            return Some(p);
+        }
+    }
+    let (symbol, needs) = match tree.operator() {
+        Operator::And => ("&&", Needs::TrueFalse),
+        Operator::Or => ("||", Needs::TrueFalse),
+        Operator::Not => ("!", Needs::TrueFalse),
+        Operator::Gt => (">", Needs::Number),
+        Operator::Lt => ("<", Needs::Number),
+        Operator::Geq => (">=", Needs::Number),
+        Operator::Leq => ("<=", Needs::Number),
+        Operator::Sub => ("-", Needs::Number),
+        Operator::Neg => ("-", Needs::Number),
+        Operator::Mul => ("*", Needs::Number),
+        Operator::Div => ("/", Needs::Number),
+        Operator::Mod => ("%", Needs::Number),
+        Operator::Exp => ("^", Needs::Number),
+        Operator::Add => ("+", Needs::NumberOrText),
+        _ => return None,
+    };
+    for child in tree.children() {
+        let Ok(value) = child.eval_with_context(probe) else {
+            continue;
+        };
+        let fits = matches!(
+            (needs, &value),
+            (Needs::TrueFalse, EvalValue::Boolean(_))
+                | (
+                    Needs::Number | Needs::NumberOrText,
+                    EvalValue::Int(_) | EvalValue::Float(_)
+                )
+                | (Needs::NumberOrText, EvalValue::String(_))
+        );
+        if fits {
+            continue;
+        }
+        let needed = match needs {
+            Needs::TrueFalse => format!("`{symbol}` needs true/false"),
+            Needs::Number => format!("`{symbol}` needs numbers"),
+            Needs::NumberOrText => format!("`{symbol}` needs numbers (or text)"),
+        };
+        let Some(name) = single_signal(child) else {
+            return Some(format!(
+                "a part of it gives {}, but {needed}",
+                type_name(&value)
+            ));
+        };
+        let declared = signals
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| format!(" (type {})", s.data_type))
+            .unwrap_or_default();
+        let hint = match (needs, &value) {
+            (Needs::TrueFalse, EvalValue::String(_)) => {
+                format!("compare it, e.g. `{name} == \"AUTO\"`")
+            }
+            (Needs::TrueFalse, _) => format!("compare it, e.g. `{name} != 0`"),
+            (_, EvalValue::Boolean(_)) => {
+                format!("a bool signal is true/false already: write `{name}` or `!{name}`")
+            }
+            (_, EvalValue::String(_)) => {
+                format!("compare text with == or !=, e.g. `{name} == \"AUTO\"`")
+            }
+            _ => "check the signal's type".into(),
+        };
+        return Some(format!(
+            "signal `{name}` is {}{declared}, but {needed}: {hint}",
+            type_name(&value)
+        ));
+    }
+    None
+}
+
+/// When no operator could be pinned down: what kinds the rule's signals are.
+fn fallback_kind_words(e: &EvalexprError, signals: &[SignalConfig]) -> String {
+    let of = |kinds: &[EvalKind]| {
+        let names: Vec<&str> = signals
+            .iter()
+            .filter(|s| kinds.contains(&EvalKind::of(s)))
+            .map(|s| s.name.as_str())
+            .collect();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    let what = match e {
+        EvalexprError::FunctionIdentifierNotFound(f) => {
+            return format!("`{f}(...)` is not a function a rule can use")
+        }
+        EvalexprError::WrongFunctionArgumentAmount { .. } => {
+            return "a function is given the wrong number of values".into()
+        }
+        _ => "it mixes true/false, numbers and text where they do not go together",
+    };
+    format!(
+        "{what} (true/false signals: {}; number signals: {}; text signals: {})",
+        of(&[EvalKind::Bool]),
+        of(&[EvalKind::Int, EvalKind::Float]),
+        of(&[EvalKind::Text])
+    )
+}
+
 impl StateRules {
     /// Compile a machine's rules; without `[machine.state]` the machine is
     /// `idle` whenever it can be read. Returns every problem found.
@@ -324,7 +475,10 @@ impl StateRules {
             let tree = match build_operator_tree::<DefaultNumericTypes>(text) {
                 Ok(t) => t,
                 Err(e) => {
-                    problem(format!("rule {name} = {text:?} is not an expression: {e}"));
+                    problem(format!(
+                        "rule {name} = {text:?} is not an expression: {}",
+                        syntax_words(&e)
+                    ));
                     continue;
                 }
             };
@@ -352,19 +506,40 @@ impl StateRules {
                 match tree.eval_with_context(probe) {
                     Ok(EvalValue::Boolean(_)) => {}
                     Ok(other) => {
+                        let what = match single_signal(&tree) {
+                            Some(s) => {
+                                format!("signal `{s}` alone, which is {}", type_name(&other))
+                            }
+                            None => type_name(&other).to_string(),
+                        };
+                        let example = single_signal(&tree).unwrap_or("x");
                         problem(format!(
-                            "rule {name} = {text:?} gives {} instead of true/false; compare it, e.g. `x != 0`",
-                            type_name(&other)
+                            "rule {name} = {text:?} gives {what} instead of true/false; compare it, e.g. `{example} != 0`"
                         ));
                         typed = false;
                     }
                     Err(e) if is_probe_accident(&e) => {}
                     Err(e @ EvalexprError::WrongOperatorArgumentAmount { .. }) => {
-                        problem(format!("rule {name} = {text:?} is not an expression: {e}"));
+                        problem(format!(
+                            "rule {name} = {text:?} is not an expression: {}",
+                            syntax_words(&e)
+                        ));
+                        typed = false;
+                    }
+                    Err(EvalexprError::FunctionIdentifierNotFound(f))
+                        if known.contains(&f.as_str()) =>
+                    {
+                        // `cycle_active mode` reads as a call of `cycle_active`.
+                        problem(format!(
+                            "rule {name} = {text:?} is not an expression: {}",
+                            syntax_words(&EvalexprError::AppendedToLeafNode)
+                        ));
                         typed = false;
                     }
                     Err(e) => {
-                        problem(format!("rule {name} = {text:?} has a type error: {e}"));
+                        let why = kind_problem(&tree, probe, signals)
+                            .unwrap_or_else(|| fallback_kind_words(&e, signals));
+                        problem(format!("rule {name} = {text:?} has a type error: {why}"));
                         typed = false;
                     }
                 }
@@ -597,6 +772,45 @@ mod tests {
         );
         assert_eq!(p[0].rule, "running");
         assert!(p[0].message.contains("type error"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn expression_errors_say_which_signal_and_what_was_expected_not_the_library_internals() {
+        for (running, says) in [
+            (
+                "cycle_active && spindle_rpm",
+                "signal `spindle_rpm` is a float (type u16), but `&&` needs true/false: compare it, e.g. `spindle_rpm != 0`",
+            ),
+            (
+                "cycle_active > 0",
+                "signal `cycle_active` is a boolean (type bool), but `>` needs numbers: a bool signal is true/false already",
+            ),
+            ("!mode", "signal `mode` is an integer (type i16), but `!` needs true/false"),
+            ("cycle_active mode", "two values stand side by side with no operator"),
+            ("cycle_active &&", "an operator has no value on one side"),
+            ("(mode == 2", "a `(` is never closed"),
+            ("mode == 2)", "a `)` has no `(`"),
+            ("cycle_active & mode == 1", "a lone `&`, `|` or `=`"),
+        ] {
+            let p = check(&rules(running, "alarm_code != 0", "mode == 2"), &signals());
+            assert_eq!(p.len(), 1, "{running}: {p:?}");
+            let m = &p[0].message;
+            assert!(m.contains(says), "{running}: {m}");
+            for internal in ["leaf node", "Value::", "Expected a", "Int(", "Boolean("] {
+                assert!(!m.contains(internal), "{running}: leaks {internal:?}: {m}");
+            }
+        }
+        let p = check(
+            &rules("cycle_active", "alarm_code", "mode == 2"),
+            &signals(),
+        );
+        assert!(
+            p[0].message
+                .contains("gives signal `alarm_code` alone, which is an integer")
+                && p[0].message.contains("`alarm_code != 0`"),
+            "{}",
+            p[0].message
+        );
     }
 
     #[test]
