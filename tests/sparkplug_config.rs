@@ -26,7 +26,8 @@ address = 100
 type = "u32"
 "#;
 
-const UPLINK: &str = "\n[uplink]\nurl = \"mqtt://central.example:1883\"\nusername = \"gw\"\npassword_env = \"PW\"\n";
+const UPLINK: &str =
+    "\n[uplink]\nurl = \"mqtt://central.example:1883\"\nusername = \"gw\"\npassword_env = \"PW\"\n";
 
 fn load(extra: &str) -> Result<Config, ConfigError> {
     Config::from_toml(&format!("{BASE}{extra}"), Path::new("test.toml"))
@@ -77,25 +78,39 @@ fn ids_with_topic_characters_are_refused_by_key() {
     let e = error_of(&format!(
         "{UPLINK}\n[sparkplug]\ngroup_id = \"line/2\"\nedge_node_id = \"gw+\"\nprimary_host_id = \"\"\n"
     ));
-    for key in ["sparkplug.group_id", "sparkplug.edge_node_id", "sparkplug.primary_host_id"] {
+    for key in [
+        "sparkplug.group_id",
+        "sparkplug.edge_node_id",
+        "sparkplug.primary_host_id",
+    ] {
         assert!(e.contains(key), "{key} not named in: {e}");
     }
 }
 
 #[test]
 fn an_empty_or_shared_client_id_is_refused() {
-    let e = error_of(&format!("{UPLINK}\n[sparkplug]\ngroup_id = \"l\"\nclient_id = \"\"\n"));
+    let e = error_of(&format!(
+        "{UPLINK}\n[sparkplug]\ngroup_id = \"l\"\nclient_id = \"\"\n"
+    ));
     assert!(e.contains("sparkplug.client_id"), "{e}");
     let e = error_of(&format!(
         "{UPLINK}\n[sparkplug]\ngroup_id = \"l\"\nclient_id = \"linegate-gw-line2\"\n"
     ));
-    assert!(e.contains("sparkplug.client_id") && e.contains("uplink"), "{e}");
+    assert!(
+        e.contains("sparkplug.client_id") && e.contains("uplink"),
+        "{e}"
+    );
 }
 
 #[test]
 fn credentials_without_an_own_url_are_refused() {
-    let e = error_of(&format!("{UPLINK}\n[sparkplug]\ngroup_id = \"l\"\nusername = \"x\"\n"));
-    assert!(e.contains("sparkplug.username") && e.contains("sparkplug.url"), "{e}");
+    let e = error_of(&format!(
+        "{UPLINK}\n[sparkplug]\ngroup_id = \"l\"\nusername = \"x\"\n"
+    ));
+    assert!(
+        e.contains("sparkplug.username") && e.contains("sparkplug.url"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -103,7 +118,12 @@ fn bounds_and_unknown_keys_are_named() {
     let e = error_of(&format!(
         "{UPLINK}\n[sparkplug]\ngroup_id = \"l\"\nkeepalive_s = 1\nhistory_max_rows = 0\n"
     ));
-    assert!(e.contains("sparkplug.keepalive_s") && e.contains("sparkplug.history_max_rows"), "{e}");
-    let e = error_of(&format!("{UPLINK}\n[sparkplug]\ngroup_id = \"l\"\ngrup = 1\n"));
+    assert!(
+        e.contains("sparkplug.keepalive_s") && e.contains("sparkplug.history_max_rows"),
+        "{e}"
+    );
+    let e = error_of(&format!(
+        "{UPLINK}\n[sparkplug]\ngroup_id = \"l\"\ngrup = 1\n"
+    ));
     assert!(e.contains("grup"), "{e}");
 }

@@ -95,11 +95,15 @@ async fn a_sparkplug_host_sees_births_data_by_exception_rebirth_and_a_device_out
     let line = Line::start(10.0, &extra).await;
     let mut agent = Agent::start(&line, 1);
 
-    host.wait_for("DBIRTH of both machines and data", Duration::from_secs(20), |m| {
-        count(m, "DBIRTH", Some("sim01")) >= 1
-            && count(m, "DBIRTH", Some("sim02")) >= 1
-            && count(m, "DDATA", None) >= 10
-    });
+    host.wait_for(
+        "DBIRTH of both machines and data",
+        Duration::from_secs(20),
+        |m| {
+            count(m, "DBIRTH", Some("sim01")) >= 1
+                && count(m, "DBIRTH", Some("sim02")) >= 1
+                && count(m, "DDATA", None) >= 10
+        },
+    );
     let all = host.messages();
     let nodes = node_messages(&all);
     assert_eq!(kind(nodes[0]), "NBIRTH", "the first message is NBIRTH");
@@ -121,7 +125,11 @@ async fn a_sparkplug_host_sees_births_data_by_exception_rebirth_and_a_device_out
         ("Order/Id", 12),
         ("Order/Quantity", 8),
     ] {
-        assert_eq!(types.get(name), Some(&want), "datatype of {name}: {types:?}");
+        assert_eq!(
+            types.get(name),
+            Some(&want),
+            "datatype of {name}: {types:?}"
+        );
     }
 
     // Values: what the machines hold, read independently, arrives.
@@ -142,9 +150,9 @@ async fn a_sparkplug_host_sees_births_data_by_exception_rebirth_and_a_device_out
             // The value in force then: the last sent before the read, or one sent around it.
             let current = seen
                 .iter()
-                .filter(|(t, _, _)| *t <= read_at + 200)
-                .map(|(_, v, _)| v)
-                .last();
+                .rev()
+                .find(|(t, _, _)| *t <= read_at + 200)
+                .map(|(_, v, _)| v);
             let candidates: Vec<&Value> = near.into_iter().chain(current).collect();
             let hit = match value {
                 Value::Number(n) if n.is_f64() => {
@@ -154,7 +162,7 @@ async fn a_sparkplug_host_sees_births_data_by_exception_rebirth_and_a_device_out
                     let hi = xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     x >= lo - 1e-3 && x <= hi + 1e-3
                 }
-                other => candidates.iter().any(|v| *v == other),
+                other => candidates.contains(&other),
             };
             assert!(
                 hit,
@@ -166,18 +174,27 @@ async fn a_sparkplug_host_sees_births_data_by_exception_rebirth_and_a_device_out
     // Rebirth on NCMD: a new NBIRTH (same bdSeq), then both DBIRTHs again.
     let nbirths = count(&all, "NBIRTH", None);
     host.command(&format!("rebirth {GROUP} {NODE}"));
-    host.wait_for("NBIRTH and DBIRTHs after the rebirth command", Duration::from_secs(10), |m| {
-        count(m, "NBIRTH", None) > nbirths && count(m, "DBIRTH", Some("sim02")) >= 2
-    });
+    host.wait_for(
+        "NBIRTH and DBIRTHs after the rebirth command",
+        Duration::from_secs(10),
+        |m| count(m, "NBIRTH", None) > nbirths && count(m, "DBIRTH", Some("sim02")) >= 2,
+    );
 
     // DCMD: refused, logged, nothing written.
     host.command(&format!("dcmd {GROUP} {NODE} sim01 Signals/mode 2"));
     let deadline = Instant::now() + Duration::from_secs(5);
     while !agent.log_text().contains("DCMD refused") {
-        assert!(Instant::now() < deadline, "no DCMD refusal in the agent log:\n{}", agent.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no DCMD refusal in the agent log:\n{}",
+            agent.log_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!agent.log_text().contains("write request"), "a DCMD led to a write");
+    assert!(
+        !agent.log_text().contains("write request"),
+        "a DCMD led to a write"
+    );
 
     // Device outage: DDEATH when it goes silent, DBIRTH when it answers again.
     let before = count(&host.messages(), "DDEATH", Some("sim02"));
@@ -187,9 +204,11 @@ async fn a_sparkplug_host_sees_births_data_by_exception_rebirth_and_a_device_out
     });
     let births = count(&host.messages(), "DBIRTH", Some("sim02"));
     line.sim.set_silent("sim02", false).expect("wake sim02");
-    host.wait_for("DBIRTH of sim02 after its outage", Duration::from_secs(10), |m| {
-        count(m, "DBIRTH", Some("sim02")) > births
-    });
+    host.wait_for(
+        "DBIRTH of sim02 after its outage",
+        Duration::from_secs(10),
+        |m| count(m, "DBIRTH", Some("sim02")) > births,
+    );
     let all = host.messages();
     let death = node_messages(&all)
         .into_iter()
@@ -200,14 +219,22 @@ async fn a_sparkplug_host_sees_births_data_by_exception_rebirth_and_a_device_out
         .filter(|e| device(e) == "sim02")
         .flat_map(|e| metrics(e).iter())
         .any(|m| m["name"] == "State/State" && m["value"] == "offline");
-    assert!(offline_sent, "State/State offline was not sent before the DDEATH");
+    assert!(
+        offline_sent,
+        "State/State offline was not sent before the DDEATH"
+    );
 
     // SIGTERM: NDEATH with the bdSeq of the NBIRTH.
     agent.terminate();
-    host.wait_for("NDEATH", Duration::from_secs(5), |m| count(m, "NDEATH", None) >= 1);
+    host.wait_for("NDEATH", Duration::from_secs(5), |m| {
+        count(m, "NDEATH", None) >= 1
+    });
     let all = host.messages();
     let checked = check_protocol(&all);
-    assert_eq!(checked.ending_ndeaths, 1, "the NDEATH must carry the NBIRTH's bdSeq");
+    assert_eq!(
+        checked.ending_ndeaths, 1,
+        "the NDEATH must carry the NBIRTH's bdSeq"
+    );
     assert!(checked.nbirths.len() >= 2);
     assert!(
         checked.nbirths.windows(2).all(|w| w[0] == w[1]),
@@ -223,7 +250,10 @@ async fn a_sparkplug_host_sees_births_data_by_exception_rebirth_and_a_device_out
     for e in node_messages(&all) {
         for m in metrics(e).iter().filter(|m| m["is_historical"] == true) {
             let t = m["timestamp"].as_u64().unwrap_or(u64::MAX);
-            assert!(t <= first_birth, "historical metric read after the first NBIRTH on the calm path: {m}");
+            assert!(
+                t <= first_birth,
+                "historical metric read after the first NBIRTH on the calm path: {m}"
+            );
         }
     }
     assert!(checked.data_metrics > 0);
@@ -264,14 +294,20 @@ async fn with_a_primary_host_data_waits_for_it_and_arrives_historical_after_outa
 
     // No NBIRTH while the host has said nothing.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(count(&host.messages(), "NBIRTH", None), 0, "NBIRTH before the host's STATE");
+    assert_eq!(
+        count(&host.messages(), "NBIRTH", None),
+        0,
+        "NBIRTH before the host's STATE"
+    );
     host.command("state online");
     host.wait_for("NBIRTH after STATE online", Duration::from_secs(10), |m| {
         count(m, "NBIRTH", None) >= 1 && count(m, "DBIRTH", None) >= 2
     });
-    host.wait_for("historical values from before the host came", Duration::from_secs(10), |m| {
-        check_protocol(m).historical_metrics > 0
-    });
+    host.wait_for(
+        "historical values from before the host came",
+        Duration::from_secs(10),
+        |m| check_protocol(m).historical_metrics > 0,
+    );
 
     // A broker outage: what was read meanwhile arrives, historical.
     let outage_from = epoch_ms();
@@ -279,16 +315,22 @@ async fn with_a_primary_host_data_waits_for_it_and_arrives_historical_after_outa
     std::thread::sleep(Duration::from_secs(3));
     broker.resume();
     let outage_to = epoch_ms();
-    host.wait_for("a new NBIRTH after the broker came back", Duration::from_secs(15), |m| {
-        count(m, "NBIRTH", None) >= 2
-    });
-    host.wait_for("historical values read during the outage", Duration::from_secs(15), |m| {
-        ["sim01", "sim02"].iter().any(|d| {
-            values_of(m, d, "Signals/part_count")
-                .iter()
-                .any(|(t, _, h)| *h && *t > outage_from + 500 && *t < outage_to)
-        })
-    });
+    host.wait_for(
+        "a new NBIRTH after the broker came back",
+        Duration::from_secs(15),
+        |m| count(m, "NBIRTH", None) >= 2,
+    );
+    host.wait_for(
+        "historical values read during the outage",
+        Duration::from_secs(15),
+        |m| {
+            ["sim01", "sim02"].iter().any(|d| {
+                values_of(m, d, "Signals/part_count")
+                    .iter()
+                    .any(|(t, _, h)| *h && *t > outage_from + 500 && *t < outage_to)
+            })
+        },
+    );
     std::thread::sleep(Duration::from_secs(2));
     let all = host.messages();
     for machine in ["sim01", "sim02"] {
@@ -310,12 +352,17 @@ async fn with_a_primary_host_data_waits_for_it_and_arrives_historical_after_outa
         .call_blocking(|c| linegate::sparkplug::history::rows_after(c, 0, 1_000_000))
         .expect("read the history");
     drop(store);
-    assert!(!stored.is_empty(), "nothing stored while the host was offline");
+    assert!(
+        !stored.is_empty(),
+        "nothing stored while the host was offline"
+    );
     let stored: HashSet<(String, String, u64)> = stored
         .into_iter()
         .map(|(_, r)| {
-            let m = <linegate::sparkplug::proto::Metric as prost::Message>::decode(r.encoded.as_slice())
-                .expect("stored metric decodes");
+            let m = <linegate::sparkplug::proto::Metric as prost::Message>::decode(
+                r.encoded.as_slice(),
+            )
+            .expect("stored metric decodes");
             (r.machine, r.metric, m.timestamp.unwrap_or(0))
         })
         .collect();
@@ -324,22 +371,29 @@ async fn with_a_primary_host_data_waits_for_it_and_arrives_historical_after_outa
     std::thread::sleep(Duration::from_secs(2));
     let births_before = count(&host.messages(), "NBIRTH", None);
     host.command("state online");
-    host.wait_for("every stored metric, historical", Duration::from_secs(20), |m| {
-        let got: HashSet<(String, String, u64)> = node_messages(m)
-            .into_iter()
-            .filter(|e| kind(e) == "DDATA")
-            .flat_map(|e| {
-                metrics(e).iter().filter(|x| x["is_historical"] == true).map(move |x| {
-                    (
-                        device(e).to_string(),
-                        x["name"].as_str().unwrap_or("").to_string(),
-                        x["timestamp"].as_u64().unwrap_or(0),
-                    )
+    host.wait_for(
+        "every stored metric, historical",
+        Duration::from_secs(20),
+        |m| {
+            let got: HashSet<(String, String, u64)> = node_messages(m)
+                .into_iter()
+                .filter(|e| kind(e) == "DDATA")
+                .flat_map(|e| {
+                    metrics(e)
+                        .iter()
+                        .filter(|x| x["is_historical"] == true)
+                        .map(move |x| {
+                            (
+                                device(e).to_string(),
+                                x["name"].as_str().unwrap_or("").to_string(),
+                                x["timestamp"].as_u64().unwrap_or(0),
+                            )
+                        })
                 })
-            })
-            .collect();
-        count(m, "NBIRTH", None) > births_before && stored.is_subset(&got)
-    });
+                .collect();
+            count(m, "NBIRTH", None) > births_before && stored.is_subset(&got)
+        },
+    );
     agent.terminate();
     let all = host.messages();
     let checked = check_protocol(&all);
@@ -354,5 +408,9 @@ async fn with_a_primary_host_data_waits_for_it_and_arrives_historical_after_outa
         deaths.iter().any(|d| (d + 1) % 256 == last_birth),
         "the NBIRTH after the kill ({last_birth}) takes the bdSeq after the killed connection's will ({deaths:?})"
     );
-    assert_eq!(deaths.last(), Some(&last_birth), "the last NDEATH ends the last session");
+    assert_eq!(
+        deaths.last(),
+        Some(&last_birth),
+        "the last NDEATH ends the last session"
+    );
 }

@@ -330,6 +330,8 @@ impl Edge {
             }
         };
         let now = now_ms();
+        // The first read only takes the values in force: the births carry them.
+        let first = self.periods_after.is_none();
         let mut cursor = self.periods_after.unwrap_or(0);
         for (id, p) in periods {
             cursor = cursor.max(id);
@@ -341,7 +343,9 @@ impl Edge {
                 .into_iter()
                 .filter_map(|(name, v)| self.node.set_named(device, name, v, at))
                 .collect();
-            self.emit(device, changes);
+            if !first {
+                self.emit(device, changes);
+            }
         }
         self.periods_after = Some(cursor);
         for (machine, order) in orders {
@@ -364,7 +368,9 @@ impl Edge {
                 .filter_map(|(name, v)| self.node.set_named(device, name, v, now))
                 .collect();
             self.orders.insert(device, o);
-            self.emit(device, changes);
+            if !first {
+                self.emit(device, changes);
+            }
         }
     }
 
@@ -379,13 +385,20 @@ impl Edge {
                 // Its DBIRTH carries the values of now.
                 return;
             }
-            let list: Vec<(usize, Current)> =
-                changes.iter().map(|c| (c.metric, c.current.clone())).collect();
+            let list: Vec<(usize, Current)> = changes
+                .iter()
+                .map(|c| (c.metric, c.current.clone()))
+                .collect();
+            let rows: Vec<HistoryRow> = changes.iter().filter_map(|c| self.row_of(c)).collect();
             if let Some(p) = self.node.device_data(device, &list, false, now_ms()) {
                 self.send(p);
             }
-            let rows: Vec<HistoryRow> = changes.iter().filter_map(|c| self.row_of(c)).collect();
-            self.live.extend(rows);
+            // Sent (to be confirmed), or the link broke on it: kept for later.
+            if self.link == Link::Born {
+                self.live.extend(rows);
+            } else {
+                self.to_store.extend(rows);
+            }
         } else {
             let rows: Vec<HistoryRow> = changes.iter().filter_map(|c| self.row_of(c)).collect();
             self.to_store.extend(rows);
@@ -428,7 +441,9 @@ impl Edge {
                 max_rows = max,
                 "sparkplug: history full, oldest values dropped (signal values first; counted)"
             ),
-            Err(e) => error!(error = %e, rows = n, "sparkplug: could not store metric values for later; they are lost"),
+            Err(e) => {
+                error!(error = %e, rows = n, "sparkplug: could not store metric values for later; they are lost")
+            }
         }
     }
 
@@ -570,7 +585,10 @@ impl Edge {
                 );
                 if self.sp.primary_host_id.is_some() {
                     self.link = Link::WaitingHost;
-                    info!(host = self.sp.primary_host_id.as_deref(), "sparkplug: waiting for the primary host's STATE online");
+                    info!(
+                        host = self.sp.primary_host_id.as_deref(),
+                        "sparkplug: waiting for the primary host's STATE online"
+                    );
                 } else {
                     self.birth();
                 }
@@ -582,8 +600,7 @@ impl Edge {
                     }
                     if !done.stored.is_empty() {
                         let ids = done.stored;
-                        if let Err(e) = self.store.call(move |c| history::delete(c, &ids)).await
-                        {
+                        if let Err(e) = self.store.call(move |c| history::delete(c, &ids)).await {
                             warn!(error = %e, "sparkplug: could not delete replayed values; they may be sent again");
                         }
                     }
@@ -670,6 +687,9 @@ impl Edge {
     }
 
     fn send(&mut self, p: Publish) {
+        if self.conn.is_none() {
+            return;
+        }
         let ok = self.conn.as_ref().is_some_and(|c| {
             c.client
                 .try_publish(p.topic, QoS::AtMostOnce, false, p.payload)
@@ -708,7 +728,12 @@ impl Edge {
     async fn replay(&mut self) {
         while self.link == Link::Born
             && self.replaying
-            && self.confirms.iter().filter(|c| !c.stored.is_empty()).count() < REPLAY_WINDOW
+            && self
+                .confirms
+                .iter()
+                .filter(|c| !c.stored.is_empty())
+                .count()
+                < REPLAY_WINDOW
         {
             let after = self.replay_after;
             let rows = match self
@@ -758,8 +783,8 @@ impl Edge {
                     continue;
                 }
                 if batch_device != Some(device) && !batch.is_empty() {
-                    if let Some(p) = batch_device
-                        .and_then(|bd| self.node.device_data(bd, &batch, true, now))
+                    if let Some(p) =
+                        batch_device.and_then(|bd| self.node.device_data(bd, &batch, true, now))
                     {
                         self.send(p);
                     }

@@ -204,7 +204,12 @@ mod tests {
     fn row(telemetry: bool, n: u8) -> HistoryRow {
         HistoryRow {
             machine: "m1".into(),
-            metric: if telemetry { "Signals/a" } else { "State/State" }.into(),
+            metric: if telemetry {
+                "Signals/a"
+            } else {
+                "State/State"
+            }
+            .into(),
             telemetry,
             encoded: vec![n],
         }
@@ -232,7 +237,10 @@ mod tests {
             .collect();
         assert_eq!(left, vec![1, 3, 4]);
         // Only state rows left beyond the bound: the oldest of them go.
-        assert_eq!(append(&mut c, &[row(false, 5), row(false, 6)], 2).ok(), Some(3));
+        assert_eq!(
+            append(&mut c, &[row(false, 5), row(false, 6)], 2).ok(),
+            Some(3)
+        );
         let left: Vec<u8> = rows_after(&c, 0, 10)
             .expect("rows")
             .into_iter()

@@ -257,11 +257,16 @@ mod tests {
 
     #[test]
     fn a_scaled_integer_signal_is_a_double_and_an_unscaled_one_keeps_its_type() {
-        let plain = signal(serde_json::json!({"name": "count", "type": "u32", "area": "holding", "address": 0}));
+        let plain = signal(
+            serde_json::json!({"name": "count", "type": "u32", "area": "holding", "address": 0}),
+        );
         assert_eq!(signal_datatype(&plain), DataType::UInt32);
-        let scaled = signal(serde_json::json!({"name": "temp", "type": "i16", "area": "holding", "address": 0, "scale": 0.1}));
+        let scaled = signal(
+            serde_json::json!({"name": "temp", "type": "i16", "area": "holding", "address": 0, "scale": 0.1}),
+        );
         assert_eq!(signal_datatype(&scaled), DataType::Double);
-        let coil = signal(serde_json::json!({"name": "run", "type": "u16", "area": "coil", "address": 0}));
+        let coil =
+            signal(serde_json::json!({"name": "run", "type": "u16", "area": "coil", "address": 0}));
         assert_eq!(signal_datatype(&coil), DataType::Boolean);
     }
 

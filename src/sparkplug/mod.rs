@@ -154,7 +154,9 @@ pub fn config_problems(config: &Config) -> Vec<(String, String)> {
     match &sp.url {
         Some(url) if !(url.starts_with("mqtt://") || url.starts_with("mqtts://")) => push(
             "url",
-            format!("{url:?} must start with mqtt:// or mqtts://, e.g. \"mqtt://scada.example:1883\""),
+            format!(
+                "{url:?} must start with mqtt:// or mqtts://, e.g. \"mqtt://scada.example:1883\""
+            ),
         ),
         Some(url) => {
             if let Err(e) = crate::uplink::tls::parse_url(url) {

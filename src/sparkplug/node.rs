@@ -353,7 +353,13 @@ mod tests {
         let mut last = 1;
         for i in 0..300u64 {
             n.set(0, 0, Some(MetricValue::IntValue(i as u32)), 1000 + i);
-            let c = vec![(0, Current { value: Some(MetricValue::IntValue(i as u32)), at_ms: 1000 + i })];
+            let c = vec![(
+                0,
+                Current {
+                    value: Some(MetricValue::IntValue(i as u32)),
+                    at_ms: 1000 + i,
+                },
+            )];
             let d = n.device_data(0, &c, false, 2000).expect("data");
             let seq = decode(&d).seq.expect("seq");
             assert_eq!(seq, (last + 1) % 256);
@@ -386,7 +392,13 @@ mod tests {
         assert_eq!(b.metrics[0].timestamp, Some(123));
         // Not known yet: null, with its type.
         assert_eq!(b.metrics[1].is_null, Some(true));
-        let c = vec![(0, Current { value: Some(MetricValue::IntValue(6)), at_ms: 300 })];
+        let c = vec![(
+            0,
+            Current {
+                value: Some(MetricValue::IntValue(6)),
+                at_ms: 300,
+            },
+        )];
         let d = decode(&n.device_data(0, &c, true, 400).expect("data"));
         assert_eq!(d.metrics[0].name, None);
         assert_eq!(d.metrics[0].alias, Some(alias(0, 0)));
@@ -405,7 +417,13 @@ mod tests {
 
     #[test]
     fn rebirth_is_asked_by_name_or_alias_with_true_only() {
-        let ask = |m: Metric| Payload { metrics: vec![m], ..Default::default() }.encode_to_vec();
+        let ask = |m: Metric| {
+            Payload {
+                metrics: vec![m],
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
         let by_name = ask(Metric {
             name: Some(REBIRTH.into()),
             value: Some(MetricValue::BooleanValue(true)),
@@ -430,7 +448,10 @@ mod tests {
     #[test]
     fn host_state_is_read_from_3_0_json_and_2_2_text() {
         assert_eq!(host_online(br#"{"online":true,"timestamp":1}"#), Some(true));
-        assert_eq!(host_online(br#"{"online":false,"timestamp":1}"#), Some(false));
+        assert_eq!(
+            host_online(br#"{"online":false,"timestamp":1}"#),
+            Some(false)
+        );
         assert_eq!(host_online(b"ONLINE"), Some(true));
         assert_eq!(host_online(b"garbage"), None);
     }

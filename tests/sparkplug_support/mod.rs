@@ -20,9 +20,7 @@ pub const NODE: &str = "gw-demo";
 pub fn python() -> PathBuf {
     let py = std::env::var_os("LINEGATE_TEST_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py-venv/bin/python")
-        });
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py-venv/bin/python"));
     let ok = Command::new(&py)
         .args(["-c", "import pysparkplug"])
         .stdout(Stdio::null())
@@ -78,7 +76,8 @@ impl Host {
         stdin.flush().expect("flush host stdin");
         let n = line.to_string();
         self.wait_for("the host to take a command", Duration::from_secs(5), |m| {
-            m.iter().any(|e| e["kind"] == "command" && e["line"] == n.as_str())
+            m.iter()
+                .any(|e| e["kind"] == "command" && e["line"] == n.as_str())
         });
     }
 
@@ -173,7 +172,11 @@ pub fn check_protocol(all: &[Value]) -> Checked {
         let seq = e["seq"].as_u64();
         let step = |last: u64| {
             let s = seq.unwrap_or_else(|| panic!("message {i} without seq: {e}"));
-            assert_eq!(s, (last + 1) % 256, "seq not continuous at message {i}: {e}");
+            assert_eq!(
+                s,
+                (last + 1) % 256,
+                "seq not continuous at message {i}: {e}"
+            );
             s
         };
         match k {
@@ -185,24 +188,29 @@ pub fn check_protocol(all: &[Value]) -> Checked {
                 last_seq = 0;
                 born.clear();
                 assert!(
-                    metrics(e).iter().any(|m| m["name"] == "Node Control/Rebirth"),
+                    metrics(e)
+                        .iter()
+                        .any(|m| m["name"] == "Node Control/Rebirth"),
                     "NBIRTH without Node Control/Rebirth: {e}"
                 );
             }
-            "NDEATH" => {
-                if session == Some(bd_seq(e)) {
-                    session = None;
-                    born.clear();
-                    out.ending_ndeaths += 1;
-                }
+            "NDEATH" if session == Some(bd_seq(e)) => {
+                session = None;
+                born.clear();
+                out.ending_ndeaths += 1;
             }
             "DBIRTH" => {
                 assert!(session.is_some(), "DBIRTH without an NBIRTH before it: {e}");
                 last_seq = step(last_seq);
                 let mut types = HashMap::new();
                 for m in metrics(e) {
-                    let name = m["name"].as_str().unwrap_or_else(|| panic!("DBIRTH metric without name: {m}"));
-                    assert!(m["alias"].as_u64().is_some(), "DBIRTH metric without alias: {m}");
+                    let name = m["name"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("DBIRTH metric without name: {m}"));
+                    assert!(
+                        m["alias"].as_u64().is_some(),
+                        "DBIRTH metric without alias: {m}"
+                    );
                     types.insert(name.to_string(), m["datatype"].as_u64().unwrap_or(0));
                 }
                 births.insert(device(e).to_string(), types);
@@ -210,14 +218,29 @@ pub fn check_protocol(all: &[Value]) -> Checked {
             }
             "DDATA" => {
                 assert!(session.is_some(), "DDATA without an NBIRTH before it: {e}");
-                assert!(born.contains(device(e)), "DDATA of {} before its DBIRTH: {e}", device(e));
+                assert!(
+                    born.contains(device(e)),
+                    "DDATA of {} before its DBIRTH: {e}",
+                    device(e)
+                );
                 last_seq = step(last_seq);
                 let types = &births[device(e)];
                 for m in metrics(e) {
-                    let name = m["name"].as_str().unwrap_or_else(|| panic!("DDATA alias not resolved: {m}"));
-                    let birth_type = types.get(name).unwrap_or_else(|| panic!("DDATA metric {name} not in the DBIRTH"));
-                    assert_eq!(m["datatype"].as_u64(), Some(*birth_type), "datatype of {name} differs from its birth: {m}");
-                    assert!(m["timestamp"].as_u64().is_some(), "DDATA metric without timestamp: {m}");
+                    let name = m["name"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("DDATA alias not resolved: {m}"));
+                    let birth_type = types
+                        .get(name)
+                        .unwrap_or_else(|| panic!("DDATA metric {name} not in the DBIRTH"));
+                    assert_eq!(
+                        m["datatype"].as_u64(),
+                        Some(*birth_type),
+                        "datatype of {name} differs from its birth: {m}"
+                    );
+                    assert!(
+                        m["timestamp"].as_u64().is_some(),
+                        "DDATA metric without timestamp: {m}"
+                    );
                     out.data_metrics += 1;
                     if m["is_historical"] == true {
                         out.historical_metrics += 1;
@@ -261,12 +284,20 @@ impl Line {
         .await
         .expect("serve the simulated line");
         let mut text = linegate::sim::demo_config(&sim, &dir.path().join("data"));
-        assert!(text.contains("deadband = 20.0"), "the demo config changed: spindle_rpm");
+        assert!(
+            text.contains("deadband = 20.0"),
+            "the demo config changed: spindle_rpm"
+        );
         text = text.replace("deadband = 20.0", "deadband = 20.0\nscale = 0.5");
         text.push_str(extra);
         let config = dir.path().join("linegate.toml");
         std::fs::write(&config, text).expect("write config");
-        Line { dir, config, sim, stop }
+        Line {
+            dir,
+            config,
+            sim,
+            stop,
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -324,7 +355,10 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("agent did not stop within 15 s of SIGTERM\n{}", self.log_text());
+        panic!(
+            "agent did not stop within 15 s of SIGTERM\n{}",
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -339,7 +373,11 @@ impl Drop for Agent {
             let text = self.log_text();
             let lines: Vec<&str> = text.lines().collect();
             let from = lines.len().saturating_sub(40);
-            eprintln!("--- agent log ({}) ---\n{}", self.log.display(), lines[from..].join("\n"));
+            eprintln!(
+                "--- agent log ({}) ---\n{}",
+                self.log.display(),
+                lines[from..].join("\n")
+            );
         }
     }
 }
