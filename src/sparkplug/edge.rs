@@ -606,12 +606,12 @@ impl Edge {
                     }
                 }
             }
-            Incoming::Publish(p) => self.on_publish(&p.topic, &p.payload).await,
+            Incoming::Publish(p) => self.on_publish(&p.topic, &p.payload, p.retain).await,
             _ => {}
         }
     }
 
-    async fn on_publish(&mut self, topic: &str, payload: &[u8]) {
+    async fn on_publish(&mut self, topic: &str, payload: &[u8], retained: bool) {
         if Some(topic) == self.state_topic().as_deref() {
             match node::host_online(payload) {
                 Some(true) if self.link == Link::WaitingHost => {
@@ -630,6 +630,12 @@ impl Edge {
                 None => warn!(topic, "sparkplug: unreadable STATE payload ignored"),
             }
         } else if topic == self.node.ncmd_topic() {
+            if retained {
+                // A command must not be retained (the spec); the confirming
+                // SUBSCRIBEs would otherwise replay it every second.
+                debug!(topic, "sparkplug: retained NCMD ignored");
+                return;
+            }
             match node::asks_rebirth(payload) {
                 Ok(true) if self.link == Link::Born => {
                     info!("sparkplug: NCMD Node Control/Rebirth: rebirth");
