@@ -445,6 +445,14 @@ mod tests {
         assert!(asks_rebirth(&[0xff, 0xff]).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_from_the_broker_are_an_answer_never_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = asks_rebirth(&bytes);
+            let _ = host_online(&bytes);
+        }
+    }
+
     #[test]
     fn host_state_is_read_from_3_0_json_and_2_2_text() {
         assert_eq!(host_online(br#"{"online":true,"timestamp":1}"#), Some(true));
