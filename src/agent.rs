@@ -327,6 +327,11 @@ struct Running {
     bus_counters: BusCounters,
     /// That copying task: stopped after the buses, it copies once more.
     bus_counters_task: Option<Task>,
+    /// The tap's copy of every sample for the Sparkplug edge node, the
+    /// receiving end each run of it takes in turn, and the running one.
+    sparkplug_tap: crate::sparkplug::SparkplugTap,
+    sparkplug_feed: crate::sparkplug::SparkplugFeed,
+    sparkplug: Option<Task>,
 }
 
 /// One task that a reload may stop on its own.
@@ -382,12 +387,14 @@ impl Running {
         // The engine stops when the tap has passed on the last sample of the
         // stopped sources, so nothing read is left unaccounted.
         let engine_stop = CancellationToken::new();
+        let (sparkplug_tap, sparkplug_feed) = crate::sparkplug::SparkplugTap::new();
         downstream.spawn(tap(
             sample_rx,
             engine_tx,
             options.board.clone(),
             store.clone(),
             engine_stop.clone(),
+            sparkplug_tap.clone(),
         ));
 
         let (views_tx, views_rx) = crate::machine::engine::machine_views(config, Utc::now());
@@ -455,6 +462,9 @@ impl Running {
             wake,
             bus_counters: BusCounters::default(),
             bus_counters_task: None,
+            sparkplug_tap,
+            sparkplug_feed,
+            sparkplug: None,
         };
         running.add_views(views_rx);
         let stop = CancellationToken::new();
@@ -467,7 +477,35 @@ impl Running {
         }
         running.start_orders(config);
         running.start_uplink(config);
+        running.start_sparkplug(config);
         Ok(running)
+    }
+
+    /// Start the Sparkplug edge node, if `[sparkplug]` is set.
+    fn start_sparkplug(&mut self, config: &Arc<Config>) {
+        if config.sparkplug.is_none() {
+            return;
+        }
+        let stop = CancellationToken::new();
+        self.sparkplug = Some(Task::spawn(
+            stop.clone(),
+            crate::sparkplug::run_sparkplug(
+                config.clone(),
+                self.store.clone(),
+                self.sparkplug_feed.clone(),
+                self.sparkplug_tap.clone(),
+                self.views.clone(),
+                self.liveness.register("sparkplug"),
+                stop,
+            ),
+        ));
+    }
+
+    /// NDEATH, disconnect; what no host took stays in the store.
+    async fn stop_sparkplug(&mut self) {
+        if let Some(task) = self.sparkplug.take() {
+            task.stop("sparkplug", Duration::from_secs(4)).await;
+        }
     }
 
     fn add_views(&mut self, views: HashMap<String, watch::Receiver<MachineView>>) {
@@ -621,6 +659,7 @@ impl Running {
 
     /// Carry out a reload: only what `plan` names is stopped and started.
     async fn reload(&mut self, new: &Arc<Config>, plan: &crate::reload::ReloadPlan) {
+        let sparkplug_changed = self.config.borrow().sparkplug != new.sparkplug;
         if plan.other_changed {
             // A store that cannot take them now gets them in the background.
             configure_outbox(&self.store, new).await;
@@ -696,6 +735,12 @@ impl Running {
             self.stop_uplink().await;
             self.start_uplink(new);
         }
+        // The edge node's births name every machine and metric: any change
+        // of them, or of its own section or broker, is a new edge node run.
+        if plan.uplink_restarted || plan.machines_or_buses_changed() || sparkplug_changed {
+            self.stop_sparkplug().await;
+            self.start_sparkplug(new);
+        }
     }
 
     /// Stop in data-flow order: sources after their in-flight request; the
@@ -736,6 +781,7 @@ impl Running {
             );
         }
         self.stop_uplink().await;
+        self.stop_sparkplug().await;
         self.downstream.abort_all();
     }
 }
@@ -946,6 +992,7 @@ async fn tap(
     board: Option<Board>,
     store: Store,
     engine_stop: CancellationToken,
+    sparkplug: crate::sparkplug::SparkplugTap,
 ) {
     let mut pending = LastValues::default();
     let mut flush = tokio::time::interval(Duration::from_secs(5));
@@ -955,6 +1002,7 @@ async fn tap(
             sample = samples.recv() => {
                 let Some(sample) = sample else { break };
                 note(&sample, board.as_ref(), &mut pending);
+                sparkplug.offer(&sample);
                 if engine.send(sample).await.is_err() {
                     break;
                 }

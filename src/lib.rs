@@ -16,6 +16,7 @@
 //! - [`store`]: the SQLite file: state changes, periods, outbox, orders.
 //! - [`uplink`]: the central broker: birth/will, outbox drain, order intake.
 //! - [`orders`]: levelled work orders: intake, sequencing, safe dispatch.
+//! - [`sparkplug`]: the gateway as a Sparkplug B edge node (its own connection).
 //! - [`reload`]: what a SIGHUP reload changes (running config vs new one, pure).
 //! - [`sim`]: simulated machines served over real Modbus TCP (demo, tests).
 //! - [`systemd`]: readiness, watchdog and journal logging under systemd.
@@ -29,6 +30,7 @@ pub mod orders;
 pub mod reload;
 pub mod sim;
 pub mod source;
+pub mod sparkplug;
 pub mod store;
 pub mod systemd;
 pub mod uplink;

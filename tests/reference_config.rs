@@ -16,6 +16,7 @@ fn the_reference_config_loads() {
     assert!(transports.contains(&Transport::Mqtt));
     assert!(c.uplink.is_some());
     assert!(c.shifts.is_some());
+    assert!(c.sparkplug.is_some());
     let press = c.machine("press07").expect("press07");
     assert!(press.state.is_some() && press.counters.is_some() && press.orders.is_some());
 }

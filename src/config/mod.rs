@@ -115,6 +115,9 @@ pub struct Config {
     pub uplink: Option<UplinkConfig>,
     #[serde(default)]
     pub store: StoreConfig,
+    /// The Sparkplug B edge node (its own connection); without it, none.
+    #[serde(default)]
+    pub sparkplug: Option<SparkplugConfig>,
 }
 
 /// Identity of this gateway and where it keeps its data.
@@ -624,6 +627,53 @@ pub struct UplinkConfig {
 
 fn default_keepalive_s() -> u64 {
     30
+}
+
+/// `[sparkplug]`: the gateway as a Sparkplug B 3.0 edge node, its machines
+/// as devices (see docs/sparkplug.md and `crate::sparkplug`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugConfig {
+    /// Sparkplug group id (topic level): `[A-Za-z0-9_.-]{1,64}`.
+    pub group_id: String,
+    /// Edge node id; default: `gateway.id`.
+    #[serde(default)]
+    pub edge_node_id: Option<String>,
+    /// The primary host application: NBIRTH only once its STATE is online.
+    #[serde(default)]
+    pub primary_host_id: Option<String>,
+    /// Own broker; default: `[uplink]`'s url and credentials.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Default `linegate-sparkplug-<gateway id>` (never the uplink's).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default = "default_keepalive_s")]
+    pub keepalive_s: u64,
+    /// Credentials of the own broker (only with `sparkplug.url`).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Most metric values kept in the store while no host takes them.
+    #[serde(default = "default_sparkplug_history_max_rows")]
+    pub history_max_rows: u64,
+    #[serde(default = "default_backoff_min_ms")]
+    pub backoff_min_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_sparkplug_history_max_rows() -> u64 {
+    500_000
 }
 fn default_heartbeat_s() -> u64 {
     60

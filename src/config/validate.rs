@@ -335,6 +335,9 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             "must be at most 4096 (0 turns the reserve off)",
         );
     }
+    for (key, message) in crate::sparkplug::config_problems(config) {
+        issues.push(key, message);
+    }
     issues.0
 }
 
