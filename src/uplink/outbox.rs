@@ -92,7 +92,7 @@ END;
 ";
 
 const TAKE_SEQ: &str = "UPDATE outbox_state SET next_seq = next_seq + ?1 WHERE id = 1
-     RETURNING next_seq - ?1, link_up, max_bytes";
+     RETURNING next_seq - ?1, link_up, max_bytes, bytes, over_cap";
 const INSERT_ROW: &str = "INSERT INTO outbox
      (seq, topic_suffix, class, retain, ts, body, bytes, stored_offline)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
@@ -216,16 +216,19 @@ pub fn set_link_up(conn: &Connection, up: bool) -> Result<(), StoreError> {
 /// Durable rows are never dropped: if they alone exceed the cap, they all
 /// stay and a warning is logged once.
 pub fn enqueue(conn: &Connection, msg: &Outgoing) -> Result<u64, StoreError> {
-    let (seq, link_up, max_bytes) =
-        conn.prepare_cached(TAKE_SEQ)?
-            .query_row(params![1i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, bool>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })?;
-    let body = serde_json::Value::Object(msg.body.clone()).to_string();
+    let (seq, link_up, max_bytes, bytes_before, over_cap) = conn
+        .prepare_cached(TAKE_SEQ)?
+        .query_row(params![1i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, bool>(4)?,
+            ))
+        })?;
+    // A map of JSON values always serializes.
+    let body = serde_json::to_string(&msg.body).unwrap_or_else(|_| "{}".into());
     let bytes = (body.len() + msg.topic_suffix.len()) as i64;
     conn.prepare_cached(INSERT_ROW)?.execute(params![
         seq,
@@ -237,7 +240,11 @@ pub fn enqueue(conn: &Connection, msg: &Outgoing) -> Result<u64, StoreError> {
         bytes,
         !link_up,
     ])?;
-    enforce_cap(conn, max_bytes)?;
+    // Under the cap before and after this row: nothing to check (the usual
+    // case, saved a statement per message).
+    if over_cap || bytes_before.saturating_add(bytes) > max_bytes {
+        enforce_cap(conn, max_bytes)?;
+    }
     Ok(seq as u64)
 }
 
@@ -324,7 +331,24 @@ pub fn next_batch(
 
 /// Delete the rows whose PUBACK arrived, in one transaction; returns the
 /// counts after it.
+///
+/// The commit does not wait for an fsync (`synchronous = NORMAL` for this
+/// transaction; WAL): a deletion only forgets a message the broker already
+/// has, so a power cut can at worst undo the last deletions, and those rows
+/// are sent again (duplicates, dropped by `seq` at the receiver), never
+/// lost. The next commit that does sync (any enqueue) makes them durable
+/// too: the WAL is synced as a whole, in order.
 pub fn delete_acked(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, StoreError> {
+    conn.execute_batch(SYNC_NORMAL)?;
+    let result = delete_acked_now(conn, seqs);
+    // Back to full durability for every other commit, also after an error.
+    let back = conn.execute_batch(SYNC_FULL);
+    let c = result?;
+    back?;
+    Ok(c)
+}
+
+fn delete_acked_now(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, StoreError> {
     let tx = conn.unchecked_transaction()?;
     {
         let mut stmt = tx.prepare_cached(DELETE_ROW)?;
@@ -336,6 +360,9 @@ pub fn delete_acked(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, Sto
     tx.commit()?;
     Ok(c)
 }
+
+const SYNC_NORMAL: &str = "PRAGMA synchronous = NORMAL";
+const SYNC_FULL: &str = "PRAGMA synchronous = FULL";
 
 /// Drop a row that can never be sent (unreadable, or too big for one
 /// packet), counting it with the drops.
@@ -497,5 +524,18 @@ mod tests {
         let k = counts(&c).unwrap();
         assert_eq!((k.depth, k.bytes), (n as u64, sum as u64));
         assert_eq!(k.depth, 17);
+    }
+
+    #[test]
+    fn deleting_acked_rows_leaves_every_other_commit_fully_synced() {
+        let c = conn();
+        c.execute_batch(SYNC_FULL).unwrap();
+        let a = enqueue(&c, &msg(MessageClass::Telemetry, 10)).unwrap();
+        delete_acked(&c, &[a]).unwrap();
+        let sync: i64 = c
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous = FULL again after the deletion");
+        assert_eq!(counts(&c).unwrap().depth, 0);
     }
 }
