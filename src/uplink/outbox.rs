@@ -93,7 +93,11 @@ END;
 
 const TAKE_SEQ: &str = "UPDATE outbox_state SET next_seq = next_seq + ?1 WHERE id = 1
      RETURNING next_seq - ?1, link_up, max_bytes, bytes, over_cap";
-const INSERT_ROW: &str = "INSERT INTO outbox
+// OR ROLLBACK: a failing insert ends the whole transaction (the caller's
+// commit fails and is retried, as for any error), so SQLite keeps no
+// statement journal for it (a copy of every page the insert and its trigger
+// touch, otherwise made for every message).
+const INSERT_ROW: &str = "INSERT OR ROLLBACK INTO outbox
      (seq, topic_suffix, class, retain, ts, body, bytes, stored_offline)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 const OUTBOX_BYTES: &str = "SELECT bytes, over_cap FROM outbox_state WHERE id = 1";
@@ -104,6 +108,9 @@ const SET_OVER_CAP: &str = "UPDATE outbox_state SET over_cap = ?1 WHERE id = 1";
 const NEXT_BATCH: &str = "SELECT seq, topic_suffix, class, retain, ts, body, stored_offline
      FROM outbox WHERE stored_offline = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 const DELETE_ROW: &str = "DELETE FROM outbox WHERE seq = ?1";
+// One statement for a batch of PUBACKed seqs (a JSON array): each page it
+// touches goes to the statement journal once, not once per row.
+const DELETE_ROWS: &str = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))";
 const COUNTS: &str =
     "SELECT rows, bytes, dropped, next_seq, max_bytes FROM outbox_state WHERE id = 1";
 const SET_LINK_UP: &str = "UPDATE outbox_state SET link_up = ?1 WHERE id = 1";
@@ -216,6 +223,17 @@ pub fn set_link_up(conn: &Connection, up: bool) -> Result<(), StoreError> {
 /// Durable rows are never dropped: if they alone exceed the cap, they all
 /// stay and a warning is logged once.
 pub fn enqueue(conn: &Connection, msg: &Outgoing) -> Result<u64, StoreError> {
+    enqueue_row(conn, msg).map(|(seq, _)| seq)
+}
+
+/// [`enqueue`], also returning the row as stored, to hand it to the
+/// connection after the commit (`uplink::fresh`): `None` when the row is
+/// not one to hand over (stored while the link was down, or the cap dropped
+/// rows, possibly this one).
+pub fn enqueue_row(
+    conn: &Connection,
+    msg: &Outgoing,
+) -> Result<(u64, Option<OutboxRow>), StoreError> {
     let (seq, link_up, max_bytes, bytes_before, over_cap) = conn
         .prepare_cached(TAKE_SEQ)?
         .query_row(params![1i64], |r| {
@@ -230,12 +248,13 @@ pub fn enqueue(conn: &Connection, msg: &Outgoing) -> Result<u64, StoreError> {
     // A map of JSON values always serializes.
     let body = serde_json::to_string(&msg.body).unwrap_or_else(|_| "{}".into());
     let bytes = (body.len() + msg.topic_suffix.len()) as i64;
+    let ts = format_ts(msg.ts);
     conn.prepare_cached(INSERT_ROW)?.execute(params![
         seq,
         msg.topic_suffix,
         msg.class.as_str(),
         msg.retain,
-        format_ts(msg.ts),
+        ts,
         body,
         bytes,
         !link_up,
@@ -244,8 +263,18 @@ pub fn enqueue(conn: &Connection, msg: &Outgoing) -> Result<u64, StoreError> {
     // case, saved a statement per message).
     if over_cap || bytes_before.saturating_add(bytes) > max_bytes {
         enforce_cap(conn, max_bytes)?;
+        return Ok((seq as u64, None));
     }
-    Ok(seq as u64)
+    let row = link_up.then(|| OutboxRow {
+        seq: seq as u64,
+        topic_suffix: msg.topic_suffix.clone(),
+        class: msg.class,
+        retain: msg.retain,
+        ts,
+        body,
+        stored_offline: false,
+    });
+    Ok((seq as u64, row))
 }
 
 /// Drop the oldest telemetry until the outbox fits `max_bytes`.
@@ -350,12 +379,16 @@ pub fn delete_acked(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, Sto
 
 fn delete_acked_now(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, StoreError> {
     let tx = conn.unchecked_transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(DELETE_ROW)?;
-        for seq in seqs {
-            stmt.execute(params![clamp_i64(*seq)])?;
+    let mut list = String::with_capacity(seqs.len() * 8 + 2);
+    list.push('[');
+    for (i, seq) in seqs.iter().enumerate() {
+        if i > 0 {
+            list.push(',');
         }
+        list.push_str(&clamp_i64(*seq).to_string());
     }
+    list.push(']');
+    tx.prepare_cached(DELETE_ROWS)?.execute(params![list])?;
     let c = counts(&tx)?;
     tx.commit()?;
     Ok(c)
@@ -532,9 +565,7 @@ mod tests {
         c.execute_batch(SYNC_FULL).unwrap();
         let a = enqueue(&c, &msg(MessageClass::Telemetry, 10)).unwrap();
         delete_acked(&c, &[a]).unwrap();
-        let sync: i64 = c
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .unwrap();
+        let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
         assert_eq!(sync, 2, "synchronous = FULL again after the deletion");
         assert_eq!(counts(&c).unwrap().depth, 0);
     }

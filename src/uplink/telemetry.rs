@@ -78,10 +78,7 @@ impl TelemetryFilter {
         let heartbeat_due = now.saturating_duration_since(last.heartbeat_at) >= self.heartbeat;
         let mut values = BTreeMap::new();
         for (name, v) in &t.values {
-            let deadband = deadbands
-                .and_then(|d| d.get(name))
-                .copied()
-                .unwrap_or(0.0);
+            let deadband = deadbands.and_then(|d| d.get(name)).copied().unwrap_or(0.0);
             match last.signals.get_mut(name) {
                 Some(s) => {
                     if s.latest != *v {
