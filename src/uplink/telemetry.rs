@@ -41,6 +41,8 @@ struct SignalLast {
     sent: Option<Value>,
     /// The latest value seen, sent or not (what a heartbeat sends).
     latest: Value,
+    /// The signal's deadband, looked up once.
+    deadband: f64,
 }
 
 impl TelemetryFilter {
@@ -78,7 +80,6 @@ impl TelemetryFilter {
         let heartbeat_due = now.saturating_duration_since(last.heartbeat_at) >= self.heartbeat;
         let mut values = BTreeMap::new();
         for (name, v) in &t.values {
-            let deadband = deadbands.and_then(|d| d.get(name)).copied().unwrap_or(0.0);
             match last.signals.get_mut(name) {
                 Some(s) => {
                     if s.latest != *v {
@@ -87,7 +88,7 @@ impl TelemetryFilter {
                     let send = !heartbeat_due
                         && s.sent
                             .as_ref()
-                            .is_none_or(|prev| changed(prev, v, deadband));
+                            .is_none_or(|prev| changed(prev, v, s.deadband));
                     if send {
                         s.sent = Some(v.clone());
                         values.insert(name.clone(), v.clone());
@@ -104,6 +105,7 @@ impl TelemetryFilter {
                         SignalLast {
                             sent,
                             latest: v.clone(),
+                            deadband: deadbands.and_then(|d| d.get(name)).copied().unwrap_or(0.0),
                         },
                     );
                 }
