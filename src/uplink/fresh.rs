@@ -16,6 +16,11 @@
 //! of another producer in between, rows dropped by the cap, rows stored
 //! while the link was down, an overflow of this queue, a new connection)
 //! shows as a gap, and the connection reads the store as before.
+//!
+//! One difference remains, at a full outbox only: a row the cap drops while
+//! it waits here is still sent (and counted as dropped), where a read of
+//! the store would no longer find it. That over-counts a drop; it never
+//! loses or reorders a message.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
