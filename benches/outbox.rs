@@ -140,6 +140,7 @@ fn start(url: String, store: Store) -> Running {
         gw,
         store,
         wake.clone(),
+        Default::default(),
         tx,
         stats.clone(),
         Liveness::new().register("uplink"),

@@ -322,6 +322,8 @@ struct Running {
     orders: Option<Task>,
     uplink: Option<Task>,
     wake: Arc<Notify>,
+    /// The recorder's committed rows, handed to the uplink in memory.
+    fresh: Arc<crate::uplink::FreshRows>,
     /// The counters of each running bus task, by bus id, for the task that
     /// copies them into the store for `linegate status`.
     bus_counters: BusCounters,
@@ -374,6 +376,7 @@ impl Running {
         started_at: DateTime<Utc>,
     ) -> Result<Running, AgentError> {
         let wake = Arc::new(Notify::new());
+        let fresh = Arc::new(crate::uplink::FreshRows::default());
         let mut downstream = JoinSet::new();
         let downstream_stop = CancellationToken::new();
         let (config_tx, config_rx) = watch::channel(config.clone());
@@ -439,7 +442,13 @@ impl Running {
             wake.clone(),
             downstream_stop.clone(),
         ));
-        downstream.spawn(record(event_rx, store.clone(), config_rx, wake.clone()));
+        downstream.spawn(record(
+            event_rx,
+            store.clone(),
+            config_rx,
+            wake.clone(),
+            fresh.clone(),
+        ));
         downstream.spawn(forward_orders(order_rx, order_target_rx));
 
         let mut running = Running {
@@ -460,6 +469,7 @@ impl Running {
             orders: None,
             uplink: None,
             wake,
+            fresh,
             bus_counters: BusCounters::default(),
             bus_counters_task: None,
             sparkplug_tap,
@@ -626,6 +636,7 @@ impl Running {
         let u = u.clone();
         let store = self.store.clone();
         let wake = self.wake.clone();
+        let fresh = self.fresh.clone();
         let order_tx = self.order_tx.clone();
         let stop = CancellationToken::new();
         let ustop = stop.clone();
@@ -639,9 +650,10 @@ impl Running {
                 stats.clone(),
                 copy_stop.clone(),
             ));
-            if let Err(e) =
-                crate::uplink::run_uplink(u, info, store, wake, order_tx, stats, heartbeat, ustop)
-                    .await
+            if let Err(e) = crate::uplink::run_uplink(
+                u, info, store, wake, fresh, order_tx, stats, heartbeat, ustop,
+            )
+            .await
             {
                 error!(error = %e, "uplink stopped");
             }
@@ -1305,6 +1317,7 @@ async fn record(
     store: Store,
     mut config: watch::Receiver<Arc<Config>>,
     wake: Arc<Notify>,
+    fresh: Arc<crate::uplink::FreshRows>,
 ) {
     // Without an uplink nothing would ever drain the outbox: keep the history
     // locally (state changes, periods) and send nothing.
@@ -1389,10 +1402,15 @@ async fn record(
             .call(move |conn| commit_events(conn, &attempt, unstored))
             .await;
         match result {
-            Ok(()) => {
+            Ok(committed) => {
                 held.work.drain(..n);
-                if enqueued {
-                    wake.notify_one();
+                // The rows go to the uplink in memory when it can send them
+                // as they are; otherwise it reads them from the store.
+                match committed {
+                    Some(rows) if !rows.is_empty() => fresh.push(rows),
+                    Some(_) => {}
+                    None if enqueued => wake.notify_one(),
+                    None => {}
                 }
                 if retry > Duration::from_millis(200) {
                     info!(waiting = held.work.len(), "machine events stored again");
@@ -1546,12 +1564,16 @@ type EventWork = Vec<(
     Option<crate::uplink::outbox::Outgoing>,
 )>;
 
+/// Commit `work`; the outbox rows it enqueued, for `uplink::fresh`, or
+/// `None` when one of them is not to be handed over (the uplink then reads
+/// the store).
 fn commit_events(
     conn: &mut rusqlite::Connection,
     work: &EventWork,
     unstored: crate::store::health::Unstored,
-) -> Result<(), StoreError> {
+) -> Result<Option<Vec<crate::uplink::outbox::OutboxRow>>, StoreError> {
     let tx = conn.transaction()?;
+    let mut rows = Some(Vec::new());
     for (event, outgoing) in work {
         // A period closed again from an older snapshot after a crash is
         // already stored (and sent): record() says so, and it is not sent twice.
@@ -1560,13 +1582,17 @@ fn commit_events(
             None => true,
         };
         if let (true, Some(out)) = (new, outgoing) {
-            crate::uplink::outbox::enqueue(&tx, out)?;
+            let (_, row) = crate::uplink::outbox::enqueue_row(&tx, out)?;
+            rows = rows.zip(row).map(|(mut rows, row)| {
+                rows.push(row);
+                rows
+            });
         }
     }
     crate::uplink::outbox::count_unstored_telemetry(&tx, unstored.telemetry)?;
     crate::store::health::add_lost_events(&tx, unstored.lost_events)?;
     tx.commit()?;
-    Ok(())
+    Ok(rows)
 }
 
 /// Most machine events committed in one transaction.

@@ -299,6 +299,7 @@ async fn idle_loops_keep_beating_and_retire_when_they_stop() {
             gateway,
             store,
             Arc::new(Notify::new()),
+            Default::default(),
             orders,
             Arc::new(UplinkStats::default()),
             uplink,

@@ -13,15 +13,16 @@ nodered_ensure() {
   fi
 }
 
-# nodered_start DIR WORK MACHINES BASE_PORT HTTP_PORT: run Node-RED from DIR
+# nodered_start DIR WORK MACHINES BASE_PORT HTTP_PORT [BROKER_PORT]: run Node-RED from DIR
 # polling MACHINES simulated machines from BASE_PORT (scripts/lib/nodered-flow.py),
 # its user dir and log in WORK, its count of replies at
-# http://127.0.0.1:HTTP_PORT/count. Sets NODERED_PID; returns when the first
+# http://127.0.0.1:HTTP_PORT/count (with BROKER_PORT it also publishes every
+# reply to that broker, see nodered-flow.py). Sets NODERED_PID; returns when the first
 # replies are counted and every client had 15 s to connect and warm up.
 nodered_start() {
-  local dir=$1 work=$2 n=$3 port=$4 http=$5
+  local dir=$1 work=$2 n=$3 port=$4 http=$5 broker=${6:-}
   mkdir -p "$work/nr"
-  python3 "$(dirname "${BASH_SOURCE[0]}")/nodered-flow.py" "$n" "$port" >"$work/nr/flows.json"
+  python3 "$(dirname "${BASH_SOURCE[0]}")/nodered-flow.py" "$n" "$port" $broker >"$work/nr/flows.json"
   node "$dir/node_modules/node-red/red.js" --userDir "$work/nr" --port "$http" \
     "$work/nr/flows.json" >"$work/red.log" 2>&1 &
   NODERED_PID=$!

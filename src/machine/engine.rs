@@ -281,7 +281,10 @@ impl MachineTracker {
                 if self.telemetry {
                     let good: BTreeMap<_, _> = readings
                         .iter()
-                        .filter_map(|(n, r)| r.as_ref().ok().map(|v| (n.to_string(), v.clone())))
+                        // String::from, not to_string: no trip through Display.
+                        .filter_map(|(n, r)| {
+                            r.as_ref().ok().map(|v| (String::from(&**n), v.clone()))
+                        })
                         .collect();
                     if !good.is_empty() {
                         out.push(MachineEvent::Telemetry(Telemetry {

@@ -357,7 +357,7 @@ pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA busy_timeout = 5000;
-         PRAGMA cache_size = -1024;",
+         PRAGMA cache_size = -512;",
     )
     .map_err(|cause| StoreError::Open {
         path: path.to_path_buf(),

@@ -72,6 +72,8 @@ pub(super) struct Shared {
     pub gateway: GatewayInfo,
     pub store: Store,
     pub wake: Arc<Notify>,
+    /// Rows just committed, in memory (see `fresh`): sent without a read.
+    pub fresh: Arc<super::fresh::FreshRows>,
     pub orders: mpsc::Sender<OrderMessage>,
     pub stats: Arc<UplinkStats>,
     pub shutdown: CancellationToken,
@@ -429,6 +431,8 @@ struct Connection<'a> {
     historical_more: bool,
     /// A wake arrived: send a new live row now even if the window is half full.
     urgent: bool,
+    /// Rows may wait in `shared.fresh`.
+    fresh_waiting: bool,
     pace: RateLimit,
     /// Orders received, not yet handed to the orders task.
     to_orders: VecDeque<OrderMessage>,
@@ -477,6 +481,7 @@ pub(super) async fn run(shared: &Shared, session: u64) -> Result<Ended, StoreErr
         live_more: true,
         historical_more: true,
         urgent: false,
+        fresh_waiting: true,
         pace: RateLimit::new(shared.settings.historical_per_s, Instant::now()),
         to_orders: VecDeque::new(),
         pending_acks: VecDeque::new(),
@@ -621,6 +626,10 @@ impl Connection<'_> {
                     self.historical_more = true;
                     self.urgent = true;
                 }
+                _ = self.shared.fresh.notified() => {
+                    self.fresh_waiting = true;
+                    self.urgent = true;
+                }
                 _ = tokio::time::sleep_until(next_token), if hist_waiting => {}
                 _ = beat.tick() => {}
             }
@@ -640,7 +649,19 @@ impl Connection<'_> {
             return Ok(());
         }
         self.urgent = false;
-        if self.live_more {
+        // Rows just committed that follow the cursor: no read (see `fresh`).
+        let mut room = room;
+        if self.fresh_waiting && !self.live_more {
+            let taken = self.shared.fresh.take(self.live_cursor, room);
+            self.fresh_waiting = taken.more;
+            self.live_more = taken.read_store;
+            room -= taken.rows.len();
+            for row in taken.rows {
+                self.live_cursor = row.seq;
+                self.send_row(row).await?;
+            }
+        }
+        if self.live_more && room > 0 {
             let after = self.live_cursor;
             let rows = self
                 .shared

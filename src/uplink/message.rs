@@ -117,14 +117,45 @@ pub struct BadRow {
 }
 
 /// The wire payload of a stored row: its body plus the envelope.
+///
+/// The body is stored as the JSON object text `enqueue` wrote, without the
+/// envelope fields; the envelope is appended to that text as it is, without
+/// parsing it back into a map and writing it out again (this runs for every
+/// message sent). A body that is not an object (`{...}`) is an error.
 pub fn row_payload(gateway: &str, row: &OutboxRow) -> Result<Vec<u8>, BadRow> {
-    let body: Map<String, Value> = serde_json::from_str(&row.body).map_err(|e| BadRow {
-        seq: row.seq,
-        reason: e.to_string(),
-    })?;
-    let mut body = body;
-    add_envelope(&mut body, gateway, row.seq, &row.ts, row.stored_offline);
-    Ok(Value::Object(body).to_string().into_bytes())
+    let body = row.body.trim();
+    let members = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .ok_or_else(|| BadRow {
+            seq: row.seq,
+            reason: "expected a JSON object {...}".into(),
+        })?;
+    let mut out = Vec::with_capacity(body.len() + gateway.len() + row.ts.len() + 64);
+    out.push(b'{');
+    out.extend_from_slice(members.as_bytes());
+    if !members.trim().is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"gateway\":");
+    write_json_str(&mut out, gateway);
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(row.seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"ts\":");
+    write_json_str(&mut out, &row.ts);
+    if row.stored_offline {
+        out.extend_from_slice(b",\"historical\":true");
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// `s` as a JSON string (quoted, escaped).
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a str to a Vec cannot fail.
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
 }
 
 /// Add `gateway`, `seq`, `ts` and (only when true) `historical` to `body`.
@@ -365,6 +396,31 @@ mod tests {
             json!({"machine": "a", "gateway": "gw1", "seq": 41, "ts": "2026-11-26T08:00:00.125Z"})
         );
         assert_eq!(late["historical"], json!(true));
+    }
+
+    #[test]
+    fn the_envelope_is_appended_to_the_stored_text_as_parsing_would_add_it() {
+        let row = |body: &str| OutboxRow {
+            seq: 9,
+            topic_suffix: "m/a/telemetry".into(),
+            class: MessageClass::Telemetry,
+            retain: false,
+            ts: "2026-11-26T08:00:00.125Z".into(),
+            body: body.into(),
+            stored_offline: true,
+        };
+        for body in [
+            "{}",
+            " { } ",
+            r#"{"machine":"a","values":{"t":1.5,"s":"x\"}"}}"#,
+            r#"{"machine":"ä\u0001","values":{}}"#,
+        ] {
+            let spliced: Value = serde_json::from_slice(&row_payload("gw\"1", &row(body)).unwrap())
+                .unwrap_or_else(|e| panic!("{body}: {e}"));
+            let mut parsed: Map<String, Value> = serde_json::from_str(body).unwrap();
+            add_envelope(&mut parsed, "gw\"1", 9, "2026-11-26T08:00:00.125Z", true);
+            assert_eq!(spliced, Value::Object(parsed), "{body}");
+        }
     }
 
     #[test]

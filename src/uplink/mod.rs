@@ -6,6 +6,7 @@
 //! broker only after the orders task says they are committed.
 //!
 //! - [`outbox`]: the SQLite table every upward message goes through.
+//! - [`fresh`]: rows just committed, handed to the connection in memory.
 //! - [`message`]: contract payloads and the envelope.
 //! - [`telemetry`]: the deadband/heartbeat filter (pure).
 //! - [`pacing`]: reconnect backoff and the historical rate limit (pure).
@@ -19,6 +20,7 @@
 //! connection starts draining from the oldest row again.
 
 mod connection;
+pub mod fresh;
 pub mod message;
 pub mod outbox;
 pub mod pacing;
@@ -40,6 +42,7 @@ use crate::store::{Store, StoreError};
 use crate::systemd::Heartbeat;
 
 pub use connection::{MAX_PACKET_BYTES, WINDOW};
+pub use fresh::FreshRows;
 pub use message::GatewayInfo;
 pub use outbox::{enqueue, MessageClass, OutboxPolicy, Outgoing};
 
@@ -254,7 +257,8 @@ pub fn check(cfg: &UplinkConfig) -> Vec<UplinkError> {
 ///
 /// Wiring: call [`outbox::configure`] once at start (the cap, link down)
 /// before producers enqueue; producers call `wake.notify_one()` after each
-/// commit that enqueued rows. Returns an error at once for a bad URL and
+/// commit that enqueued rows, or hand the committed rows to `fresh` (which
+/// wakes it too: see [`fresh`]). Returns an error at once for a bad URL and
 /// when the store has stopped; connection failures, and a CA, certificate,
 /// key or password file that cannot be read, are logged, kept in `stats`,
 /// and retried.
@@ -269,6 +273,7 @@ pub async fn run_uplink(
     gateway: GatewayInfo,
     store: Store,
     wake: Arc<Notify>,
+    fresh: Arc<FreshRows>,
     orders: mpsc::Sender<OrderMessage>,
     stats: Arc<UplinkStats>,
     heartbeat: Heartbeat,
@@ -290,6 +295,7 @@ pub async fn run_uplink(
         gateway,
         store: store.clone(),
         wake,
+        fresh,
         orders,
         stats: stats.clone(),
         shutdown: shutdown.clone(),

@@ -91,9 +91,17 @@ CREATE TRIGGER outbox_row_removed AFTER DELETE ON outbox BEGIN
 END;
 ";
 
-const TAKE_SEQ: &str = "UPDATE outbox_state SET next_seq = next_seq + ?1 WHERE id = 1
-     RETURNING next_seq - ?1, link_up, max_bytes";
-const INSERT_ROW: &str = "INSERT INTO outbox
+// Two statements, not one UPDATE ... RETURNING: that one costs about twice
+// as much (its result goes through a temporary table). OR ROLLBACK: see
+// INSERT_ROW.
+const READ_STATE: &str =
+    "SELECT next_seq, link_up, max_bytes, bytes, over_cap FROM outbox_state WHERE id = 1";
+const TAKE_SEQ: &str = "UPDATE OR ROLLBACK outbox_state SET next_seq = ?1 + 1 WHERE id = 1";
+// OR ROLLBACK: a failing insert ends the whole transaction (the caller's
+// commit fails and is retried, as for any error), so SQLite keeps no
+// statement journal for it (a copy of every page the insert and its trigger
+// touch, otherwise made for every message).
+const INSERT_ROW: &str = "INSERT OR ROLLBACK INTO outbox
      (seq, topic_suffix, class, retain, ts, body, bytes, stored_offline)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 const OUTBOX_BYTES: &str = "SELECT bytes, over_cap FROM outbox_state WHERE id = 1";
@@ -104,6 +112,9 @@ const SET_OVER_CAP: &str = "UPDATE outbox_state SET over_cap = ?1 WHERE id = 1";
 const NEXT_BATCH: &str = "SELECT seq, topic_suffix, class, retain, ts, body, stored_offline
      FROM outbox WHERE stored_offline = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3";
 const DELETE_ROW: &str = "DELETE FROM outbox WHERE seq = ?1";
+// One statement for a batch of PUBACKed seqs (a JSON array): each page it
+// touches goes to the statement journal once, not once per row.
+const DELETE_ROWS: &str = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))";
 const COUNTS: &str =
     "SELECT rows, bytes, dropped, next_seq, max_bytes FROM outbox_state WHERE id = 1";
 const SET_LINK_UP: &str = "UPDATE outbox_state SET link_up = ?1 WHERE id = 1";
@@ -216,29 +227,58 @@ pub fn set_link_up(conn: &Connection, up: bool) -> Result<(), StoreError> {
 /// Durable rows are never dropped: if they alone exceed the cap, they all
 /// stay and a warning is logged once.
 pub fn enqueue(conn: &Connection, msg: &Outgoing) -> Result<u64, StoreError> {
-    let (seq, link_up, max_bytes) =
-        conn.prepare_cached(TAKE_SEQ)?
-            .query_row(params![1i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, bool>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })?;
-    let body = serde_json::Value::Object(msg.body.clone()).to_string();
+    enqueue_row(conn, msg).map(|(seq, _)| seq)
+}
+
+/// [`enqueue`], also returning the row as stored, to hand it to the
+/// connection after the commit (`uplink::fresh`): `None` when the row is
+/// not one to hand over (stored while the link was down, or the cap dropped
+/// rows, possibly this one).
+pub fn enqueue_row(
+    conn: &Connection,
+    msg: &Outgoing,
+) -> Result<(u64, Option<OutboxRow>), StoreError> {
+    let (seq, link_up, max_bytes, bytes_before, over_cap) =
+        conn.prepare_cached(READ_STATE)?.query_row([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, bool>(4)?,
+            ))
+        })?;
+    conn.prepare_cached(TAKE_SEQ)?.execute(params![seq])?;
+    // A map of JSON values always serializes.
+    let body = serde_json::to_string(&msg.body).unwrap_or_else(|_| "{}".into());
     let bytes = (body.len() + msg.topic_suffix.len()) as i64;
+    let ts = format_ts(msg.ts);
     conn.prepare_cached(INSERT_ROW)?.execute(params![
         seq,
         msg.topic_suffix,
         msg.class.as_str(),
         msg.retain,
-        format_ts(msg.ts),
+        ts,
         body,
         bytes,
         !link_up,
     ])?;
-    enforce_cap(conn, max_bytes)?;
-    Ok(seq as u64)
+    // Under the cap before and after this row: nothing to check (the usual
+    // case, saved a statement per message).
+    if over_cap || bytes_before.saturating_add(bytes) > max_bytes {
+        enforce_cap(conn, max_bytes)?;
+        return Ok((seq as u64, None));
+    }
+    let row = link_up.then(|| OutboxRow {
+        seq: seq as u64,
+        topic_suffix: msg.topic_suffix.clone(),
+        class: msg.class,
+        retain: msg.retain,
+        ts,
+        body,
+        stored_offline: false,
+    });
+    Ok((seq as u64, row))
 }
 
 /// Drop the oldest telemetry until the outbox fits `max_bytes`.
@@ -324,18 +364,42 @@ pub fn next_batch(
 
 /// Delete the rows whose PUBACK arrived, in one transaction; returns the
 /// counts after it.
+///
+/// The commit does not wait for an fsync (`synchronous = NORMAL` for this
+/// transaction; WAL): a deletion only forgets a message the broker already
+/// has, so a power cut can at worst undo the last deletions, and those rows
+/// are sent again (duplicates, dropped by `seq` at the receiver), never
+/// lost. The next commit that does sync (any enqueue) makes them durable
+/// too: the WAL is synced as a whole, in order.
 pub fn delete_acked(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, StoreError> {
+    conn.execute_batch(SYNC_NORMAL)?;
+    let result = delete_acked_now(conn, seqs);
+    // Back to full durability for every other commit, also after an error.
+    let back = conn.execute_batch(SYNC_FULL);
+    let c = result?;
+    back?;
+    Ok(c)
+}
+
+fn delete_acked_now(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, StoreError> {
     let tx = conn.unchecked_transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(DELETE_ROW)?;
-        for seq in seqs {
-            stmt.execute(params![clamp_i64(*seq)])?;
+    let mut list = String::with_capacity(seqs.len() * 8 + 2);
+    list.push('[');
+    for (i, seq) in seqs.iter().enumerate() {
+        if i > 0 {
+            list.push(',');
         }
+        list.push_str(&clamp_i64(*seq).to_string());
     }
+    list.push(']');
+    tx.prepare_cached(DELETE_ROWS)?.execute(params![list])?;
     let c = counts(&tx)?;
     tx.commit()?;
     Ok(c)
 }
+
+const SYNC_NORMAL: &str = "PRAGMA synchronous = NORMAL";
+const SYNC_FULL: &str = "PRAGMA synchronous = FULL";
 
 /// Drop a row that can never be sent (unreadable, or too big for one
 /// packet), counting it with the drops.
@@ -497,5 +561,16 @@ mod tests {
         let k = counts(&c).unwrap();
         assert_eq!((k.depth, k.bytes), (n as u64, sum as u64));
         assert_eq!(k.depth, 17);
+    }
+
+    #[test]
+    fn deleting_acked_rows_leaves_every_other_commit_fully_synced() {
+        let c = conn();
+        c.execute_batch(SYNC_FULL).unwrap();
+        let a = enqueue(&c, &msg(MessageClass::Telemetry, 10)).unwrap();
+        delete_acked(&c, &[a]).unwrap();
+        let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "synchronous = FULL again after the deletion");
+        assert_eq!(counts(&c).unwrap().depth, 0);
     }
 }

@@ -15,31 +15,44 @@ use crate::machine::Telemetry;
 use crate::source::Value;
 
 /// Per machine and signal: what was last sent, and when the last heartbeat went.
+///
+/// Called for every poll of every machine: a poll whose values are already
+/// known allocates nothing here (names are looked up, not cloned; a value is
+/// copied only when it changed).
 #[derive(Debug)]
 pub struct TelemetryFilter {
-    /// `(machine, signal)` → deadband; missing means 0 (any change).
-    deadbands: HashMap<(String, String), f64>,
+    /// Machine → signal → deadband; missing means 0 (any change).
+    deadbands: HashMap<String, HashMap<String, f64>>,
     heartbeat: Duration,
     machines: HashMap<String, MachineLast>,
 }
 
 #[derive(Debug)]
 struct MachineLast {
-    /// The values last sent, per signal.
-    sent: BTreeMap<String, Value>,
-    /// The latest values seen, sent or not (what a heartbeat sends).
-    latest: BTreeMap<String, Value>,
+    /// Per signal, the value last sent and the latest seen.
+    signals: BTreeMap<String, SignalLast>,
     /// When the last full report went out.
     heartbeat_at: Instant,
+}
+
+#[derive(Debug)]
+struct SignalLast {
+    /// The value last sent; `None` until the first one goes.
+    sent: Option<Value>,
+    /// The latest value seen, sent or not (what a heartbeat sends).
+    latest: Value,
+    /// The signal's deadband, looked up once.
+    deadband: f64,
 }
 
 impl TelemetryFilter {
     /// A filter with each signal's `deadband` from the config.
     pub fn new(machines: &[MachineConfig], heartbeat_s: u64) -> TelemetryFilter {
-        let mut deadbands = HashMap::new();
+        let mut deadbands: HashMap<String, HashMap<String, f64>> = HashMap::new();
         for m in machines {
+            let signals = deadbands.entry(m.id.clone()).or_default();
             for s in &m.signal {
-                deadbands.insert((m.id.clone(), s.name.clone()), s.deadband.abs());
+                signals.insert(s.name.clone(), s.deadband.abs());
             }
         }
         TelemetryFilter {
@@ -52,43 +65,61 @@ impl TelemetryFilter {
     /// The part of `t` to send now, or `None` when nothing changed enough
     /// and no heartbeat is due.
     pub fn offer(&mut self, t: &Telemetry, now: Instant) -> Option<Telemetry> {
-        let last = self
-            .machines
-            .entry(t.machine.clone())
-            .or_insert_with(|| MachineLast {
-                sent: BTreeMap::new(),
-                latest: BTreeMap::new(),
-                // A new machine's first report is a full one.
-                heartbeat_at: now,
-            });
-        for (name, v) in &t.values {
-            last.latest.insert(name.clone(), v.clone());
+        if !self.machines.contains_key(&t.machine) {
+            self.machines.insert(
+                t.machine.clone(),
+                MachineLast {
+                    signals: BTreeMap::new(),
+                    // A new machine's first report is a full one.
+                    heartbeat_at: now,
+                },
+            );
         }
+        let last = self.machines.get_mut(&t.machine)?;
+        let deadbands = self.deadbands.get(&t.machine);
         let heartbeat_due = now.saturating_duration_since(last.heartbeat_at) >= self.heartbeat;
-        let values: BTreeMap<String, Value> = if heartbeat_due {
+        let mut values = BTreeMap::new();
+        for (name, v) in &t.values {
+            match last.signals.get_mut(name) {
+                Some(s) => {
+                    if s.latest != *v {
+                        s.latest = v.clone();
+                    }
+                    let send = !heartbeat_due
+                        && s.sent
+                            .as_ref()
+                            .is_none_or(|prev| changed(prev, v, s.deadband));
+                    if send {
+                        s.sent = Some(v.clone());
+                        values.insert(name.clone(), v.clone());
+                    }
+                }
+                None => {
+                    // The first value of a signal always goes.
+                    let sent = (!heartbeat_due).then(|| {
+                        values.insert(name.clone(), v.clone());
+                        v.clone()
+                    });
+                    last.signals.insert(
+                        name.clone(),
+                        SignalLast {
+                            sent,
+                            latest: v.clone(),
+                            deadband: deadbands.and_then(|d| d.get(name)).copied().unwrap_or(0.0),
+                        },
+                    );
+                }
+            }
+        }
+        if heartbeat_due {
             last.heartbeat_at = now;
-            last.latest.clone()
-        } else {
-            t.values
-                .iter()
-                .filter(|(name, v)| {
-                    let deadband = self
-                        .deadbands
-                        .get(&(t.machine.clone(), (*name).clone()))
-                        .copied()
-                        .unwrap_or(0.0);
-                    last.sent
-                        .get(*name)
-                        .is_none_or(|prev| changed(prev, v, deadband))
-                })
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        };
+            for (name, s) in last.signals.iter_mut() {
+                s.sent = Some(s.latest.clone());
+                values.insert(name.clone(), s.latest.clone());
+            }
+        }
         if values.is_empty() {
             return None;
-        }
-        for (name, v) in &values {
-            last.sent.insert(name.clone(), v.clone());
         }
         Some(Telemetry {
             machine: t.machine.clone(),

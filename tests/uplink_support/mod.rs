@@ -264,6 +264,7 @@ impl Agent {
             gateway(),
             store.clone(),
             wake.clone(),
+            Default::default(),
             tx,
             stats.clone(),
             Liveness::new().register("uplink"),
