@@ -412,13 +412,39 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
     let (_config, store) = open_store(args.config.config.as_deref())?;
     let machine = args.machine.clone();
     let rows = store.call_blocking(move |c| crate::orders::book::list(c, machine.as_deref()))?;
+    // The forecast last published for each open order (none for final ones).
+    let keys: Vec<(String, u32, bool)> = rows
+        .iter()
+        .map(|o| (o.order_id.clone(), o.revision, o.state.is_final()))
+        .collect();
+    let forecasts = store.call_blocking(move |c| {
+        keys.iter()
+            .map(|(id, rev, fin)| {
+                if *fin {
+                    Ok(None)
+                } else {
+                    crate::orders::outlook::forecast_of(c, id, *rev)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
     if args.json {
-        say!(line "{}", serde_json::to_string_pretty(&rows)?);
+        let mut out = Vec::with_capacity(rows.len());
+        for (o, f) in rows.iter().zip(&forecasts) {
+            let mut v = serde_json::to_value(o)?;
+            if let (serde_json::Value::Object(m), Some((end, at_risk))) = (&mut v, f) {
+                m.insert("forecast_end".into(), serde_json::json!(end));
+                m.insert("at_risk".into(), serde_json::json!(at_risk));
+            }
+            out.push(v);
+        }
+        say!(line "{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|o| {
+        .zip(&forecasts)
+        .map(|(o, f)| {
             vec![
                 o.order_id.clone(),
                 o.revision.to_string(),
@@ -426,6 +452,15 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
                 o.product.clone(),
                 format!("{}/{}", o.progress.produced, o.quantity),
                 o.state.to_string(),
+                match f {
+                    Some((Some(end), _)) => crate::orders::book::ts(*end),
+                    Some((None, _)) => "unknown".into(),
+                    None => String::new(),
+                },
+                match f {
+                    Some((_, true)) => "AT RISK".into(),
+                    _ => String::new(),
+                },
                 o.reason.clone().unwrap_or_default(),
             ]
         })
@@ -433,7 +468,7 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
     say!(text
         "{}",
         table::render(
-            &["order", "rev", "machine", "product", "produced", "state", "reason"],
+            &["order", "rev", "machine", "product", "produced", "state", "forecast end", "risk", "reason"],
             &rows
         )
     );

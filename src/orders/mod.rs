@@ -6,15 +6,21 @@
 //! - [`book`]: the orders in SQLite and their state machine; every change
 //!   and its status message in one transaction.
 //! - [`dispatch`]: the task: intake, interlock, release writes, progress.
+//! - [`forecast`]: when each open order will be done, at risk or not (pure).
+//! - [`capacity`]: a machine's free planned time over a horizon (pure).
+//! - [`outlook`]: forecasts and capacity from the store to the outbox.
 //!
 //! Orders never write anything but the registers of a machine's
 //! `[machine.orders]` section, and never send MQTT themselves: statuses go
 //! to the outbox.
 
 pub mod book;
+pub mod capacity;
 pub mod command;
 pub mod dispatch;
+pub mod forecast;
 pub mod level;
+pub mod outlook;
 
 use tokio::sync::oneshot;
 

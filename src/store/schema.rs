@@ -39,6 +39,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("observation marks", crate::machine::history::MARKS_V1),
     ("store losses", super::health::SCHEMA_V1),
     ("bus stats", super::bus_stats::SCHEMA_V1),
+    ("order forecasts", crate::orders::outlook::SCHEMA_V1),
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
