@@ -386,8 +386,8 @@ pub struct Published {
     pub at: DateTime<Utc>,
 }
 
-/// Publish `new` now? The first forecast, a change of risk, a forecast
-/// appearing or vanishing, or a move beyond the rule; never twice within
+/// Publish `new` now? The first forecast with an end, a change of risk, a
+/// forecast appearing or vanishing, or a move beyond the rule; never twice within
 /// `min_interval`.
 pub fn should_publish(
     last: Option<&Published>,
@@ -396,7 +396,8 @@ pub fn should_publish(
     now: DateTime<Utc>,
 ) -> bool {
     let Some(last) = last else {
-        return true;
+        // A first forecast without an end says nothing.
+        return new.forecast_end.is_some();
     };
     if now - last.at < rule.min_interval {
         return false;

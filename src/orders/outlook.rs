@@ -226,12 +226,15 @@ pub fn add_forecast_fields(
     Ok(())
 }
 
+/// An order's last published `forecast_end` and `at_risk`.
+pub type LastForecast = (Option<DateTime<Utc>>, bool);
+
 /// The last published forecast of an order, for `linegate orders`.
 pub fn forecast_of(
     conn: &Connection,
     order_id: &str,
     revision: u32,
-) -> Result<Option<(Option<DateTime<Utc>>, bool)>, StoreError> {
+) -> Result<Option<LastForecast>, StoreError> {
     Ok(conn
         .query_row(ONE, params![order_id, i64::from(revision)], |r| {
             Ok((parse_ts(r.get(0)?), r.get::<_, i64>(1)? != 0))
