@@ -652,6 +652,16 @@ mod tests {
             &rule,
             now
         ));
+        let blind = Forecast {
+            forecast_end: None,
+            basis: None,
+            ..f("2026-12-01T12:00:00Z", false)
+        };
+        assert!(!should_publish(None, &blind, &rule, now), "nothing to say");
+        assert!(
+            should_publish(Some(&last), &blind, &rule, now),
+            "the forecast is gone"
+        );
         // 60 s move, 4 h ahead: neither 120 s nor 5 % (12 min).
         assert!(!should_publish(
             Some(&last),
