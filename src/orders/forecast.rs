@@ -14,7 +14,7 @@
 //!   it in the window, else of any product. Without history: the order's
 //!   `ideal_cycle_s`, else the machine's, and no setup.
 //! - **The running order** blends that rate with its own: `(prior_cycle_s *
-//!   k + planned seconds since its start - half a prior cycle (the part in
+//!   k + planned seconds since its start - one prior cycle (the part in
 //!   progress)) / (k + parts made)`, `k` = 20 % of the quantity, at least 5
 //!   parts (the prior is worth that much evidence), so the forecast
 //!   converges on the order's own pace, and a stop in planned time moves it
@@ -296,9 +296,10 @@ pub fn work_left(
     let remaining = order.quantity.saturating_sub(order.produced) as f64;
     match (order.state, order.released_at, order.actual_start) {
         (OrderState::Running, _, Some(start)) => {
-            // Half a cycle of the time is, on average, spent on the part in
-            // progress: not evidence of a slower pace.
-            let elapsed = (planned_seconds(calendar, start, now) - rate.cycle_s / 2.0).max(0.0);
+            // Up to a cycle of the time is spent on the part in progress
+            // (and the first part comes a cycle after the start): not
+            // evidence of a slower pace.
+            let elapsed = (planned_seconds(calendar, start, now) - rate.cycle_s).max(0.0);
             let prior = PRIOR_PARTS.max(order.quantity as f64 * PRIOR_SHARE);
             let cycle = (rate.cycle_s * prior + elapsed) / (prior + order.produced as f64);
             remaining * cycle
