@@ -28,6 +28,8 @@
 //!   booked).
 //! - `at_risk`: the forecast end is after the order's due.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Duration, Utc};
 
 use crate::machine::shift::ShiftCalendar;
@@ -273,17 +275,21 @@ pub fn rate_for(
     order: &OpenOrder,
     machine_ideal_cycle_s: Option<f64>,
 ) -> Option<Rate> {
-    measured_rate(calendar, history, &order.product).or_else(|| {
-        order
-            .ideal_cycle_s
-            .or(machine_ideal_cycle_s)
-            .filter(|c| c.is_finite() && *c > 0.0)
-            .map(|cycle_s| Rate {
-                cycle_s,
-                setup_s: 0.0,
-                basis: Basis::Ideal,
-            })
-    })
+    measured_rate(calendar, history, &order.product)
+        .or_else(|| ideal_rate(order, machine_ideal_cycle_s))
+}
+
+/// The order's ideal cycle time, else the machine's, and no setup.
+fn ideal_rate(order: &OpenOrder, machine_ideal_cycle_s: Option<f64>) -> Option<Rate> {
+    order
+        .ideal_cycle_s
+        .or(machine_ideal_cycle_s)
+        .filter(|c| c.is_finite() && *c > 0.0)
+        .map(|cycle_s| Rate {
+            cycle_s,
+            setup_s: 0.0,
+            basis: Basis::Ideal,
+        })
 }
 
 /// Planned seconds still to work on `order` from `now`, with `rate`.
@@ -323,6 +329,9 @@ pub fn forecast_queue(
     now: DateTime<Utc>,
 ) -> QueueForecast {
     let mut clock = PlannedClock::new(calendar, now);
+    // The measured rate per product: history is walked once per product,
+    // not once per order (a long queue of few products).
+    let mut measured: HashMap<&str, Option<Rate>> = HashMap::new();
     // Once a booked order has no forecast, none after it has one.
     let mut lost = false;
     let mut unforecast = 0;
@@ -332,7 +341,10 @@ pub fn forecast_queue(
             continue;
         }
         let booked = order.state != OrderState::Held;
-        let rate = rate_for(calendar, history, order, machine_ideal_cycle_s);
+        let rate = measured
+            .entry(order.product.as_str())
+            .or_insert_with(|| measured_rate(calendar, history, &order.product))
+            .or_else(|| ideal_rate(order, machine_ideal_cycle_s));
         let (end, work) = match rate {
             Some(rate) if !lost => {
                 let work = work_left(calendar, order, rate, now);
