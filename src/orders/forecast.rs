@@ -379,6 +379,13 @@ pub fn forecast_queue(
     }
 }
 
+/// Is `now` less than `bound` after `at`? A clock stepped back before `at`
+/// is not: forecasts must not freeze until the clock catches up.
+pub fn within(at: DateTime<Utc>, now: DateTime<Utc>, bound: Duration) -> bool {
+    let since = now - at;
+    since >= Duration::zero() && since < bound
+}
+
 /// When a forecast is published again.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PublishRule {
@@ -412,7 +419,7 @@ pub fn should_publish(
         // A first forecast without an end says nothing.
         return new.forecast_end.is_some();
     };
-    if now - last.at < rule.min_interval {
+    if within(last.at, now, rule.min_interval) {
         return false;
     }
     if last.at_risk != new.at_risk {
@@ -716,6 +723,19 @@ mod tests {
             at: now - Duration::seconds(10),
             ..last
         };
+        let stepped_back = Published {
+            at: now + Duration::hours(2),
+            ..recent.clone()
+        };
+        assert!(
+            should_publish(
+                Some(&stepped_back),
+                &f("2026-12-01T15:00:00Z", true),
+                &rule,
+                now
+            ),
+            "a clock stepped back does not freeze forecasts"
+        );
         assert!(!should_publish(
             Some(&recent),
             &f("2026-12-01T15:00:00Z", true),

@@ -309,7 +309,7 @@ pub fn refresh(
     }
     let cap = capacity::capacity(calendar, now, settings.horizon, queue.dry_at);
     let due = last_capacity.is_none_or(|(last, at)| {
-        now - at >= settings.rule.min_interval
+        !forecast::within(at, now, settings.rule.min_interval)
             && capacity::capacity_changed(Some(last), &cap, settings.capacity_move_s)
     });
     if due {
