@@ -364,7 +364,6 @@ async fn each_orders_forecast_at_its_release_is_within_5_percent_of_its_completi
     let capacity = p.on("m/sim01/capacity");
     let truth = rig.stop().await;
 
-    eprintln!("truth: {truth:?}");
     for (id, s) in ["F1", "F2", "F3"].iter().zip(&statuses) {
         let released = released_at(s);
         if let Some(done) = s.iter().find(|x| x["state"] == "completed") {
