@@ -599,3 +599,71 @@ fn report_shows_the_delivery_scorecard_of_a_scripted_day() {
         "{section}"
     );
 }
+
+#[test]
+fn the_table_shows_each_open_orders_forecast_and_risk() {
+    // press07 gets two orders of 100 parts at 30 s, nothing before them:
+    // WO-A ends 08:50 (due 09:00, on time), WO-B 09:40 (due 09:00, at risk).
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&dir.path().join("data"));
+    let config_path = dir.path().join("line.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    let config = Config::from_toml(&text, &config_path).expect("test config is valid");
+    let store = Store::open(&config.gateway.data_dir).unwrap();
+    store
+        .call_blocking(|c| outbox::configure(c, OutboxPolicy::from_mb(64)))
+        .unwrap();
+    for (id, sequence) in [("WO-A", 1), ("WO-B", 2)] {
+        let mut o = order(id, "press07", "P-4711", 100, sequence);
+        o["ideal_cycle_s"] = json!(30.0);
+        o["due"] = json!("2026-11-26T09:00:00Z");
+        let parsed = command::parse(o.to_string().as_bytes(), &config);
+        store
+            .call_blocking(move |c| book::intake(c, outbox::enqueue, parsed, &|_| false, now()))
+            .unwrap();
+    }
+    let settings = linegate::orders::outlook::Settings::of(&config.forecast);
+    let refreshed = store
+        .call_blocking(move |c| {
+            linegate::orders::outlook::refresh(
+                c,
+                outbox::enqueue,
+                "press07",
+                None,
+                None,
+                &settings,
+                None,
+                now(),
+            )
+        })
+        .unwrap();
+    assert_eq!(refreshed.published, 2);
+    drop(store);
+
+    let table = stdout_of(&linegate(&["orders", "-c", config_path.to_str().unwrap()]));
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("forecast end") && header.contains("risk"),
+        "{header}"
+    );
+    let a = row(&table, "WO-A");
+    assert!(a.contains(&"2026-11-26T08:50:00.000Z"), "{a:?}");
+    assert!(!a.contains(&"AT"), "{a:?}");
+    let b = row(&table, "WO-B");
+    assert!(b.contains(&"2026-11-26T09:40:00.000Z"), "{b:?}");
+    assert!(b.contains(&"AT") && b.contains(&"RISK"), "{b:?}");
+
+    let json_text = stdout_of(&linegate(&[
+        "orders",
+        "-c",
+        config_path.to_str().unwrap(),
+        "--json",
+    ]));
+    let rows: Value = serde_json::from_str(&json_text).expect("valid JSON");
+    let b = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["order_id"] == "WO-B"))
+        .expect("WO-B listed");
+    assert_eq!(b["forecast_end"], "2026-11-26T09:40:00Z");
+    assert_eq!(b["at_risk"], true);
+}

@@ -773,4 +773,25 @@ fn a_single_bracket_list_entry_says_to_write_two_brackets() {
         e.contains("`machine`: `machine` is a list of tables: write each entry as [[machine]] (two brackets), not [machine]"),
         "{e}"
     );
+#[test]
+fn forecast_settings_out_of_range_are_named_by_key_all_at_once() {
+    let e = error_of(&format!(
+        "{GOOD}\n[forecast]\nevery_ms = 10\nmove_s = -1.0\nmove_pct = 150.0\nmin_interval_ms = 100000000\nhistory_h = 0\ncapacity_horizon_h = 500\ncapacity_move_s = -5.0\n"
+    ));
+    for key in [
+        "forecast.every_ms",
+        "forecast.move_s",
+        "forecast.move_pct",
+        "forecast.min_interval_ms",
+        "forecast.history_h",
+        "forecast.capacity_horizon_h",
+        "forecast.capacity_move_s",
+    ] {
+        assert!(e.contains(key), "{key} not named in:\n{e}");
+    }
+    let e = error_of(&format!("{GOOD}\n[forecast]\nmove_minutes = 2\n"));
+    assert!(e.contains("move_minutes"), "{e}");
+    let c = load(GOOD).unwrap();
+    assert_eq!(c.forecast.every_ms, 5000, "the default");
+    assert_eq!(c.forecast.capacity_horizon_h, 24, "the default");
 }

@@ -570,9 +570,33 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
     let (_config, store) = open_store(args.config.config.as_deref())?;
     let machine = args.machine.clone();
     let rows = store.call_blocking(move |c| crate::orders::book::list(c, machine.as_deref()))?;
+    // The forecast last published for each open order (none for final ones).
+    let keys: Vec<(String, u32, bool)> = rows
+        .iter()
+        .map(|o| (o.order_id.clone(), o.revision, o.state.is_final()))
+        .collect();
+    let forecasts = store.call_blocking(move |c| {
+        keys.iter()
+            .map(|(id, rev, fin)| {
+                if *fin {
+                    Ok(None)
+                } else {
+                    crate::orders::outlook::forecast_of(c, id, *rev)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
     if args.json {
-        let rows: Vec<serde_json::Value> = rows.iter().map(order_json).collect::<Result<_, _>>()?;
-        say!(line "{}", serde_json::to_string_pretty(&rows)?);
+        let mut out = Vec::with_capacity(rows.len());
+        for (o, f) in rows.iter().zip(&forecasts) {
+            let mut v = order_json(o)?;
+            if let (serde_json::Value::Object(m), Some((end, at_risk))) = (&mut v, f) {
+                m.insert("forecast_end".into(), serde_json::json!(end));
+                m.insert("at_risk".into(), serde_json::json!(at_risk));
+            }
+            out.push(v);
+        }
+        say!(line "{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let states: BTreeMap<String, crate::machine::MachineState> = store
@@ -583,8 +607,9 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
     let waits = waits_for_column(&rows, &states);
     let rows: Vec<Vec<String>> = rows
         .iter()
+        .zip(&forecasts)
         .zip(waits)
-        .map(|(o, waits)| {
+        .map(|((o, f), waits)| {
             vec![
                 o.order_id.clone(),
                 o.revision.to_string(),
@@ -592,6 +617,15 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
                 o.product.clone(),
                 format!("{}/{}", o.progress.produced, o.quantity),
                 o.state.to_string(),
+                match f {
+                    Some((Some(end), _)) => crate::orders::book::ts(*end),
+                    Some((None, _)) => "unknown".into(),
+                    None => String::new(),
+                },
+                match f {
+                    Some((_, true)) => "AT RISK".into(),
+                    _ => String::new(),
+                },
                 o.reason.clone().unwrap_or_default(),
                 waits,
             ]
@@ -600,7 +634,7 @@ fn orders(args: OrdersArgs) -> Result<ExitCode> {
     say!(text
         "{}",
         table::render(
-            &["order", "rev", "machine", "product", "produced", "state", "reason", "waits for"],
+            &["order", "rev", "machine", "product", "produced", "state", "forecast end", "risk", "reason", "waits for"],
             &rows
         )
     );

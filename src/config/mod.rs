@@ -118,6 +118,9 @@ pub struct Config {
     /// The Sparkplug B edge node (its own connection); without it, none.
     #[serde(default)]
     pub sparkplug: Option<SparkplugConfig>,
+    /// Order completion forecasts and free capacity.
+    #[serde(default)]
+    pub forecast: ForecastConfig,
 }
 
 /// Identity of this gateway and where it keeps its data.
@@ -540,6 +543,69 @@ fn default_period_minutes() -> u32 {
 }
 fn default_micro_stop_s() -> u64 {
     120
+}
+
+/// When order forecasts and machine capacity are computed and published.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForecastConfig {
+    /// How often each machine's forecasts are computed again, ms.
+    #[serde(default = "default_forecast_every_ms")]
+    pub every_ms: u64,
+    /// A forecast that moved by more than this is published again, seconds.
+    #[serde(default = "default_forecast_move_s")]
+    pub move_s: f64,
+    /// ... or by more than this share of the time still to go, percent (0: off).
+    #[serde(default = "default_forecast_move_pct")]
+    pub move_pct: f64,
+    /// Least time between two forecasts of one order (and two capacities of one machine), ms.
+    #[serde(default = "default_forecast_min_interval_ms")]
+    pub min_interval_ms: u64,
+    /// Completed orders younger than this make the measured throughput, hours.
+    #[serde(default = "default_forecast_history_h")]
+    pub history_h: u64,
+    /// How far ahead the capacity message looks, hours.
+    #[serde(default = "default_capacity_horizon_h")]
+    pub capacity_horizon_h: u64,
+    /// A capacity whose free or booked time moved by more than this is published, seconds.
+    #[serde(default = "default_capacity_move_s")]
+    pub capacity_move_s: f64,
+}
+
+impl Default for ForecastConfig {
+    fn default() -> Self {
+        Self {
+            every_ms: default_forecast_every_ms(),
+            move_s: default_forecast_move_s(),
+            move_pct: default_forecast_move_pct(),
+            min_interval_ms: default_forecast_min_interval_ms(),
+            history_h: default_forecast_history_h(),
+            capacity_horizon_h: default_capacity_horizon_h(),
+            capacity_move_s: default_capacity_move_s(),
+        }
+    }
+}
+
+fn default_forecast_every_ms() -> u64 {
+    5000
+}
+fn default_forecast_move_s() -> f64 {
+    120.0
+}
+fn default_forecast_move_pct() -> f64 {
+    5.0
+}
+fn default_forecast_min_interval_ms() -> u64 {
+    30_000
+}
+fn default_forecast_history_h() -> u64 {
+    168
+}
+fn default_capacity_horizon_h() -> u64 {
+    24
+}
+fn default_capacity_move_s() -> f64 {
+    300.0
 }
 
 /// Shifts and breaks per weekday, and holidays, in the gateway's time zone.

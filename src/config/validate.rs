@@ -258,6 +258,53 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
         );
     }
 
+    let f = &config.forecast;
+    if !(100..=3_600_000).contains(&f.every_ms) {
+        issues.push(
+            "forecast.every_ms",
+            format!("{} is out of range 100..=3600000 (ms)", f.every_ms),
+        );
+    }
+    if !(f.move_s.is_finite() && f.move_s >= 0.0) {
+        issues.push(
+            "forecast.move_s",
+            format!("{} must be 0 or more seconds", f.move_s),
+        );
+    }
+    if !(f.move_pct.is_finite() && (0.0..=100.0).contains(&f.move_pct)) {
+        issues.push(
+            "forecast.move_pct",
+            format!(
+                "{} is out of range 0..=100 (percent; 0 turns it off)",
+                f.move_pct
+            ),
+        );
+    }
+    if f.min_interval_ms > 86_400_000 {
+        issues.push(
+            "forecast.min_interval_ms",
+            format!("{} is above a day (86400000 ms)", f.min_interval_ms),
+        );
+    }
+    if !(1..=8760).contains(&f.history_h) {
+        issues.push(
+            "forecast.history_h",
+            format!("{} is out of range 1..=8760 (hours)", f.history_h),
+        );
+    }
+    if !(1..=168).contains(&f.capacity_horizon_h) {
+        issues.push(
+            "forecast.capacity_horizon_h",
+            format!("{} is out of range 1..=168 (hours)", f.capacity_horizon_h),
+        );
+    }
+    if !(f.capacity_move_s.is_finite() && f.capacity_move_s >= 0.0) {
+        issues.push(
+            "forecast.capacity_move_s",
+            format!("{} must be 0 or more seconds", f.capacity_move_s),
+        );
+    }
+
     if let Some(cal) = &config.shifts {
         if let Err(e) = crate::machine::shift::ShiftCalendar::from_config(cal, chrono_tz::UTC) {
             issues.push(e.key.clone(), e.message.clone());

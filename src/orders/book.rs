@@ -475,7 +475,35 @@ fn status_body(
     if let Some(c) = command {
         body.insert("command".into(), Value::from(c.as_str()));
     }
+    // v1.1: the forecast last published, on statuses of an open order.
+    if matches!(
+        state,
+        OrderState::Queued | OrderState::Released | OrderState::Running | OrderState::Held
+    ) {
+        crate::orders::outlook::add_forecast_fields(conn, &row.order_id, row.revision, &mut body)?;
+    }
     Ok(body)
+}
+
+/// A forecast status of an open order: its current state, reason
+/// `forecast`, the forecast fields (the caller recorded them first). False
+/// when the order is not open. In the caller's transaction.
+pub fn report_forecast(
+    conn: &Connection,
+    enqueue: Enqueue,
+    order_id: &str,
+    revision: u32,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let Some(row) = get(conn, order_id, revision)? else {
+        return Ok(false);
+    };
+    if row.state.is_final() || row.state == OrderState::Accepted {
+        return Ok(false);
+    }
+    let body = status_body(conn, &row, row.state, Some("forecast"), None)?;
+    send(conn, enqueue, body, now)?;
+    Ok(true)
 }
 
 /// Record and enqueue one status body.

@@ -30,6 +30,10 @@
 //! While an order is on its machine, its `ideal_cycle_s` (or none: the
 //! config's) is handed to the state engine for the performance KPI; when
 //! it leaves (completed, held, cancelled) the config's applies again.
+//!
+//! Every `forecast.every_ms`, and right after an order arrives or is
+//! released, each machine's outlook is refreshed (`outlook::refresh`: its
+//! forecasts and capacity, published when they are news).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -156,6 +160,11 @@ struct Dispatcher {
     done_tx: mpsc::Sender<WriteDone>,
     /// Book changes the store has not taken yet (a full disk), in order.
     held: HeldBook,
+    /// The shift calendar forecasts walk through (`None`: all time planned).
+    calendar: Option<Arc<crate::machine::shift::ShiftCalendar>>,
+    outlook: crate::orders::outlook::Settings,
+    /// Capacity last published per machine, and when (compared for news).
+    capacity: HashMap<String, (crate::orders::capacity::Capacity, chrono::DateTime<Utc>)>,
 }
 
 /// The order task with an explicit outbox and timing (tests, embedding).
@@ -216,7 +225,20 @@ pub async fn run_orders_with(
     drop(view_tx);
 
     let (done_tx, mut done_rx) = mpsc::channel::<WriteDone>(16);
+    let calendar = match crate::machine::engine::calendar(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            // Validated at load; should it still fail, forecasts count all time as planned.
+            error!(error = %e, "shift calendar unusable for forecasts; all time counts as planned");
+            None
+        }
+    };
+    let outlook = crate::orders::outlook::Settings::of(&config.forecast);
+    let forecast_every = Duration::from_millis(config.forecast.every_ms.max(100));
     let mut d = Dispatcher {
+        calendar,
+        outlook,
+        capacity: HashMap::new(),
         config,
         store,
         writers,
@@ -242,6 +264,8 @@ pub async fn run_orders_with(
 
     let mut tick = tokio::time::interval(d.options.late_check);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut forecast_tick = tokio::time::interval(forecast_every);
+    forecast_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inbox_open = true;
     loop {
         tokio::select! {
@@ -251,6 +275,7 @@ pub async fn run_orders_with(
                 let machine = done.machine().to_owned();
                 d.write_done(done).await;
                 d.consider(&machine).await;
+                d.refresh_outlook(&machine).await;
             }
             Some(view) = view_rx.recv() => {
                 let machine = view.machine.clone();
@@ -262,6 +287,7 @@ pub async fn run_orders_with(
                     let machines = d.intake(msg).await;
                     for m in machines {
                         d.consider(&m).await;
+                        d.refresh_outlook(&m).await;
                     }
                 }
                 None => inbox_open = false,
@@ -272,6 +298,18 @@ pub async fn run_orders_with(
                     for m in machines {
                         d.consider(&m).await;
                     }
+                }
+            }
+            _ = forecast_tick.tick() => {
+                let machines: Vec<String> = d
+                    .config
+                    .machine
+                    .iter()
+                    .filter(|m| m.orders.is_some())
+                    .map(|m| m.id.clone())
+                    .collect();
+                for m in machines {
+                    d.refresh_outlook(&m).await;
                 }
             }
             _ = tick.tick() => {
@@ -745,6 +783,53 @@ impl Dispatcher {
                 })
                 .await;
             }
+        }
+    }
+
+    /// Forecast the machine's orders and capacity; publish what is news.
+    /// Skipped while book changes are held (the book is not current).
+    async fn refresh_outlook(&mut self, machine: &str) {
+        if !self.held.is_empty() || self.shutdown.is_cancelled() {
+            return;
+        }
+        let ideal = self
+            .config
+            .machine(machine)
+            .and_then(|m| m.counters.as_ref())
+            .and_then(|c| c.ideal_cycle_s);
+        let (m, calendar, settings, enqueue) = (
+            machine.to_owned(),
+            self.calendar.clone(),
+            self.outlook.clone(),
+            self.enqueue,
+        );
+        let last = self.capacity.get(machine).cloned();
+        let now = Utc::now();
+        let result = self
+            .store
+            .call(move |c| {
+                crate::orders::outlook::refresh(
+                    c,
+                    enqueue,
+                    &m,
+                    calendar.as_deref(),
+                    ideal,
+                    &settings,
+                    last.as_ref().map(|(cap, at)| (cap, *at)),
+                    now,
+                )
+            })
+            .await;
+        match result {
+            Ok(r) => {
+                if r.published > 0 {
+                    debug!(machine = %machine, forecasts = r.published, "order forecasts published");
+                }
+                if r.capacity_published {
+                    self.capacity.insert(machine.to_owned(), (r.capacity, now));
+                }
+            }
+            Err(e) => warn!(machine = %machine, error = %e, "cannot refresh the order forecasts"),
         }
     }
 

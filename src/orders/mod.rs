@@ -10,15 +10,21 @@
 //! - [`scorecard`]: the delivery scorecard per shift and day (pure);
 //!   [`scorecard_task`] publishes it.
 //! - [`planner`]: the planner's client (`linegate order ...`).
+//! - [`forecast`]: when each open order will be done, at risk or not (pure).
+//! - [`capacity`]: a machine's free planned time over a horizon (pure).
+//! - [`outlook`]: forecasts and capacity from the store to the outbox.
 //!
 //! Orders never write anything but the registers of a machine's
 //! `[machine.orders]` section, and never send MQTT themselves: statuses go
 //! to the outbox.
 
 pub mod book;
+pub mod capacity;
 pub mod command;
 pub mod dispatch;
+pub mod forecast;
 pub mod level;
+pub mod outlook;
 pub mod planner;
 pub mod scorecard;
 pub mod scorecard_task;

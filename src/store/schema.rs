@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("scorecard", crate::orders::scorecard_task::SCHEMA_V1),
     ("uplink state", crate::uplink::status::SCHEMA_V1),
     ("sparkplug", crate::sparkplug::history::SCHEMA_V1),
+    ("order forecasts", crate::orders::outlook::SCHEMA_V1),
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
