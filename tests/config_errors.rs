@@ -773,6 +773,8 @@ fn a_single_bracket_list_entry_says_to_write_two_brackets() {
         e.contains("`machine`: `machine` is a list of tables: write each entry as [[machine]] (two brackets), not [machine]"),
         "{e}"
     );
+}
+
 #[test]
 fn forecast_settings_out_of_range_are_named_by_key_all_at_once() {
     let e = error_of(&format!(
