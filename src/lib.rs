@@ -18,10 +18,12 @@
 //! - [`orders`]: levelled work orders: intake, sequencing, safe dispatch.
 //! - [`reload`]: what a SIGHUP reload changes (running config vs new one, pure).
 //! - [`sim`]: simulated machines served over real Modbus TCP (demo, tests).
+//! - [`console`]: the local web console, `/metrics`, `/healthz` (read-only).
 //! - [`systemd`]: readiness, watchdog and journal logging under systemd.
 //! - [`cli`]: the `linegate` command line.
 
 pub mod agent;
+pub mod console;
 pub mod cli;
 pub mod config;
 pub mod machine;

@@ -504,6 +504,9 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
         }
         let mut config = Config::from_toml(&text, Path::new("(demo line)"))?;
         config.accounting.period_minutes = args.period_minutes;
+        if let Some(url) = crate::console::url(&config.console) {
+            say!(line "console: {url}");
+        }
         let board: Board = Default::default();
         let agent_stop = shutdown.child_token();
         let agent = tokio::spawn(agent::run(
