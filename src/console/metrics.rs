@@ -366,16 +366,78 @@ pub async fn scrape(s: &Sources) -> Result<Scrape, crate::store::StoreError> {
     })
 }
 
-/// `GET /metrics`.
-pub async fn metrics(State(s): State<Arc<Sources>>) -> Response {
+/// The content type of the classic Prometheus text format.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics text:
+/// the same samples; a counter family's `HELP`/`TYPE` lines name it with
+/// its `_total` suffix (as its samples are), and the `# EOF` and `# UNIT`
+/// lines, which 0.0.4 does not have, are left out. For scrapers that do not
+/// ask for OpenMetrics (`promtool check metrics`, curl, older Prometheus).
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `GET /metrics`: OpenMetrics when the scraper asks for it (Prometheus
+/// does), else the classic text format.
+pub async fn metrics(State(s): State<Arc<Sources>>, headers: axum::http::HeaderMap) -> Response {
     let text = match scrape(&s).await {
         Ok(scrape) => encode(scrape),
         Err(e) => {
             return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response();
         }
     };
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
     match text {
-        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Ok(text) if openmetrics => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Ok(text) => (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            to_prometheus_text(&text),
+        )
+            .into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_text_names_counter_families_with_total_and_drops_eof() {
+        let om = "# HELP a_parts Parts.\n# TYPE a_parts counter\na_parts_total{machine=\"m\"} 3\n\
+                  # HELP b_depth Depth.\n# TYPE b_depth gauge\nb_depth 2\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_parts_total Parts.\n# TYPE a_parts_total counter\na_parts_total{machine=\"m\"} 3\n\
+             # HELP b_depth Depth.\n# TYPE b_depth gauge\nb_depth 2\n"
+        );
     }
 }
