@@ -23,9 +23,9 @@
 //! - [`cli`]: the `linegate` command line.
 
 pub mod agent;
-pub mod console;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod machine;
 pub mod orders;
 pub mod reload;

@@ -106,33 +106,54 @@ async fn the_pages_the_api_and_the_metrics_show_every_machine_of_the_line() {
                 .is_some_and(|ms| ms.iter().all(|m| m["state"].is_string()))
         })
         .await;
-    assert_eq!(machine_ids(&line), truth, "the line lists the simulated machines");
+    assert_eq!(
+        machine_ids(&line),
+        truth,
+        "the line lists the simulated machines"
+    );
 
     // Pages: HTML shells with their embedded assets, no outside reference.
     for path in ["/", "/machine/sim01", "/orders", "/gateway"] {
         let r = demo.get(path).await;
         assert_eq!(r.status, 200, "GET {path}");
         assert!(
-            r.header("content-type").is_some_and(|t| t.starts_with("text/html")),
+            r.header("content-type")
+                .is_some_and(|t| t.starts_with("text/html")),
             "GET {path}: {:?}",
             r.headers
         );
-        assert!(r.body.contains("/assets/console.js"), "GET {path} loads the script");
-        assert!(!r.body.contains("http://") && !r.body.contains("https://"), "GET {path} refers to nothing outside");
+        assert!(
+            r.body.contains("/assets/console.js"),
+            "GET {path} loads the script"
+        );
+        assert!(
+            !r.body.contains("http://") && !r.body.contains("https://"),
+            "GET {path} refers to nothing outside"
+        );
     }
     let js = demo.get("/assets/console.js").await;
     assert_eq!(js.status, 200);
-    assert!(js.header("content-type").is_some_and(|t| t.starts_with("text/javascript")));
+    assert!(js
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/javascript")));
     let css = demo.get("/assets/console.css").await;
     assert!(css.status == 200 && !css.body.contains("@import") && !css.body.contains("url("));
     assert_eq!(demo.get("/no/such/page").await.status, 404);
 
     // One machine in detail: every configured signal, its bus, a timeline.
     let m = demo
-        .wait_json("/api/v1/machines/sim01", "sim01 has a timeline and bus counts", |v| {
-            v["timeline"]["day"]["spans"].as_array().is_some_and(|s| !s.is_empty())
-                && v["bus_stats"]["counters"]["requests"].as_u64().is_some_and(|n| n > 0)
-        })
+        .wait_json(
+            "/api/v1/machines/sim01",
+            "sim01 has a timeline and bus counts",
+            |v| {
+                v["timeline"]["day"]["spans"]
+                    .as_array()
+                    .is_some_and(|s| !s.is_empty())
+                    && v["bus_stats"]["counters"]["requests"]
+                        .as_u64()
+                        .is_some_and(|n| n > 0)
+            },
+        )
         .await;
     let configured: Vec<&str> = demo
         .config
@@ -150,15 +171,25 @@ async fn the_pages_the_api_and_the_metrics_show_every_machine_of_the_line() {
         .collect();
     assert_eq!(shown, configured, "every signal of sim01, in config order");
     assert!(
-        m["signals"].as_array().into_iter().flatten().all(|s| s["last_read"].is_string()),
+        m["signals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|s| s["last_read"].is_string()),
         "every signal has been read: {}",
         m["signals"]
     );
     assert_eq!(m["bus_stats"]["bus"], "bus-sim01");
-    assert!(m["bus_stats"]["latency"]["count"].as_u64().is_some_and(|n| n > 0));
+    assert!(m["bus_stats"]["latency"]["count"]
+        .as_u64()
+        .is_some_and(|n| n > 0));
     let missing = demo.get("/api/v1/machines/nope").await;
     assert_eq!(missing.status, 404);
-    assert!(missing.body.contains("nope"), "the 404 names the machine: {}", missing.body);
+    assert!(
+        missing.body.contains("nope"),
+        "the 404 names the machine: {}",
+        missing.body
+    );
 
     let gateway = demo.json("/api/v1/gateway").await;
     assert_eq!(gateway["gateway"], "gw-demo");
@@ -177,17 +208,27 @@ async fn the_pages_the_api_and_the_metrics_show_every_machine_of_the_line() {
     let health = demo.get("/healthz").await;
     assert_eq!(health.status, 200, "{}", health.body);
     let health: Value = serde_json::from_str(&health.body).expect("healthz JSON");
-    let loops: Vec<&str> = health["loops"].as_array().expect("loops").iter().filter_map(Value::as_str).collect();
+    let loops: Vec<&str> = health["loops"]
+        .as_array()
+        .expect("loops")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     for bus in demo.config.bus.iter() {
         let name = format!("modbus bus {}", bus.id);
-        assert!(loops.contains(&name.as_str()), "{name} is watched: {loops:?}");
+        assert!(
+            loops.contains(&name.as_str()),
+            "{name} is watched: {loops:?}"
+        );
     }
 
     // Metrics: Prometheus accepts them; every family is documented; label
     // names are Prometheus style; each machine is in exactly one state.
     let metrics = demo.get("/metrics").await;
     assert_eq!(metrics.status, 200);
-    assert!(metrics.header("content-type").is_some_and(|t| t.starts_with("text/plain; version=0.0.4")));
+    assert!(metrics
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")));
     promtool_check(&metrics.body);
     let docs = std::fs::read_to_string("docs/console.md").expect("docs/console.md");
     let (families, labels) = families_and_labels(&metrics.body);
@@ -210,31 +251,64 @@ async fn the_pages_the_api_and_the_metrics_show_every_machine_of_the_line() {
         .iter()
         .filter(|f| !docs.contains(&format!("`{f}`")))
         .collect();
-    assert!(undocumented.is_empty(), "families not in docs/console.md: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "families not in docs/console.md: {undocumented:?}"
+    );
     for l in &labels {
         assert!(
             !l.is_empty()
-                && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
                 && !l.starts_with("__"),
             "label {l:?} is not Prometheus style"
         );
     }
     for id in &truth {
-        let ones: f64 = ["running", "setup", "down", "idle", "planned_stop", "offline"]
-            .iter()
-            .filter_map(|s| sample(&metrics.body, &format!("linegate_machine_state{{machine=\"{id}\",state=\"{s}\"}}")))
-            .sum();
+        let ones: f64 = [
+            "running",
+            "setup",
+            "down",
+            "idle",
+            "planned_stop",
+            "offline",
+        ]
+        .iter()
+        .filter_map(|s| {
+            sample(
+                &metrics.body,
+                &format!("linegate_machine_state{{machine=\"{id}\",state=\"{s}\"}}"),
+            )
+        })
+        .sum();
         assert_eq!(ones, 1.0, "{id} is in exactly one state");
     }
-    let requests = sample(&metrics.body, "linegate_bus_requests_total{bus=\"bus-sim01\",transport=\"tcp\"}")
-        .expect("bus-sim01 requests");
-    let replies = sample(&metrics.body, "linegate_bus_reply_seconds_count{bus=\"bus-sim01\"}").expect("replies");
-    assert!(requests >= replies && replies > 0.0, "requests {requests} >= replies {replies}");
+    let requests = sample(
+        &metrics.body,
+        "linegate_bus_requests_total{bus=\"bus-sim01\",transport=\"tcp\"}",
+    )
+    .expect("bus-sim01 requests");
+    let replies = sample(
+        &metrics.body,
+        "linegate_bus_reply_seconds_count{bus=\"bus-sim01\"}",
+    )
+    .expect("replies");
+    assert!(
+        requests >= replies && replies > 0.0,
+        "requests {requests} >= replies {replies}"
+    );
     // Prometheus asks for OpenMetrics and gets it.
-    let om = request(demo.port, "GET", "/metrics", &[("Accept", "application/openmetrics-text;version=1.0.0")])
-        .await
-        .expect("openmetrics scrape");
-    assert!(om.header("content-type").is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    let om = request(
+        demo.port,
+        "GET",
+        "/metrics",
+        &[("Accept", "application/openmetrics-text;version=1.0.0")],
+    )
+    .await
+    .expect("openmetrics scrape");
+    assert!(om
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/openmetrics-text")));
     assert!(om.body.ends_with("# EOF\n"));
 
     demo.stop().await;
@@ -254,8 +328,12 @@ async fn a_machine_that_stops_answering_turns_offline_in_the_api_and_the_metrics
             state_of(v, "sim02").as_deref() == Some("offline")
         })
         .await;
-    let m = line["machines"].as_array().and_then(|ms| ms.iter().find(|m| m["machine"] == "sim02")).expect("sim02");
-    let since = chrono::DateTime::parse_from_rfc3339(m["since"].as_str().expect("since")).expect("time");
+    let m = line["machines"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["machine"] == "sim02"))
+        .expect("sim02");
+    let since =
+        chrono::DateTime::parse_from_rfc3339(m["since"].as_str().expect("since")).expect("time");
     // The poll that saw it started before the pull, at most one timeout before.
     let timeout_ms = demo.config.bus("bus-sim02").expect("bus-sim02").timeout_ms;
     let earliest = pulled - chrono::Duration::milliseconds(i64::try_from(timeout_ms).unwrap_or(0));
@@ -264,36 +342,88 @@ async fn a_machine_that_stops_answering_turns_offline_in_the_api_and_the_metrics
         "offline since {since}: no earlier than the request in flight when the cable was pulled at {pulled}"
     );
     assert!(m["last_error"].is_string(), "the failed poll says why: {m}");
-    assert_ne!(state_of(&line, "sim01").as_deref(), Some("offline"), "its neighbour still answers");
+    assert_ne!(
+        state_of(&line, "sim01").as_deref(),
+        Some("offline"),
+        "its neighbour still answers"
+    );
     let metrics = demo.get("/metrics").await.body;
-    assert_eq!(sample(&metrics, "linegate_machine_state{machine=\"sim02\",state=\"offline\"}"), Some(1.0));
-    assert_eq!(sample(&metrics, "linegate_machine_state{machine=\"sim01\",state=\"offline\"}"), Some(0.0));
-    let timeouts = sample(&metrics, "linegate_bus_timeouts_total{bus=\"bus-sim02\",transport=\"tcp\"}").expect("timeouts");
-    assert!(timeouts >= 1.0, "the silent machine's bus counts its timeouts: {timeouts}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "linegate_machine_state{machine=\"sim02\",state=\"offline\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "linegate_machine_state{machine=\"sim01\",state=\"offline\"}"
+        ),
+        Some(0.0)
+    );
+    let timeouts = sample(
+        &metrics,
+        "linegate_bus_timeouts_total{bus=\"bus-sim02\",transport=\"tcp\"}",
+    )
+    .expect("timeouts");
+    assert!(
+        timeouts >= 1.0,
+        "the silent machine's bus counts its timeouts: {timeouts}"
+    );
     let detail = demo.json("/api/v1/machines/sim02").await;
-    let last = detail["timeline"]["day"]["spans"].as_array().and_then(|s| s.last().cloned()).expect("spans");
-    assert_eq!(last["state"], "offline", "the timeline ends offline: {}", detail["timeline"]);
+    let last = detail["timeline"]["day"]["spans"]
+        .as_array()
+        .and_then(|s| s.last().cloned())
+        .expect("spans");
+    assert_eq!(
+        last["state"], "offline",
+        "the timeline ends offline: {}",
+        detail["timeline"]
+    );
     demo.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_route_accepts_a_write_and_a_write_changes_nothing() {
     let demo = DemoLine::start(1, 20.0, "").await;
-    demo.wait_json("/api/v1/line", "sim01 read", |v| state_of(v, "sim01").is_some()).await;
+    demo.wait_json("/api/v1/line", "sim01 read", |v| {
+        state_of(v, "sim01").is_some()
+    })
+    .await;
     let before = demo.json("/api/v1/orders").await;
     for path in [
-        "/", "/machine/sim01", "/orders", "/gateway", "/api/v1/line", "/api/v1/machines/sim01",
-        "/api/v1/orders", "/api/v1/gateway", "/metrics", "/healthz", "/assets/console.js",
-        "/api/v1/orders/o-1", "/api/v1/machines/sim01/write",
+        "/",
+        "/machine/sim01",
+        "/orders",
+        "/gateway",
+        "/api/v1/line",
+        "/api/v1/machines/sim01",
+        "/api/v1/orders",
+        "/api/v1/gateway",
+        "/metrics",
+        "/healthz",
+        "/assets/console.js",
+        "/api/v1/orders/o-1",
+        "/api/v1/machines/sim01/write",
     ] {
         for method in ["POST", "PUT", "DELETE", "PATCH"] {
-            let r = request(demo.port, method, path, &[]).await.expect("a reply");
+            let r = request(demo.port, method, path, &[])
+                .await
+                .expect("a reply");
             assert_eq!(r.status, 405, "{method} {path}: {}", r.body);
-            assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method} {path} says what is allowed");
+            assert_eq!(
+                r.header("allow"),
+                Some("GET, HEAD"),
+                "{method} {path} says what is allowed"
+            );
         }
     }
     let after = demo.json("/api/v1/orders").await;
-    assert_eq!(before["machines"], after["machines"], "the order book is unchanged");
+    assert_eq!(
+        before["machines"], after["machines"],
+        "the order book is unchanged"
+    );
     assert_eq!(before["by_state"], after["by_state"]);
     demo.stop().await;
 }
@@ -309,7 +439,8 @@ fn a_console_off_loopback_needs_a_password_and_the_error_names_the_key() {
     let e = Config::from_toml(&bad, std::path::Path::new("t.toml")).expect_err("not IP:port");
     assert!(e.to_string().contains("console.listen"), "{e}");
     let half_tls = format!("{base}[console]\ntls_cert_file = \"c.pem\"\n");
-    let e = Config::from_toml(&half_tls, std::path::Path::new("t.toml")).expect_err("cert without key");
+    let e =
+        Config::from_toml(&half_tls, std::path::Path::new("t.toml")).expect_err("cert without key");
     assert!(e.to_string().contains("console.tls_cert_file"), "{e}");
     let off = format!("{base}[console]\nlisten = \"\"\n");
     let c = Config::from_toml(&off, std::path::Path::new("t.toml")).expect("off is valid");
@@ -320,7 +451,9 @@ fn a_console_off_loopback_needs_a_password_and_the_error_names_the_key() {
     let c = Config::from_toml(&with_password, std::path::Path::new("t.toml")).expect("valid");
     let warnings = linegate::config::console_warnings(&c.console);
     assert!(
-        warnings.iter().any(|w| w.key == "console.listen" && w.message.contains("TLS")),
+        warnings
+            .iter()
+            .any(|w| w.key == "console.listen" && w.message.contains("TLS")),
         "plaintext off loopback is warned about: {warnings:?}"
     );
 }
@@ -340,31 +473,56 @@ async fn off_loopback_every_route_but_healthz_asks_for_the_password() {
     .await;
     let port = demo.port;
     use base64::Engine as _;
-    let good = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("linegate:s3cret"));
-    let wrong = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("linegate:guess"));
+    let good = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("linegate:s3cret")
+    );
+    let wrong = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("linegate:guess")
+    );
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while request(port, "GET", "/healthz", &[]).await.is_err() {
         assert!(tokio::time::Instant::now() < deadline, "the console starts");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for path in ["/", "/api/v1/line", "/metrics", "/machine/sim01", "/assets/console.js"] {
+    for path in [
+        "/",
+        "/api/v1/line",
+        "/metrics",
+        "/machine/sim01",
+        "/assets/console.js",
+    ] {
         let none = request(port, "GET", path, &[]).await.expect("reply");
         assert_eq!(none.status, 401, "GET {path} without a password");
-        assert!(none.header("www-authenticate").is_some_and(|v| v.starts_with("Basic")));
-        let bad = request(port, "GET", path, &[("Authorization", &wrong)]).await.expect("reply");
+        assert!(none
+            .header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Basic")));
+        let bad = request(port, "GET", path, &[("Authorization", &wrong)])
+            .await
+            .expect("reply");
         assert_eq!(bad.status, 401, "GET {path} with a wrong password");
-        let ok = request(port, "GET", path, &[("Authorization", &good)]).await.expect("reply");
+        let ok = request(port, "GET", path, &[("Authorization", &good)])
+            .await
+            .expect("reply");
         assert_eq!(ok.status, 200, "GET {path} with the password: {}", ok.body);
     }
-    assert_eq!(request(port, "GET", "/healthz", &[]).await.expect("reply").status, 200);
+    assert_eq!(
+        request(port, "GET", "/healthz", &[])
+            .await
+            .expect("reply")
+            .status,
+        200
+    );
     demo.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_serves_the_console_with_the_configured_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("a certificate");
+    let issued =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("a certificate");
     let cert = dir.path().join("console-cert.pem");
     let key = dir.path().join("console-key.pem");
     std::fs::write(&cert, issued.cert.pem()).expect("cert file");
@@ -395,7 +553,10 @@ async fn https_serves_the_console_with_the_configured_certificate() {
         match attempt.await {
             Ok(r) => break r,
             Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "HTTPS never answered: {e}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "HTTPS never answered: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -405,7 +566,10 @@ async fn https_serves_the_console_with_the_configured_certificate() {
     assert_eq!(machine_ids(&line), vec!["sim01".to_string()]);
     // Plain HTTP on the HTTPS port gets no page.
     let plain = request(demo.port, "GET", "/api/v1/line", &[]).await;
-    assert!(plain.map(|r| r.status != 200).unwrap_or(true), "no page over plain HTTP");
+    assert!(
+        plain.map(|r| r.status != 200).unwrap_or(true),
+        "no page over plain HTTP"
+    );
     demo.stop().await;
 }
 
@@ -419,7 +583,9 @@ async fn healthz_turns_503_and_names_the_loop_that_stopped_beating() {
         "[gateway]\nid = \"gw1\"\nsite = \"s1\"\ndata_dir = {:?}\n",
         dir.path().display().to_string()
     );
-    let config = std::sync::Arc::new(Config::from_toml(&text, std::path::Path::new("t.toml")).expect("config"));
+    let config = std::sync::Arc::new(
+        Config::from_toml(&text, std::path::Path::new("t.toml")).expect("config"),
+    );
     let store = linegate::store::Store::open(dir.path()).expect("store");
     let liveness = linegate::systemd::Liveness::new();
     let (_config_tx, config_rx) = tokio::sync::watch::channel(config);
@@ -433,7 +599,9 @@ async fn healthz_turns_503_and_names_the_loop_that_stopped_beating() {
         buses: std::sync::Arc::new(Vec::new),
         started_at: chrono::Utc::now(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(linegate::console::serve(
@@ -462,7 +630,11 @@ async fn healthz_turns_503_and_names_the_loop_that_stopped_beating() {
             }
         })
     };
-    let get = || async { request(port, "GET", "/healthz", &[]).await.expect("healthz answers") };
+    let get = || async {
+        request(port, "GET", "/healthz", &[])
+            .await
+            .expect("healthz answers")
+    };
     let ok = get().await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     stuck.cancel();
@@ -473,19 +645,40 @@ async fn healthz_turns_503_and_names_the_loop_that_stopped_beating() {
             break r;
         }
         assert_eq!(r.status, 200);
-        assert!(tokio::time::Instant::now() < deadline, "healthz never turned 503");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "healthz never turned 503"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let body: Value = serde_json::from_str(&silent.body).expect("JSON");
-    assert_eq!(body["silent"], serde_json::json!(["mqtt bus cell-b"]), "only the stopped loop is named: {body}");
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("mqtt bus cell-b")));
-    let metrics = request(port, "GET", "/metrics", &[]).await.expect("metrics").body;
-    assert_eq!(sample(&metrics, "linegate_loop_beating{loop=\"mqtt bus cell-b\"}"), Some(0.0));
-    assert_eq!(sample(&metrics, "linegate_loop_beating{loop=\"uplink\"}"), Some(1.0));
+    assert_eq!(
+        body["silent"],
+        serde_json::json!(["mqtt bus cell-b"]),
+        "only the stopped loop is named: {body}"
+    );
+    assert!(body["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("mqtt bus cell-b")));
+    let metrics = request(port, "GET", "/metrics", &[])
+        .await
+        .expect("metrics")
+        .body;
+    assert_eq!(
+        sample(&metrics, "linegate_loop_beating{loop=\"mqtt bus cell-b\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "linegate_loop_beating{loop=\"uplink\"}"),
+        Some(1.0)
+    );
     resumed.cancel();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while get().await.status != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "healthz never turned 200 again");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "healthz never turned 200 again"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     looping.abort();

@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use validate::{console_addr, console_warnings};
 pub use validate::{
     is_valid_id, uplink_warnings, validate, writable_range, ConfigIssue, MAX_IDEAL_CYCLE_S,
 };
-pub use validate::{console_addr, console_warnings};
 
 /// Where the config file is looked for when neither `-c` nor `$LINEGATE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/linegate/linegate.toml";

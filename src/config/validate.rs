@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use super::{
-    Area, BusConfig, Config, ConsoleConfig, DataType, MachineConfig, OrderRegister, RetainedPolicy, Transport,
-    UplinkConfig,
+    Area, BusConfig, Config, ConsoleConfig, DataType, MachineConfig, OrderRegister, RetainedPolicy,
+    Transport, UplinkConfig,
 };
 
 /// One problem in a config, with the key path it is about.

@@ -24,7 +24,7 @@ use crate::store::StoreError;
 
 /// How far back the machine page's day timeline and period table go.
 const DAY: chrono::Duration = chrono::Duration::hours(24);
-/// The "current shift" without a shift calendar.
+/// The longest "current shift" without a shift calendar.
 const NO_CALENDAR_SHIFT: chrono::Duration = chrono::Duration::hours(8);
 
 /// A store error as the API answers it: 503, the error said.
@@ -239,7 +239,8 @@ pub async fn machine(State(s): State<Arc<Sources>>, Path(id): Path<String>) -> R
         .and_then(|cal| cal.shift_at(now));
     let (shift_name, shift_from, shift_to) = match &shift {
         Some(sh) => (Some(sh.name.clone()), sh.start, sh.end.min(now)),
-        None => (None, now - NO_CALENDAR_SHIFT, now),
+        // Without a calendar: since the agent started, at most 8 h back.
+        None => (None, (now - NO_CALENDAR_SHIFT).max(s.started_at), now),
     };
     let earliest = day_from.min(shift_from);
     let machine_id = id.clone();
@@ -265,9 +266,15 @@ pub async fn machine(State(s): State<Arc<Sources>>, Path(id): Path<String>) -> R
     let present = board
         .state
         .map(|st| (st, board.reason.clone(), board.since))
-        .or(status.as_ref().map(|st| (st.state, st.reason.clone(), Some(st.since))));
+        .or(status
+            .as_ref()
+            .map(|st| (st.state, st.reason.clone(), Some(st.since))));
     let draw = |from: DateTime<Utc>, to: DateTime<Utc>| {
-        let in_view: Vec<StateChange> = changes.iter().filter(|c| c.since >= from).cloned().collect();
+        let in_view: Vec<StateChange> = changes
+            .iter()
+            .filter(|c| c.since >= from)
+            .cloned()
+            .collect();
         match in_view.first() {
             Some(first) => timeline(&in_view, first.prev.map(|p| (p, None)), from, to),
             None => match &present {
@@ -520,13 +527,25 @@ mod tests {
     #[test]
     fn a_timeline_runs_from_the_state_before_through_each_change_to_the_end() {
         use MachineState::*;
-        let changes = [change(10, Down, Some(Running)), change(25, Running, Some(Down))];
+        let changes = [
+            change(10, Down, Some(Running)),
+            change(25, Running, Some(Down)),
+        ];
         let spans = timeline(&changes, Some((Running, None)), at(0), at(40));
         let got: Vec<(MachineState, i64, i64)> = spans
             .iter()
-            .map(|s| (s.state, s.from.timestamp() - at(0).timestamp(), s.to.timestamp() - at(0).timestamp()))
+            .map(|s| {
+                (
+                    s.state,
+                    s.from.timestamp() - at(0).timestamp(),
+                    s.to.timestamp() - at(0).timestamp(),
+                )
+            })
             .collect();
-        assert_eq!(got, vec![(Running, 0, 10), (Down, 10, 25), (Running, 25, 40)]);
+        assert_eq!(
+            got,
+            vec![(Running, 0, 10), (Down, 10, 25), (Running, 25, 40)]
+        );
     }
 
     #[test]
@@ -535,17 +554,26 @@ mod tests {
         let changes = [change(10, Idle, None), change(50, Down, Some(Idle))];
         let spans = timeline(&changes, None, at(0), at(30));
         assert_eq!(spans.len(), 1);
-        assert_eq!((spans[0].state, spans[0].from, spans[0].to), (Idle, at(10), at(30)));
+        assert_eq!(
+            (spans[0].state, spans[0].from, spans[0].to),
+            (Idle, at(10), at(30))
+        );
     }
 
     #[test]
     fn a_change_recorded_out_of_order_never_makes_a_span_run_backwards() {
         use MachineState::*;
         // A clock stepped back: the second change is dated before the first.
-        let changes = [change(20, Down, Some(Running)), change(15, Running, Some(Down))];
+        let changes = [
+            change(20, Down, Some(Running)),
+            change(15, Running, Some(Down)),
+        ];
         let spans = timeline(&changes, Some((Running, None)), at(0), at(30));
         assert!(spans.iter().all(|s| s.from <= s.to), "{spans:?}");
-        assert_eq!(spans.last().map(|s| (s.state, s.to)), Some((Running, at(30))));
+        assert_eq!(
+            spans.last().map(|s| (s.state, s.to)),
+            Some((Running, at(30)))
+        );
     }
 
     #[test]

@@ -103,7 +103,10 @@ impl prometheus_client::collector::Collector for Scrape {
             boards.iter().flat_map(|(id, b)| {
                 MachineState::ALL.iter().map(move |s| {
                     (
-                        vec![("machine", (*id).to_owned()), ("state", s.as_str().to_owned())],
+                        vec![
+                            ("machine", (*id).to_owned()),
+                            ("state", s.as_str().to_owned()),
+                        ],
                         i64::from(b.state == Some(*s)),
                     )
                 })
@@ -119,34 +122,48 @@ impl prometheus_client::collector::Collector for Scrape {
             &mut e,
             "linegate_machine_period_state_seconds",
             "Seconds of the current accounting period each machine spent in each state so far.",
-            boards.iter().filter_map(|(id, _)| period(id).map(|p| (*id, p))).flat_map(|(id, p)| {
-                let s = p.seconds;
-                [
-                    ("running", s.running),
-                    ("setup", s.setup),
-                    ("down", s.down),
-                    ("idle", s.idle),
-                    ("planned_stop", s.planned_stop),
-                    ("offline", s.offline),
-                ]
-                .map(|(state, v)| {
-                    (
-                        vec![("machine", id.to_owned()), ("state", state.to_owned())],
-                        v,
-                    )
-                })
-            }),
+            boards
+                .iter()
+                .filter_map(|(id, _)| period(id).map(|p| (*id, p)))
+                .flat_map(|(id, p)| {
+                    let s = p.seconds;
+                    [
+                        ("running", s.running),
+                        ("setup", s.setup),
+                        ("down", s.down),
+                        ("idle", s.idle),
+                        ("planned_stop", s.planned_stop),
+                        ("offline", s.offline),
+                    ]
+                    .map(|(state, v)| {
+                        (
+                            vec![("machine", id.to_owned()), ("state", state.to_owned())],
+                            v,
+                        )
+                    })
+                }),
         )?;
         gauge(
             &mut e,
             "linegate_machine_period_parts",
             "Parts of the current accounting period so far, by kind (produced, good, scrap).",
-            boards.iter().filter_map(|(id, _)| period(id).map(|p| (*id, p))).flat_map(|(id, p)| {
-                let c = p.counts;
-                [("produced", c.produced), ("good", c.good), ("scrap", c.scrap)].map(
-                    |(kind, v)| (vec![("machine", id.to_owned()), ("kind", kind.to_owned())], v as i64),
-                )
-            }),
+            boards
+                .iter()
+                .filter_map(|(id, _)| period(id).map(|p| (*id, p)))
+                .flat_map(|(id, p)| {
+                    let c = p.counts;
+                    [
+                        ("produced", c.produced),
+                        ("good", c.good),
+                        ("scrap", c.scrap),
+                    ]
+                    .map(|(kind, v)| {
+                        (
+                            vec![("machine", id.to_owned()), ("kind", kind.to_owned())],
+                            v as i64,
+                        )
+                    })
+                }),
         )?;
         gauge(
             &mut e,
@@ -198,10 +215,26 @@ impl prometheus_client::collector::Collector for Scrape {
         };
         let modbus: Vec<&LiveBus> = self.buses.iter().filter(|b| b.latency.is_some()).collect();
         for (name, key, help) in [
-            ("linegate_bus_requests", "requests", "Modbus requests sent on each bus (reads and writes)."),
-            ("linegate_bus_errors", "errors", "Modbus requests or connects that failed on each bus, timeouts included."),
-            ("linegate_bus_timeouts", "timeouts", "Modbus requests on each bus that got no reply within timeout_ms."),
-            ("linegate_bus_reconnects", "reconnects", "Connections of each Modbus bus opened again after one was dropped."),
+            (
+                "linegate_bus_requests",
+                "requests",
+                "Modbus requests sent on each bus (reads and writes).",
+            ),
+            (
+                "linegate_bus_errors",
+                "errors",
+                "Modbus requests or connects that failed on each bus, timeouts included.",
+            ),
+            (
+                "linegate_bus_timeouts",
+                "timeouts",
+                "Modbus requests on each bus that got no reply within timeout_ms.",
+            ),
+            (
+                "linegate_bus_reconnects",
+                "reconnects",
+                "Connections of each Modbus bus opened again after one was dropped.",
+            ),
         ] {
             counter(
                 &mut e,
@@ -422,7 +455,11 @@ pub async fn metrics(State(s): State<Arc<Sources>>, headers: axum::http::HeaderM
             to_prometheus_text(&text),
         )
             .into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics\n").into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the metrics\n",
+        )
+            .into_response(),
     }
 }
 

@@ -138,7 +138,11 @@ pub fn start(sources: Sources, stop: CancellationToken) -> Option<tokio::task::J
             return None;
         }
     };
-    let tls = match config.tls_cert_file.as_ref().zip(config.tls_key_file.as_ref()) {
+    let tls = match config
+        .tls_cert_file
+        .as_ref()
+        .zip(config.tls_key_file.as_ref())
+    {
         Some((cert, key)) => match tls_acceptor(cert, key) {
             Ok(a) => Some(a),
             Err(e) => {
@@ -304,7 +308,10 @@ async fn require_password(State(guard): State<Guard>, request: Request, next: Ne
     }
     (
         StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Basic realm=\"linegate\", charset=\"UTF-8\"")],
+        [(
+            header::WWW_AUTHENTICATE,
+            "Basic realm=\"linegate\", charset=\"UTF-8\"",
+        )],
         "the console needs its user name and password (console.password_file)\n",
     )
         .into_response()

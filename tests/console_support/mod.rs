@@ -113,7 +113,10 @@ impl DemoLine {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => panic!("the console at {} does not answer GET {path}: {e}", self.base),
+                Err(e) => panic!(
+                    "the console at {} does not answer GET {path}: {e}",
+                    self.base
+                ),
             }
         }
     }
@@ -211,7 +214,9 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let raw = tokio::time::timeout(Duration::from_secs(10), io)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no full reply in 10 s"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "no full reply in 10 s")
+        })??;
     parse(&raw)
 }
 

@@ -102,6 +102,8 @@ function drawTimeline(box, view) {
   const span = Math.max(1, to - from);
   const x = t => (W * (Date.parse(t) - from) / span);
   const s = svg("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img", "aria-label": "state timeline" });
+  // What no record covers (before the agent watched, a gap) stays hatched.
+  s.append(svg("rect", { x: 0, y: 0, width: W, height: BAR, class: "nodata" }, svg("title", {}, "no record")));
   for (const sp of view.spans) {
     const x0 = x(sp.from), w = Math.max(0.5, x(sp.to) - x0);
     s.append(svg("rect", { x: x0.toFixed(2), y: 0, width: w.toFixed(2), height: BAR, class: sp.state, "data-state": sp.state },
@@ -124,7 +126,7 @@ async function drawMachine() {
     " · parts " + m.produced_total + " (good " + m.good_total + ")" +
     " · polls " + m.reads + ", failed " + m.failed_reads +
     (m.last_error ? " · last error: " + m.last_error : "");
-  document.getElementById("shift-name").textContent = m.timeline.shift.name ? "(" + m.timeline.shift.name + ")" : "(no shift calendar: last 8 h)";
+  document.getElementById("shift-name").textContent = m.timeline.shift.name ? "(" + m.timeline.shift.name + ")" : "(no shift calendar: since the agent started, at most 8 h)";
   drawTimeline(document.getElementById("timeline-shift"), m.timeline.shift.view);
   drawTimeline(document.getElementById("timeline-day"), m.timeline.day);
   const legend = document.getElementById("legend");
