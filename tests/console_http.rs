@@ -4,6 +4,7 @@
 //! checked against the simulated line's own record (its machines, the time
 //! a machine was silenced), the config and docs/console.md, and the metrics
 //! text against `promtool check metrics` (Prometheus's own linter).
+mod common;
 mod console_support;
 
 use std::collections::BTreeSet;
@@ -684,4 +685,135 @@ async fn healthz_turns_503_and_names_the_loop_that_stopped_beating() {
     looping.abort();
     stop.cancel();
     server.await.expect("the console stops");
+}
+
+/// Publishes to the agent's order topic on the real broker, as the planner does.
+async fn planner(port: u16) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
+    let mut o = rumqttc::MqttOptions::new("console-planner", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut events) = rumqttc::AsyncClient::new(o, 16);
+    let task = tokio::spawn(async move {
+        loop {
+            if events.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    (client, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orders_page_shows_each_queue_in_release_order_and_the_plan_and_the_uplink() {
+    let mut broker = common::Mosquitto::start();
+    let demo = DemoLine::start(2, 20.0, &format!("\n[uplink]\nurl = {:?}\n", broker.url())).await;
+    let gateway = demo
+        .wait_json("/api/v1/gateway", "the uplink connects", |g| {
+            g["uplink"]["connected"] == true
+        })
+        .await;
+    assert_eq!(gateway["uplink"]["broker"], broker.url());
+    let (client, task) = planner(broker.port).await;
+    let topic = format!("{}/orders/cmd", demo.config.topic_prefix());
+    // The planner's own record: a plan for sim01 (its first order already
+    // past due) released in its order, one order for sim02.
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let plan = serde_json::json!({"type": "plan", "plan_id": "HJ-CONSOLE", "machine": "sim01", "orders": [
+        {"order_id": "C-1", "revision": 1, "product": "P-4711", "quantity": 400, "due": past, "sequence": 1},
+        {"order_id": "C-2", "revision": 1, "product": "P-4712", "quantity": 3, "due": later, "sequence": 2},
+    ]});
+    let single = serde_json::json!({"type": "order", "order_id": "D-1", "revision": 1, "machine": "sim02",
+        "product": "P-4711", "quantity": 500});
+    for m in [plan, single] {
+        client
+            .publish(&topic, rumqttc::QoS::AtLeastOnce, false, m.to_string())
+            .await
+            .expect("the planner publishes");
+    }
+    let queue = |v: &Value, machine: &str| -> Vec<String> {
+        v["machines"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["machine"] == machine))
+            .and_then(|m| m["orders"].as_array())
+            .map(|os| {
+                os.iter()
+                    .filter_map(|o| o["order_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let orders = demo
+        .wait_json(
+            "/api/v1/orders",
+            "the orders are in the book, C-1 running",
+            |v| {
+                queue(v, "sim01").len() == 2
+                    && queue(v, "sim02").len() == 1
+                    && v["machines"][0]["orders"][0]["state"] == "running"
+            },
+        )
+        .await;
+    assert_eq!(
+        queue(&orders, "sim01"),
+        ["C-1", "C-2"],
+        "release order is the plan's sequence"
+    );
+    assert_eq!(queue(&orders, "sim02"), ["D-1"]);
+    let first = &orders["machines"][0]["orders"][0];
+    assert!(
+        first["lateness_s"].as_f64().is_some_and(|l| l > 250.0),
+        "C-1 is late by about 5 min: {first}"
+    );
+    let second = &orders["machines"][0]["orders"][1];
+    assert!(
+        second["lateness_s"].as_f64().is_some_and(|l| l < -3600.0),
+        "C-2 is ahead of due: {second}"
+    );
+    let plans = orders["plans"].as_array().expect("plans");
+    assert_eq!(plans.len(), 1, "{plans:?}");
+    assert_eq!(plans[0]["plan_id"], "HJ-CONSOLE");
+    assert_eq!(plans[0]["orders"], 2);
+    // The line page shows the order in progress on its machine.
+    let line = demo
+        .wait_json("/api/v1/line", "C-1 in progress on sim01", |v| {
+            v["machines"][0]["order"]["order_id"] == "C-1"
+                && v["machines"][0]["order"]["produced"]
+                    .as_u64()
+                    .is_some_and(|n| n > 0)
+        })
+        .await;
+    assert_eq!(line["machines"][0]["order"]["quantity"], 400);
+    let metrics = demo.get("/metrics").await.body;
+    promtool_check(&metrics);
+    assert_eq!(sample(&metrics, "linegate_uplink_connected"), Some(1.0));
+    let in_book: f64 = [
+        "accepted",
+        "queued",
+        "released",
+        "running",
+        "held",
+        "completed",
+        "cancelled",
+        "aborted",
+        "rejected",
+    ]
+    .iter()
+    .filter_map(|s| sample(&metrics, &format!("linegate_orders{{state=\"{s}\"}}")))
+    .sum();
+    assert_eq!(in_book, 3.0, "three orders in the book");
+    // The broker goes away: the gateway page says so and why.
+    broker.stop();
+    let gone = demo
+        .wait_json("/api/v1/gateway", "the uplink is seen disconnected", |g| {
+            g["uplink"]["connected"] == false
+        })
+        .await;
+    assert!(
+        gone["uplink"]["last_error"].is_string(),
+        "the last uplink error is shown: {gone}"
+    );
+    let metrics = demo.get("/metrics").await.body;
+    assert_eq!(sample(&metrics, "linegate_uplink_connected"), Some(0.0));
+    task.abort();
+    demo.stop().await;
 }

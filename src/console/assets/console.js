@@ -111,7 +111,8 @@ function drawTimeline(box, view) {
   }
   for (let i = 0; i <= 4; i++) {
     const t = new Date(from + span * i / 4);
-    s.append(svg("text", { x: Math.min(W - 40, W * i / 4 + 2), y: H - 3 }, t.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
+    const fmt = span < 2 * 3600e3 ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" };
+    s.append(svg("text", { x: Math.min(W - 60, W * i / 4 + 2), y: H - 3 }, t.toLocaleTimeString([], fmt)));
   }
   box.replaceChildren(s);
 }
