@@ -11,6 +11,10 @@
 //!                                          bus tasks <--WriteRequest--+
 //! ```
 //!
+//! The line console ([`crate::console`]) is started beside them when
+//! `[console]` is on: it reads the board, the buses' counters, the
+//! uplink's figures, the watchdog ledger and the store, and writes nothing.
+//!
 //! Shutdown runs in data-flow order: sources stop after their in-flight
 //! request; the engine drains what they sent and saves its snapshots; the
 //! recorder commits every event; the uplink says `online: false`; the store
