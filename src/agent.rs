@@ -162,6 +162,9 @@ pub async fn run(
             Ok(new) => {
                 let new = Arc::new(new);
                 let plan = crate::reload::plan_reload(&config, &new);
+                if new.console != config.console {
+                    warn!("console settings changed: the console follows them on a restart");
+                }
                 if new.gateway.data_dir != config.gateway.data_dir {
                     warn!(
                         store = %store.path().display(),
