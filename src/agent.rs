@@ -11,6 +11,10 @@
 //!                                          bus tasks <--WriteRequest--+
 //! ```
 //!
+//! The line console ([`crate::console`]) is started beside them when
+//! `[console]` is on: it reads the board, the buses' counters, the
+//! uplink's figures, the watchdog ledger and the store, and writes nothing.
+//!
 //! Shutdown runs in data-flow order: sources stop after their in-flight
 //! request; the engine drains what they sent and saves its snapshots; the
 //! recorder commits every event; the uplink says `online: false`; the store
@@ -61,6 +65,10 @@ pub struct MachineBoard {
     pub reads: u64,
     pub failed_reads: u64,
     pub produced_total: u64,
+    /// Good parts counted since the agent started tracking the machine.
+    pub good_total: u64,
+    /// Signal name → when it was last read (with a value or an error).
+    pub read_at: BTreeMap<String, DateTime<Utc>>,
 }
 
 /// Shared live view of every machine; the tap and the view watcher write it.
@@ -113,7 +121,29 @@ pub async fn run(
             watchdog_stop.clone(),
         ))
     });
+    // The console reads the live board: the agent keeps one when it is on.
+    let console_on = matches!(crate::config::console_addr(&config.console), Ok(Some(_)));
+    let mut options = options;
+    if console_on && options.board.is_none() {
+        options.board = Some(Board::default());
+    }
     let mut running = Running::start(&config, &store, &options, &liveness, started_at)?;
+    let console_stop = CancellationToken::new();
+    let console = options.board.clone().and_then(|board| {
+        crate::console::start(
+            crate::console::Sources {
+                config: running.config.subscribe(),
+                config_path: options.config_path.clone(),
+                store: store.clone(),
+                board,
+                uplink: running.uplink_stats.clone(),
+                liveness: liveness.clone(),
+                buses: running.bus_counters.reader(),
+                started_at,
+            },
+            console_stop.clone(),
+        )
+    });
     crate::systemd::ready();
     loop {
         if !wait_for_stop_or_reload(&shutdown, &mut hangup).await {
@@ -138,6 +168,9 @@ pub async fn run(
                 }
                 let new = Arc::new(new);
                 let plan = crate::reload::plan_reload(&config, &new);
+                if new.console != config.console {
+                    warn!("console settings changed: the console follows them on a restart");
+                }
                 if new.gateway.data_dir != config.gateway.data_dir {
                     warn!(
                         store = %store.path().display(),
@@ -175,6 +208,10 @@ pub async fn run(
                 crate::systemd::status("running; last reload refused: invalid config");
             }
         }
+    }
+    console_stop.cancel();
+    if let Some(c) = console {
+        let _ = c.await;
     }
     watchdog_stop.cancel();
     if let Some(w) = watchdog {
@@ -334,6 +371,8 @@ struct Running {
     sparkplug_tap: crate::sparkplug::SparkplugTap,
     sparkplug_feed: crate::sparkplug::SparkplugFeed,
     sparkplug: Option<Task>,
+    /// The uplink's live figures, one for every uplink run (for the console).
+    uplink_stats: Arc<crate::uplink::UplinkStats>,
 }
 
 /// One task that a reload may stop on its own.
@@ -475,6 +514,7 @@ impl Running {
             sparkplug_tap,
             sparkplug_feed,
             sparkplug: None,
+            uplink_stats: Arc::default(),
         };
         running.add_views(views_rx);
         let stop = CancellationToken::new();
@@ -641,8 +681,8 @@ impl Running {
         let stop = CancellationToken::new();
         let ustop = stop.clone();
         let heartbeat = self.liveness.register("uplink");
+        let stats = self.uplink_stats.clone();
         self.uplink = Some(Task::spawn(stop, async move {
-            let stats = Arc::new(crate::uplink::UplinkStats::default());
             // Copied into the store for `linegate status` and `top`.
             let copy_stop = CancellationToken::new();
             let copy = tokio::spawn(crate::uplink::status::copy_to_store(
@@ -836,6 +876,30 @@ impl BusCounters {
 
     fn keep_only(&self, running: impl Fn(&str) -> bool) {
         self.lock().retain(|id, _| running(id));
+    }
+
+    /// What the console reads: every running bus's counters and, for
+    /// Modbus buses, its reply latency, taken when asked.
+    fn reader(&self) -> crate::console::BusReader {
+        let counters = self.clone();
+        Arc::new(move || {
+            let latency: BTreeMap<String, _> = counters
+                .lock()
+                .iter()
+                .filter_map(|(bus, c)| match &c.counted {
+                    Counted::Modbus(stats) => Some((bus.clone(), stats.latency.snapshot())),
+                    Counted::Mqtt(_) => None,
+                })
+                .collect();
+            counters
+                .copy(Utc::now())
+                .into_iter()
+                .map(|counts| crate::console::LiveBus {
+                    latency: latency.get(&counts.bus).cloned(),
+                    counts,
+                })
+                .collect()
+        })
     }
 
     /// A copy of every running bus's counters, taken now.
@@ -1264,6 +1328,12 @@ fn note(sample: &Sample, board: Option<&Board>, pending: &mut LastValues) {
                     Err(e) => format!("error: {e}"),
                 };
                 b.values.insert(name.to_string(), text);
+                match b.read_at.get_mut(&**name) {
+                    Some(t) => *t = sample.at,
+                    None => {
+                        b.read_at.insert(name.to_string(), sample.at);
+                    }
+                }
             }
         }
         SampleContent::Unreachable { reason } => {
@@ -1608,6 +1678,7 @@ async fn watch_view(mut rx: watch::Receiver<MachineView>, board: Board, stop: Ca
                 b.since = Some(v.since);
                 b.reason = v.reason.clone();
                 b.produced_total = v.produced_total;
+                b.good_total = v.good_total;
             }
         }
         tokio::select! {

@@ -19,12 +19,14 @@
 //! - [`sparkplug`]: the gateway as a Sparkplug B edge node (its own connection).
 //! - [`reload`]: what a SIGHUP reload changes (running config vs new one, pure).
 //! - [`sim`]: simulated machines served over real Modbus TCP (demo, tests).
+//! - [`console`]: the local web console, `/metrics`, `/healthz` (read-only).
 //! - [`systemd`]: readiness, watchdog and journal logging under systemd.
 //! - [`cli`]: the `linegate` command line.
 
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod machine;
 pub mod orders;
 pub mod reload;

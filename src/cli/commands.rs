@@ -820,6 +820,9 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
         let mut config = Config::from_toml(&text, Path::new("(demo line)"))?;
         config.accounting.period_minutes = args.period_minutes;
         let config = std::sync::Arc::new(config);
+        if let Some(url) = crate::console::url(&config.console) {
+            say!(line "console: {url}");
+        }
         let board: Board = Default::default();
         let agent_stop = shutdown.child_token();
         let agent = tokio::spawn(agent::run(
@@ -831,7 +834,7 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
             agent_stop.clone(),
         ));
         // A URL to show in the screen's footer (a web console's), if any.
-        let footer_url: Option<String> = None;
+        let footer_url: Option<String> = crate::console::url(&config.console);
         let screen = (!args.no_table).then(|| {
             let title = format!("linegate demo ({} simulated machines)", line.machines.len());
             let (config, stop, data_dir) = (config.clone(), shutdown.clone(), data_dir.clone());

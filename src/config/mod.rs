@@ -28,6 +28,7 @@ pub use validate::{
     address_warnings, is_valid_id, uplink_warnings, validate, writable_range, ConfigIssue, Place,
     MAX_IDEAL_CYCLE_S,
 };
+pub use validate::{console_addr, console_warnings};
 
 /// A config that loaded, and what in it works but looks wrong.
 #[derive(Debug)]
@@ -121,6 +122,9 @@ pub struct Config {
     /// Order completion forecasts and free capacity.
     #[serde(default)]
     pub forecast: ForecastConfig,
+    /// The local web console, `/metrics` and `/healthz` (on by default, loopback).
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 /// Identity of this gateway and where it keeps its data.
@@ -782,6 +786,47 @@ fn default_retention_days() -> u32 {
 }
 fn default_reserve_mb() -> u64 {
     16
+}
+
+/// The local web console (`crate::console`): where it listens and how it
+/// proves who may look. Read-only: nothing on it writes to a machine.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// `IP:port` to listen on; `""` turns the console off.
+    #[serde(default = "default_console_listen")]
+    pub listen: String,
+    /// The user name HTTP basic auth asks for (with `password_file`).
+    #[serde(default = "default_console_username")]
+    pub username: String,
+    /// A file holding the password; required when `listen` is not loopback.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM certificate chain for HTTPS (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for HTTPS (with `tls_cert_file`).
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_console_listen(),
+            username: default_console_username(),
+            password_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+fn default_console_listen() -> String {
+    "127.0.0.1:9780".into()
+}
+fn default_console_username() -> String {
+    "linegate".into()
 }
 
 impl Config {

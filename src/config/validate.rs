@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use super::{
-    Area, BusConfig, Config, DataType, MachineConfig, OrderRegister, RetainedPolicy, Transport,
-    UplinkConfig,
+    Area, BusConfig, Config, ConsoleConfig, DataType, MachineConfig, OrderRegister, RetainedPolicy,
+    Transport, UplinkConfig,
 };
 
 /// One problem in a config, with the key path it is about.
@@ -158,6 +158,65 @@ pub fn address_warnings(config: &Config) -> Vec<ConfigIssue> {
                      linegate uses 0-based protocol addresses, so that would be address = {}; \
                      if the device really has {area} register {address}, leave it",
                     address - prefix
+                ),
+            );
+        }
+    }
+    issues.0
+}
+
+/// The console's listen address: `None` when it is off (`listen = ""`).
+pub fn console_addr(c: &ConsoleConfig) -> Result<Option<std::net::SocketAddr>, String> {
+    if c.listen.is_empty() {
+        return Ok(None);
+    }
+    c.listen.parse().map(Some).map_err(|_| {
+        format!(
+            "{:?} is not IP:port, e.g. \"127.0.0.1:9780\" or \"0.0.0.0:9780\" (\"\" turns the console off)",
+            c.listen
+        )
+    })
+}
+
+fn check_console(issues: &mut Issues, c: &ConsoleConfig) {
+    let addr = match console_addr(c) {
+        Ok(Some(a)) => a,
+        Ok(None) => return,
+        Err(e) => return issues.push("console.listen", e),
+    };
+    if !addr.ip().is_loopback() && c.password_file.is_none() {
+        issues.push(
+            "console.password_file",
+            format!(
+                "is required when console.listen {:?} is not a loopback address (anyone on the plant network could look)",
+                c.listen
+            ),
+        );
+    }
+    if c.tls_cert_file.is_some() != c.tls_key_file.is_some() {
+        issues.push(
+            "console.tls_cert_file",
+            "HTTPS needs both tls_cert_file and tls_key_file",
+        );
+    }
+    if c.username.is_empty() || c.username.contains(':') {
+        issues.push(
+            "console.username",
+            "must be non-empty and without ':' (HTTP basic auth)",
+        );
+    }
+}
+
+/// Console settings that work but deserve a word at start.
+pub fn console_warnings(c: &ConsoleConfig) -> Vec<ConfigIssue> {
+    let mut issues = Issues(Vec::new());
+    if let Ok(Some(addr)) = console_addr(c) {
+        if !addr.ip().is_loopback() && c.tls_cert_file.is_none() {
+            issues.push(
+                "console.listen",
+                format!(
+                    "{:?} is off loopback without TLS: the password and the pages cross the network in clear; set tls_cert_file and tls_key_file",
+                    c.listen
                 ),
             );
         }
@@ -373,6 +432,7 @@ pub fn validate(config: &Config) -> Vec<ConfigIssue> {
             issues.push("uplink.historical_per_s", "must be at least 1");
         }
     }
+    check_console(&mut issues, &config.console);
     if config.store.outbox_max_mb == 0 {
         issues.push("store.outbox_max_mb", "must be at least 1");
     }

@@ -407,7 +407,7 @@ pub fn machines_with_orders(conn: &Connection) -> Result<Vec<String>, StoreError
 /// Plan summary: `{"orders", "completed", "completed_on_time", "started",
 /// "started_in_sequence", "levelled_sequence"}`. `started_in_sequence`
 /// counts started orders that no order planned before them started after.
-fn plan_summary(conn: &Connection, plan_id: &str) -> Result<Value, StoreError> {
+pub fn plan_summary(conn: &Connection, plan_id: &str) -> Result<Value, StoreError> {
     let (orders, completed, on_time, started): (i64, i64, i64, i64) = conn.query_row(
         "SELECT COUNT(*),
                 COALESCE(SUM(state = 'completed'), 0),

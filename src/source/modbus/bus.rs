@@ -49,7 +49,59 @@ pub struct BusStats {
     /// Serial buses: bytes heard that answered no request (line noise,
     /// late replies, replies from other units), thrown away.
     pub discarded_bytes: AtomicU64,
+    /// How long answered requests took (reply or exception; not timeouts).
+    pub latency: ReplyLatency,
     machines: Mutex<BTreeMap<String, MachineHealth>>,
+}
+
+/// Upper bounds (seconds) of the [`ReplyLatency`] buckets: Modbus TCP on a
+/// LAN answers in about a millisecond, RTU at 9600 baud in tens.
+pub const LATENCY_BOUNDS_S: [f64; 11] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A histogram of reply times: a count per bucket of [`LATENCY_BOUNDS_S`]
+/// (the last one, beyond them all) and the sum, lock-free.
+#[derive(Debug, Default)]
+pub struct ReplyLatency {
+    buckets: [AtomicU64; LATENCY_BOUNDS_S.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// A copy of a [`ReplyLatency`]: `buckets[i]` counts replies within
+/// `LATENCY_BOUNDS_S[i]` and above the bound before (not cumulative); the
+/// last entry counts the slower ones.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LatencySnapshot {
+    pub buckets: Vec<u64>,
+    pub sum_s: f64,
+    pub count: u64,
+}
+
+impl ReplyLatency {
+    pub fn observe(&self, took: Duration) {
+        let s = took.as_secs_f64();
+        let i = LATENCY_BOUNDS_S
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(LATENCY_BOUNDS_S.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let buckets: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        LatencySnapshot {
+            count: buckets.iter().sum(),
+            buckets,
+            sum_s: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
 }
 
 /// How the last polls of one machine went.

@@ -185,7 +185,12 @@ impl Link {
             Connection::Tcp(ctx) => {
                 ctx.set_slave(Slave(unit));
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                return match tokio::time::timeout(timeout, ctx.call(request)).await {
+                let asked = Instant::now();
+                let answer = tokio::time::timeout(timeout, ctx.call(request)).await;
+                if let Ok(Ok(_)) = &answer {
+                    self.stats.latency.observe(asked.elapsed());
+                }
+                return match answer {
                     Err(_) => {
                         self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +216,12 @@ impl Link {
             Err(e) => Err(e),
             Ok(framed) => {
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
-                match line.transact(&framed, timeout).await {
+                let asked = Instant::now();
+                let answer = line.transact(&framed, timeout).await;
+                if answer.is_ok() {
+                    self.stats.latency.observe(asked.elapsed());
+                }
+                match answer {
                     Ok(Answer::Exception(code)) => Ok(Reply::Exception(code)),
                     Ok(Answer::Data(data)) => Ok(Reply::Response(framed.response(&data))),
                     Err(e) => Err(e),
