@@ -917,6 +917,17 @@ async fn real_agent_payloads_follow_the_contract() {
                 "scorecard: {}",
                 m.raw
             ),
+            // v1.1: each machine's free capacity (docs/contract.md).
+            "capacity" => assert!(
+                ["planned_s", "booked_s", "free_s"]
+                    .iter()
+                    .all(|k| m.json[*k].is_number())
+                    && m.json["shifts"].is_array()
+                    && m.json["from"].is_string()
+                    && m.json["until"].is_string(),
+                "capacity: {}",
+                m.raw
+            ),
             other => panic!("unexpected topic {other}: {}", m.topic),
         }
         examples.entry(m.kind()).or_insert(m);

@@ -820,9 +820,6 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
         let mut config = Config::from_toml(&text, Path::new("(demo line)"))?;
         config.accounting.period_minutes = args.period_minutes;
         let config = std::sync::Arc::new(config);
-        if let Some(url) = crate::console::url(&config.console) {
-            say!(line "console: {url}");
-        }
         let board: Board = Default::default();
         let agent_stop = shutdown.child_token();
         let agent = tokio::spawn(agent::run(
@@ -833,7 +830,9 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
             },
             agent_stop.clone(),
         ));
-        // A URL to show in the screen's footer (a web console's), if any.
+        // The console's URL, in the screen's footer (a line printed here
+        // would go under the alternate screen, or end the demo on a closed
+        // stdout before its store is removed).
         let footer_url: Option<String> = crate::console::url(&config.console);
         let screen = (!args.no_table).then(|| {
             let title = format!("linegate demo ({} simulated machines)", line.machines.len());

@@ -789,6 +789,11 @@ impl Dispatcher {
     /// Forecast the machine's orders and capacity; publish what is news.
     /// Skipped while book changes are held (the book is not current).
     async fn refresh_outlook(&mut self, machine: &str) {
+        // Without an uplink nothing is reported upstream (as the recorder's
+        // telemetry): no capacity messages pile up in the outbox.
+        if self.config.uplink.is_none() {
+            return;
+        }
         if !self.held.is_empty() || self.shutdown.is_cancelled() {
             return;
         }

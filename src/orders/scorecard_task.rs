@@ -337,6 +337,10 @@ pub async fn run_scorecard(
             _ = stop.cancelled() => break,
             _ = tick.tick() => {
                 let cfg = config.borrow().clone();
+                if cfg.uplink.is_none() {
+                    // Nothing is reported upstream without an uplink.
+                    continue;
+                }
                 let calendar = match crate::machine::engine::calendar(&cfg) {
                     Ok(c) => c,
                     Err(e) => {
