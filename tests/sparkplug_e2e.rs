@@ -343,7 +343,15 @@ async fn with_a_primary_host_data_waits_for_it_and_arrives_historical_after_outa
         count(m, "NDEATH", None) >= 1
     });
     std::thread::sleep(Duration::from_secs(2));
+    let deaths_before = count(&host.messages(), "NDEATH", None);
     agent.kill();
+    // The broker publishes the killed connection's will when it sees the
+    // socket close; a broker killed before that never sends it.
+    host.wait_for(
+        "the killed connection's will (NDEATH)",
+        Duration::from_secs(10),
+        |m| count(m, "NDEATH", None) > deaths_before,
+    );
     broker.stop();
     broker.resume();
     // What the killed agent had stored for the host.
