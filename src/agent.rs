@@ -58,8 +58,10 @@ pub struct MachineBoard {
     pub state: Option<MachineState>,
     pub since: Option<DateTime<Utc>>,
     pub reason: Option<String>,
-    /// Signal name → value as text, or `error: why`.
-    pub values: BTreeMap<String, String>,
+    /// Signal name → its last reading (a value or why it failed). Kept as
+    /// read, not as text: formatting every reading of every poll for a page
+    /// nobody may be looking at was a fifth of the agent's instructions.
+    pub values: BTreeMap<String, crate::source::Reading>,
     pub last_read: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub reads: u64,
@@ -1323,11 +1325,17 @@ fn note(sample: &Sample, board: Option<&Board>, pending: &mut LastValues) {
             b.last_read = Some(sample.at);
             b.last_error = None;
             for (name, r) in readings.iter() {
-                let text = match r {
-                    Ok(v) => v.to_string(),
-                    Err(e) => format!("error: {e}"),
-                };
-                b.values.insert(name.to_string(), text);
+                // In place once a signal is known: no allocation per reading.
+                match b.values.get_mut(&**name) {
+                    Some(slot) => {
+                        if slot != r {
+                            slot.clone_from(r);
+                        }
+                    }
+                    None => {
+                        b.values.insert(name.to_string(), r.clone());
+                    }
+                }
                 match b.read_at.get_mut(&**name) {
                     Some(t) => *t = sample.at,
                     None => {
@@ -1405,6 +1413,8 @@ async fn record(
     let mut retry_at: Option<tokio::time::Instant> = None;
     // After the events channel closed: how long held events still get.
     let mut give_up_at: Option<tokio::time::Instant> = None;
+    // Held marks and snapshots alone: when they are committed anyway.
+    let mut linger_until: Option<tokio::time::Instant> = None;
     loop {
         // A reload: the uplink and the telemetry filter follow the new config.
         if config.has_changed().unwrap_or(false) {
@@ -1464,6 +1474,25 @@ async fn record(
         if retry_at.is_some() || held.is_empty() {
             continue;
         }
+        // Marks and snapshots alone wait up to MARK_LINGER for company: a
+        // line's machines are polled spread over the second, and a commit
+        // (with its fsync) for every poll's mark cost more than all the
+        // polling. Anything urgent, or the end of the events, commits them.
+        if open && !held.is_urgent() {
+            let until =
+                *linger_until.get_or_insert_with(|| tokio::time::Instant::now() + MARK_LINGER);
+            if tokio::time::Instant::now() < until {
+                tokio::select! {
+                    e = events.recv() => match e {
+                        Some(e) => held.take(e, uplink, &mut filter, &health, true),
+                        None => open = false,
+                    },
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+                continue;
+            }
+        }
+        linger_until = None;
         let n = held.commit_len(MAX_EVENTS_PER_COMMIT);
         let attempt: EventWork = held.work.iter().take(n).cloned().collect();
         let enqueued = attempt.iter().any(|(_, o)| o.is_some());
@@ -1509,6 +1538,11 @@ async fn record(
 /// write (a few hundred bytes each): about a day of a 50-machine line.
 const MAX_HELD_EVENTS: usize = 50_000;
 
+/// How long marks and snapshots alone wait for other work to share their
+/// commit. A crash loses at most this much more observed time to `offline`
+/// than the engine's mark interval (`MARK_EVERY_MS`) alone would.
+const MARK_LINGER: Duration = Duration::from_millis(250);
+
 /// How long, after the engine stopped, held events still wait for the store.
 const SHUTDOWN_HOLD: Duration = Duration::from_secs(5);
 
@@ -1534,6 +1568,15 @@ impl Held {
             .iter()
             .filter(|(e, _)| matches!(e, Some(MachineEvent::State(_) | MachineEvent::Period(_))))
             .count() as u64
+    }
+
+    /// Something held is worth a commit at once: a message for the uplink
+    /// (every reading's way to the broker waits for its commit), a state
+    /// change or a period. Marks and snapshots alone can wait.
+    fn is_urgent(&self) -> bool {
+        self.work.iter().any(|(e, o)| {
+            o.is_some() || matches!(e, Some(MachineEvent::State(_) | MachineEvent::Period(_)))
+        })
     }
 
     /// The last event held is a state change or period still waiting for
@@ -1721,7 +1764,7 @@ mod tests {
         MachineEvent::Telemetry(crate::machine::Telemetry {
             machine: "press07".into(),
             at: DateTime::from_timestamp(n, 0).unwrap(),
-            values: [("count".to_string(), Value::Int(n))].into_iter().collect(),
+            values: [("count".into(), Value::Int(n))].into_iter().collect(),
         })
     }
 

@@ -306,11 +306,14 @@ pub async fn machine(State(s): State<Arc<Sources>>, Path(id): Path<String>) -> R
         .signal
         .iter()
         .map(|sig| {
-            let text = board.values.get(&sig.name);
-            let error = text.and_then(|t| t.strip_prefix("error: "));
+            let (value, error) = match board.values.get(&sig.name) {
+                Some(Ok(v)) => (Some(v.to_string()), None),
+                Some(Err(e)) => (None, Some(e.to_string())),
+                None => (None, None),
+            };
             json!({
                 "signal": sig.name,
-                "value": if error.is_some() { None } else { text },
+                "value": value,
                 "error": error,
                 "last_read": opt_ts(board.read_at.get(&sig.name).copied()),
             })

@@ -281,10 +281,7 @@ impl MachineTracker {
                 if self.telemetry {
                     let good: BTreeMap<_, _> = readings
                         .iter()
-                        // String::from, not to_string: no trip through Display.
-                        .filter_map(|(n, r)| {
-                            r.as_ref().ok().map(|v| (String::from(&**n), v.clone()))
-                        })
+                        .filter_map(|(n, r)| r.as_ref().ok().map(|v| (n.clone(), v.clone())))
                         .collect();
                     if !good.is_empty() {
                         out.push(MachineEvent::Telemetry(Telemetry {

@@ -94,7 +94,7 @@ pub fn period_message(period: &ClosedPeriod) -> Outgoing {
 pub fn telemetry_message(t: &Telemetry) -> Outgoing {
     let mut values = Map::new();
     for (name, v) in &t.values {
-        values.insert(name.clone(), to_value(v));
+        values.insert(name.to_string(), to_value(v));
     }
     let mut body = Map::new();
     body.insert("machine".into(), json!(t.machine));
@@ -363,8 +363,8 @@ mod tests {
     #[test]
     fn telemetry_is_droppable_and_carries_plain_values() {
         let mut values = std::collections::BTreeMap::new();
-        values.insert("temp".to_string(), SigValue::Float(71.5));
-        values.insert("mode".to_string(), SigValue::Text("auto".into()));
+        values.insert("temp".into(), SigValue::Float(71.5));
+        values.insert("mode".into(), SigValue::Text("auto".into()));
         let m = telemetry_message(&Telemetry {
             machine: "press07".into(),
             at: at(8, 1, 0),

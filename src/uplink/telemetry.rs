@@ -30,7 +30,7 @@ pub struct TelemetryFilter {
 #[derive(Debug)]
 struct MachineLast {
     /// Per signal, the value last sent and the latest seen.
-    signals: BTreeMap<String, SignalLast>,
+    signals: BTreeMap<std::sync::Arc<str>, SignalLast>,
     /// When the last full report went out.
     heartbeat_at: Instant,
 }
@@ -80,7 +80,7 @@ impl TelemetryFilter {
         let heartbeat_due = now.saturating_duration_since(last.heartbeat_at) >= self.heartbeat;
         let mut values = BTreeMap::new();
         for (name, v) in &t.values {
-            match last.signals.get_mut(name) {
+            match last.signals.get_mut(&**name) {
                 Some(s) => {
                     if s.latest != *v {
                         s.latest = v.clone();
@@ -105,7 +105,10 @@ impl TelemetryFilter {
                         SignalLast {
                             sent,
                             latest: v.clone(),
-                            deadband: deadbands.and_then(|d| d.get(name)).copied().unwrap_or(0.0),
+                            deadband: deadbands
+                                .and_then(|d| d.get(&**name))
+                                .copied()
+                                .unwrap_or(0.0),
                         },
                     );
                 }
@@ -188,14 +191,14 @@ address = 1
             at: Utc::now(),
             values: values
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
+                .map(|(k, v)| (std::sync::Arc::from(*k), v.clone()))
                 .collect(),
         }
     }
 
     fn names(t: &Option<Telemetry>) -> Vec<String> {
         t.as_ref()
-            .map(|t| t.values.keys().cloned().collect())
+            .map(|t| t.values.keys().map(|k| k.to_string()).collect())
             .unwrap_or_default()
     }
 

@@ -212,6 +212,29 @@ pub fn retry_delay(
 /// When a machine polled on `poll` and due at `due` is next due, given that
 /// its poll ended at `now`. A machine that fell behind starts afresh from
 /// `now` instead of catching up with a burst.
+/// In how many groups a line's machines are read each period (see
+/// [`first_poll_offset`]).
+pub const POLL_GROUPS: u64 = 4;
+
+/// How long after the bus task starts a machine is first polled: one of
+/// [`POLL_GROUPS`] points spread over the first second (or over its
+/// period, if that is shorter), taken from its id. A line's machines, each
+/// on its own bus, then answer in a few small groups instead of one burst.
+/// In one burst every reading waits for all the others on its way through
+/// the engine, the store and the uplink; read one by one, every poll wakes
+/// the agent alone and runs cold. Four groups measured best on both counts
+/// (BENCHMARKS.md, "Uplink cost"). The same id always gets the same point,
+/// so a restart keeps the line's rhythm.
+pub fn first_poll_offset(machine: &str, poll: Duration) -> Duration {
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    let hash = machine.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let span = poll.min(Duration::from_secs(1));
+    let span_us = u64::try_from(span.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros((hash % POLL_GROUPS) * (span_us / POLL_GROUPS))
+}
+
 pub fn next_due(due: Instant, poll: Duration, now: Instant) -> Instant {
     let next = due + poll;
     if next < now {
@@ -276,7 +299,7 @@ pub async fn run_bus(
             let plan = PollPlan::new(&m, plan_reads(&m, &bus));
             Scheduled {
                 poll: Duration::from_millis(m.poll_ms.max(1)),
-                due: start,
+                due: start + first_poll_offset(&m.id, Duration::from_millis(m.poll_ms.max(1))),
                 failures: 0,
                 failing_since: None,
                 exceptions: vec![None; plan.requests().len()],
@@ -476,6 +499,31 @@ async fn write_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_is_first_polled_in_four_groups_over_the_first_second_the_same_way_each_start() {
+        let second = Duration::from_secs(1);
+        let offsets: Vec<Duration> = (0..50)
+            .map(|i| first_poll_offset(&format!("m{i}"), second))
+            .collect();
+        let mut groups = std::collections::BTreeMap::new();
+        for o in &offsets {
+            *groups.entry(*o).or_insert(0) += 1;
+        }
+        // Four points, a quarter of a second apart, each with a fair share.
+        let points: Vec<u128> = groups.keys().map(|o| o.as_millis()).collect();
+        assert_eq!(points, [0, 250, 500, 750], "{groups:?}");
+        assert!(groups.values().all(|n| *n >= 6 && *n <= 20), "{groups:?}");
+        // Stable: the same id, the same point.
+        assert_eq!(first_poll_offset("m7", second), offsets[7]);
+        // Within a shorter period; long periods still start within a second.
+        for poll_ms in [1, 20, 250] {
+            let poll = Duration::from_millis(poll_ms);
+            assert!(first_poll_offset("press07", poll) < poll);
+        }
+        assert!(first_poll_offset("press07", Duration::from_secs(600)) < second);
+        assert_eq!(first_poll_offset("press07", Duration::ZERO), Duration::ZERO);
+    }
 
     fn wait_ms(silent_s: u64, jitter: f64) -> u128 {
         retry_delay(Duration::from_secs(silent_s), 1000, 60_000, 60_000, jitter).as_millis()
