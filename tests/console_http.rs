@@ -848,50 +848,32 @@ async fn healthz_names_the_state_engine_while_another_process_holds_the_store_lo
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The agent ran on: the backlog of the window drains to the broker.
-    demo.wait_json("/api/v1/gateway", "the outbox drains", |g| {
-        g["uplink"]["connected"] == true && g["outbox"]["depth"] == 0
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The agent ran on: every state change of the window (the store read
+    // beside the running agent) reaches the broker.
+    let db = demo.dir.path().join(linegate::store::FILE_NAME);
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    let window = loop {
+        let window = state_changes_between(&db, locked_at, released_at);
+        let missing: Vec<_> = {
+            let delivered = delivered.lock().unwrap();
+            window
+                .iter()
+                .filter(|c| !delivered.contains(*c))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() {
+            break window;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} state changes of the lock window never reached the broker: {missing:?}",
+            missing.len(),
+            window.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     watcher.abort();
-    let dir = demo.stop_keeping_dir().await;
-    let delivered = delivered.lock().unwrap().clone();
-    check_the_lock_window(dir.path(), locked_at, released_at, &delivered);
-}
-
-/// The store of a stopped agent (in `data_dir`) over the lock window
-/// `[from, to]`: nothing lost, no machine offline, every state change of
-/// the window among those the broker `delivered`.
-fn check_the_lock_window(
-    data_dir: &std::path::Path,
-    from: chrono::DateTime<chrono::Utc>,
-    to: chrono::DateTime<chrono::Utc>,
-    delivered: &BTreeSet<(String, String, String)>,
-) {
-    let conn = rusqlite::Connection::open(data_dir.join(linegate::store::FILE_NAME))
-        .expect("the store opens");
-    let lost: i64 = conn
-        .query_row("SELECT lost_events FROM store_loss WHERE id = 1", [], |r| {
-            r.get(0)
-        })
-        .expect("store_loss");
-    assert_eq!(lost, 0, "no machine event was lost");
-    let stamp =
-        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let mut q = conn
-        .prepare(
-            "SELECT machine, state, since FROM state_change
-             WHERE since >= ?1 AND since <= ?2 ORDER BY id",
-        )
-        .expect("query");
-    let window: Vec<(String, String, String)> = q
-        .query_map([stamp(from), stamp(to)], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .expect("state changes")
-        .collect::<Result<_, _>>()
-        .expect("rows");
     assert!(
         !window.is_empty(),
         "the machines changed state during the lock, and the changes were kept"
@@ -901,13 +883,41 @@ fn check_the_lock_window(
         offline.is_empty(),
         "every machine answered throughout; none may be recorded offline: {offline:?}"
     );
-    let missing: Vec<_> = window.iter().filter(|c| !delivered.contains(*c)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} state changes of the window never reached the broker: {missing:?}",
-        missing.len(),
-        window.len()
-    );
+    let dir = demo.stop_keeping_dir().await;
+    let conn = rusqlite::Connection::open(dir.path().join(linegate::store::FILE_NAME))
+        .expect("the store opens");
+    let lost: i64 = conn
+        .query_row("SELECT lost_events FROM store_loss WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .expect("store_loss");
+    assert_eq!(lost, 0, "no machine event was lost");
+}
+
+/// `(machine, state, since)` of the state changes stored in `db` that
+/// happened within `[from, to]`, in the order stored.
+fn state_changes_between(
+    db: &std::path::Path,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Vec<(String, String, String)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("the store opens");
+    let stamp =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut q = conn
+        .prepare(
+            "SELECT machine, state, since FROM state_change
+             WHERE since >= ?1 AND since <= ?2 ORDER BY id",
+        )
+        .expect("query");
+    q.query_map([stamp(from), stamp(to)], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .expect("state changes")
+    .collect::<Result<_, _>>()
+    .expect("rows")
 }
 
 /// Publishes to the agent's order topic on the real broker, as the planner does.
