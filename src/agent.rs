@@ -1064,6 +1064,15 @@ async fn housekeeping(store: Store, config: watch::Receiver<Arc<Config>>, stop: 
 
 /// Copies what sources read onto the board and the store's last-value table,
 /// then hands the sample on to the engine unchanged.
+///
+/// The last values are written by a task of their own, one flush at a time:
+/// a store that is slow to write (another process holding its write lock,
+/// which every write waits out for the busy timeout, or a slow disk) must
+/// not hold up the samples. Waiting on it here stopped every bus polling
+/// (their sample channel full), the engine saw no data and recorded running
+/// machines as `offline`, and the bus loops went silent for the watchdog.
+/// While a flush is still waiting, the values keep being noted and the next
+/// flush takes them.
 async fn tap(
     mut samples: mpsc::Receiver<Sample>,
     engine: mpsc::Sender<Sample>,
@@ -1075,6 +1084,7 @@ async fn tap(
     let mut pending = LastValues::default();
     let mut flush = tokio::time::interval(Duration::from_secs(5));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             sample = samples.recv() => {
@@ -1086,9 +1096,17 @@ async fn tap(
                 }
             }
             _ = flush.tick() => {
-                flush_last_values(&store, pending.take_rows()).await;
+                if flushing.as_ref().is_none_or(|f| f.is_finished()) {
+                    let (store, rows) = (store.clone(), pending.take_rows());
+                    flushing = Some(tokio::spawn(async move {
+                        flush_last_values(&store, rows).await
+                    }));
+                }
             }
         }
+    }
+    if let Some(f) = flushing {
+        let _ = f.await;
     }
     flush_last_values(&store, pending.take_rows()).await;
     engine_stop.cancel();

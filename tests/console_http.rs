@@ -687,6 +687,239 @@ async fn healthz_turns_503_and_names_the_loop_that_stopped_beating() {
     server.await.expect("the console stops");
 }
 
+/// Another process holds the store's write lock, as a maintenance or backup
+/// script would: python3's own sqlite3 module, `BEGIN EXCLUSIVE`, until told
+/// to commit (a line on its stdin). It says `locked` once it has the lock.
+const LOCK_HOLDER: &str = r#"
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+c.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+c.execute("COMMIT")
+print("released", flush=True)
+"#;
+
+/// `/healthz` of the whole agent (`agent::run` on the demo line, reporting
+/// to a real Mosquitto) while a real fault from outside stops one of its
+/// loops: another process holds the store's write lock. Every write of the
+/// agent then waits out the store's busy timeout (5 s) on its one store
+/// thread, each writer in turn; the recorder's commit waits behind them,
+/// the engine's event channel fills, and the state engine, waiting to hand
+/// on its events, stops beating: 503 naming it. (No bus is named: the last
+/// values are flushed beside the samples, not in their way, so the buses
+/// keep polling.) Once the lock is gone: 200 again, and nothing was lost:
+/// every state change of the window is stored and reached the broker, no
+/// machine was taken for `offline`, no event was counted lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_names_the_state_engine_while_another_process_holds_the_store_lock() {
+    use std::io::{BufRead, Write};
+    use std::sync::{Arc, Mutex};
+
+    let broker = common::Mosquitto::start();
+    let demo = DemoLine::start(4, 20.0, &format!("\n[uplink]\nurl = {:?}\n", broker.url())).await;
+    demo.wait_json("/api/v1/gateway", "the uplink connects", |g| {
+        g["uplink"]["connected"] == true
+    })
+    .await;
+    // The central team's view: every state message the broker delivers.
+    let delivered: Arc<Mutex<BTreeSet<(String, String, String)>>> = Arc::default();
+    let mut o = rumqttc::MqttOptions::new("console-state-watcher", "127.0.0.1", broker.port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut events) = rumqttc::AsyncClient::new(o, 64);
+    let topic = format!("{}/m/+/state", demo.config.topic_prefix());
+    client
+        .subscribe(&topic, rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    let (suback_tx, suback_rx) = tokio::sync::oneshot::channel();
+    let watcher = {
+        let delivered = delivered.clone();
+        tokio::spawn(async move {
+            let mut suback = Some(suback_tx);
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(tx) = suback.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let v: Value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                        let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                        delivered.lock().unwrap().insert((
+                            field("machine"),
+                            field("state"),
+                            field("since"),
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        })
+    };
+    tokio::time::timeout(PATIENCE, suback_rx)
+        .await
+        .expect("the broker acknowledges the subscription")
+        .expect("watcher");
+    let health = || async {
+        let r = request(demo.port, "GET", "/healthz", &[])
+            .await
+            .expect("healthz answers");
+        let body: Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("healthz is not JSON ({e}): {}", r.body));
+        (r.status, body)
+    };
+    let (status, body) = health().await;
+    assert_eq!(status, 200, "{body}");
+
+    let db = demo.dir.path().join(linegate::store::FILE_NAME);
+    let mut holder = std::process::Command::new("python3")
+        .args(["-c", LOCK_HOLDER])
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (./scripts/test installs it)");
+    let mut said = std::io::BufReader::new(holder.stdout.take().expect("stdout"));
+    let said = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = said.read_line(&mut line);
+        (line, said)
+    });
+    let (line, mut said) = tokio::time::timeout(PATIENCE * 2, said)
+        .await
+        .expect("the other process gets the lock")
+        .expect("reader");
+    assert_eq!(line.trim(), "locked");
+    let locked_at = chrono::Utc::now();
+
+    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
+    let silent = loop {
+        let (status, body) = health().await;
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "healthz never turned 503 while the store was locked: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(silent["status"], "silent", "{silent}");
+    assert_eq!(
+        silent["silent"],
+        serde_json::json!(["state engine"]),
+        "the state engine, and no bus, is named: {silent}"
+    );
+    assert!(
+        silent["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("state engine")),
+        "{silent}"
+    );
+
+    // The lock goes: the engine beats again.
+    let stdin = holder.stdin.as_mut().expect("stdin");
+    stdin.write_all(b"commit\n").expect("tell the holder");
+    stdin.flush().expect("tell the holder");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = said.read_line(&mut line);
+        line
+    })
+    .await
+    .expect("reader");
+    assert_eq!(line.trim(), "released");
+    let released_at = chrono::Utc::now();
+    assert!(holder.wait().expect("holder ends").success());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = health().await;
+        if status == 200 {
+            assert_eq!(body["status"], "ok");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "healthz never turned 200 again after the lock went: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The agent ran on: every state change of the window (the store read
+    // beside the running agent) reaches the broker.
+    let db = demo.dir.path().join(linegate::store::FILE_NAME);
+    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
+    let window = loop {
+        let window = state_changes_between(&db, locked_at, released_at);
+        let missing: Vec<_> = {
+            let delivered = delivered.lock().unwrap();
+            window
+                .iter()
+                .filter(|c| !delivered.contains(*c))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() {
+            break window;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} state changes of the lock window never reached the broker: {missing:?}",
+            missing.len(),
+            window.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    watcher.abort();
+    assert!(
+        !window.is_empty(),
+        "the machines changed state during the lock, and the changes were kept"
+    );
+    let offline: Vec<_> = window.iter().filter(|(_, s, _)| s == "offline").collect();
+    assert!(
+        offline.is_empty(),
+        "every machine answered throughout; none may be recorded offline: {offline:?}"
+    );
+    let dir = demo.stop_keeping_dir().await;
+    let conn = rusqlite::Connection::open(dir.path().join(linegate::store::FILE_NAME))
+        .expect("the store opens");
+    let lost: i64 = conn
+        .query_row("SELECT lost_events FROM store_loss WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .expect("store_loss");
+    assert_eq!(lost, 0, "no machine event was lost");
+}
+
+/// `(machine, state, since)` of the state changes stored in `db` that
+/// happened within `[from, to]`, in the order stored.
+fn state_changes_between(
+    db: &std::path::Path,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Vec<(String, String, String)> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("the store opens");
+    let stamp =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut q = conn
+        .prepare(
+            "SELECT machine, state, since FROM state_change
+             WHERE since >= ?1 AND since <= ?2 ORDER BY id",
+        )
+        .expect("query");
+    q.query_map([stamp(from), stamp(to)], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+    .expect("state changes")
+    .collect::<Result<_, _>>()
+    .expect("rows")
+}
+
 /// Publishes to the agent's order topic on the real broker, as the planner does.
 async fn planner(port: u16) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
     let mut o = rumqttc::MqttOptions::new("console-planner", "127.0.0.1", port);

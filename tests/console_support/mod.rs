@@ -150,6 +150,12 @@ impl DemoLine {
     }
 
     pub async fn stop(self) {
+        drop(self.stop_keeping_dir().await);
+    }
+
+    /// [`stop`](DemoLine::stop), handing back the agent's `data_dir` (its
+    /// store) to read after it stopped.
+    pub async fn stop_keeping_dir(self) -> tempfile::TempDir {
         self.stop.cancel();
         let ended = tokio::time::timeout(PATIENCE, self.agent)
             .await
@@ -157,6 +163,7 @@ impl DemoLine {
         ended.expect("agent task").expect("the agent stops cleanly");
         self.sim_stop.cancel();
         self.line.stopped().await;
+        self.dir
     }
 }
 
