@@ -1402,7 +1402,8 @@ async fn flush_last_values(store: &Store, rows: Vec<SignalRow>) {
 
 /// Commits every machine event (with its outbox message) and wakes the uplink.
 ///
-/// A store that cannot write (a full disk) never blocks the engine: events
+/// A store that cannot write (a full disk), or writes slowly (another process
+/// holding its write lock), never blocks the engine: events
 /// keep being taken, state changes and periods wait in order in bounded
 /// memory ([`MAX_HELD_EVENTS`]) and are committed, with their seqs, once the
 /// store takes them again; telemetry is dropped while the store is short of
@@ -1515,9 +1516,22 @@ async fn record(
         let attempt: EventWork = held.work.iter().take(n).cloned().collect();
         let enqueued = attempt.iter().any(|(_, o)| o.is_some());
         let unstored = health.take_unstored();
-        let result = store
-            .call(move |conn| commit_events(conn, &attempt, unstored))
-            .await;
+        // While the store works on the commit (a slow disk, another process
+        // holding the write lock for seconds), the engine's events keep being
+        // taken: they join the held ones after those being committed, so the
+        // engine never waits on the store, and its loop keeps beating.
+        let commit = store.call(move |conn| commit_events(conn, &attempt, unstored));
+        tokio::pin!(commit);
+        let result = loop {
+            tokio::select! {
+                biased;
+                r = &mut commit => break r,
+                e = events.recv(), if open => match e {
+                    Some(e) => held.take(e, uplink, &mut filter, &health, true),
+                    None => open = false,
+                },
+            }
+        };
         match result {
             Ok(committed) => {
                 held.work.drain(..n);

@@ -701,18 +701,18 @@ print("released", flush=True)
 "#;
 
 /// `/healthz` of the whole agent (`agent::run` on the demo line, reporting
-/// to a real Mosquitto) while a real fault from outside stops one of its
-/// loops: another process holds the store's write lock. Every write of the
-/// agent then waits out the store's busy timeout (5 s) on its one store
-/// thread, each writer in turn; the recorder's commit waits behind them,
-/// the engine's event channel fills, and the state engine, waiting to hand
-/// on its events, stops beating: 503 naming it. (No bus is named: the last
-/// values are flushed beside the samples, not in their way, so the buses
-/// keep polling.) Once the lock is gone: 200 again, and nothing was lost:
-/// every state change of the window is stored and reached the broker, no
-/// machine was taken for `offline`, no event was counted lost.
+/// to a real Mosquitto) while another process holds the store's write lock
+/// (as a backup tool might): every write of the agent then waits out the
+/// store's busy timeout (5 s) on its one store thread, each writer in turn.
+/// No loop may go silent: the buses keep polling (the last values are
+/// flushed beside the samples, not in their way) and the engine keeps
+/// handing on its events (the recorder takes them while its commit waits).
+/// Before both fixes this lock stopped every bus, then the state engine.
+/// Once the lock is gone nothing was lost: every state change of the window
+/// is stored and reached the broker, no machine was taken for `offline`, no
+/// event was counted lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_names_the_state_engine_while_another_process_holds_the_store_lock() {
+async fn healthz_stays_200_and_nothing_is_lost_while_another_process_holds_the_store_lock() {
     use std::io::{BufRead, Write};
     use std::sync::{Arc, Mutex};
 
@@ -795,33 +795,24 @@ async fn healthz_names_the_state_engine_while_another_process_holds_the_store_lo
     assert_eq!(line.trim(), "locked");
     let locked_at = chrono::Utc::now();
 
-    let deadline = tokio::time::Instant::now() + PATIENCE * 3;
-    let silent = loop {
+    // Twelve seconds of lock: more than two busy timeouts of every writer
+    // in turn. Every loop beats throughout (the recorder keeps taking the
+    // engine's events while its commit waits; the last values are flushed
+    // beside the samples), so /healthz stays 200.
+    let until = tokio::time::Instant::now() + Duration::from_secs(12);
+    let mut asked = 0;
+    while tokio::time::Instant::now() < until {
         let (status, body) = health().await;
-        if status == 503 {
-            break body;
-        }
-        assert_eq!(status, 200, "{body}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "healthz never turned 503 while the store was locked: {body}"
+        assert_eq!(
+            status, 200,
+            "a loop went silent while another process held the store's lock: {body}"
         );
+        asked += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    assert_eq!(silent["status"], "silent", "{silent}");
-    assert_eq!(
-        silent["silent"],
-        serde_json::json!(["state engine"]),
-        "the state engine, and no bus, is named: {silent}"
-    );
-    assert!(
-        silent["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("state engine")),
-        "{silent}"
-    );
+    }
+    assert!(asked >= 20, "healthz answered {asked} times in 12 s");
 
-    // The lock goes: the engine beats again.
+    // The lock goes.
     let stdin = holder.stdin.as_mut().expect("stdin");
     stdin.write_all(b"commit\n").expect("tell the holder");
     stdin.flush().expect("tell the holder");
@@ -862,12 +853,14 @@ async fn healthz_names_the_state_engine_while_another_process_holds_the_store_lo
                 .cloned()
                 .collect()
         };
-        if missing.is_empty() {
+        // The changes held while the store was locked are committed once
+        // the recorder's retry comes round: wait for them too.
+        if !window.is_empty() && missing.is_empty() {
             break window;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{} of {} state changes of the lock window never reached the broker: {missing:?}",
+            "{} of {} state changes of the lock window never reached the broker (none stored: the machines changed state during the lock, and the changes must be kept): {missing:?}",
             missing.len(),
             window.len()
         );
