@@ -17,7 +17,8 @@
 //!   shutdown (after the engine attributed time up to each last read). Each
 //!   tick, and a sample that moves it by [`MARK_EVERY_MS`], sends the
 //!   machine's "attributed up to" mark ([`MachineEvent::Observed`]), so a
-//!   crash turns at most about half a second of observed time into offline.
+//!   crash turns at most about half a second of observed time into offline
+//!   (plus the recorder's `MARK_LINGER`, a quarter of a second).
 //!   The final snapshots are returned too; pass them back in at the next
 //!   start. [`EngineHandle::snapshot`] returns them on request.
 //! - [`EngineHandle::reconfigure`] follows a reloaded config without a
