@@ -18,6 +18,12 @@
 //! agent: a stale state from the backlog must not replace the retained
 //! latest one on the broker.
 //!
+//! Historical rows are read ahead: the next read runs on the store thread
+//! (its own task) while the rows already read are handed over one by one as
+//! PUBACKs free the window, so a drain never waits for the store between
+//! chunks. The rows in memory are a copy: a row leaves the store only after
+//! its PUBACK, and a new connection reads from the store again.
+//!
 //! Packet ids: rumqttc takes requests from its channel in order and reports
 //! `Outgoing::Publish(pkid)` for each publish in the same order, so a FIFO of
 //! what was handed over maps each packet id to its seq; the PUBACK of that
