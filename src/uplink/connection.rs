@@ -18,6 +18,12 @@
 //! agent: a stale state from the backlog must not replace the retained
 //! latest one on the broker.
 //!
+//! Historical rows are read ahead: the next read runs on the store thread
+//! (its own task) while the rows already read are handed over one by one as
+//! PUBACKs free the window, so a drain never waits for the store between
+//! chunks. The rows in memory are a copy: a row leaves the store only after
+//! its PUBACK, and a new connection reads from the store again.
+//!
 //! Packet ids: rumqttc takes requests from its channel in order and reports
 //! `Outgoing::Publish(pkid)` for each publish in the same order, so a FIFO of
 //! what was handed over maps each packet id to its seq; the PUBACK of that
@@ -51,6 +57,10 @@ use crate::systemd::Heartbeat;
 pub const WINDOW: usize = 128;
 /// Historical messages may fill at most this much of the window.
 const HISTORICAL_WINDOW: usize = WINDOW * 3 / 4;
+/// Historical rows read from the store per read. The next read starts while
+/// at most this many are left in memory, so the window refills from memory
+/// as PUBACKs come and never waits for the store (see `HistoricalRead`).
+const HISTORICAL_READ: usize = WINDOW;
 /// Biggest packet either way; a bigger outbox row is dropped with an error.
 pub const MAX_PACKET_BYTES: usize = 4 * 1024 * 1024;
 /// Biggest packet accepted from the broker over MQTT 3.1.1. MQTT 3.1.1 cannot
@@ -407,6 +417,11 @@ fn kind_v5(e: &v5::ConnectionError) -> ErrorKind {
 
 // ---------------------------------------------------------------------------
 
+/// A read of historical rows running on the store thread while the
+/// connection goes on sending: `(wakes when it started, rows asked, rows)`.
+/// Its own task (a read only: left to finish if the connection ends).
+type HistoricalRead = JoinHandle<(u64, usize, Result<Vec<OutboxRow>, StoreError>)>;
+
 /// An order command waiting for its commit before its PUBACK goes back.
 struct PendingAck {
     packet: Box<Incoming>,
@@ -425,10 +440,21 @@ struct Connection<'a> {
     historical_in_flight: usize,
     /// Highest seq handed over per stream in this connection.
     live_cursor: u64,
+    /// For the historical stream: the highest seq read from the store (the
+    /// rows up to it are sent or wait in `historical_rows`).
     historical_cursor: u64,
     /// The stream may hold rows beyond its cursor (cleared when a fetch came back short).
     live_more: bool,
     historical_more: bool,
+    /// Historical rows read ahead, in seq order, not yet handed over. Only a
+    /// copy: the rows stay in the store until their PUBACK, and a new
+    /// connection reads them again.
+    historical_rows: VecDeque<OutboxRow>,
+    /// The read of the next historical rows, while one runs.
+    historical_read: Option<HistoricalRead>,
+    /// Wakes seen (rows were committed): a read that started before the
+    /// last wake and came back short does not prove the stream empty.
+    wakes: u64,
     /// A wake arrived: send a new live row now even if the window is half full.
     urgent: bool,
     /// Rows may wait in `shared.fresh`.
@@ -480,6 +506,9 @@ pub(super) async fn run(shared: &Shared, session: u64) -> Result<Ended, StoreErr
         historical_cursor: 0,
         live_more: true,
         historical_more: true,
+        historical_rows: VecDeque::new(),
+        historical_read: None,
+        wakes: 0,
         urgent: false,
         fresh_waiting: true,
         pace: RateLimit::new(shared.settings.historical_per_s, Instant::now()),
@@ -592,7 +621,8 @@ impl Connection<'_> {
         loop {
             self.shared.heartbeat.beat();
             self.refill().await?;
-            let hist_waiting = self.historical_more
+            self.read_ahead();
+            let hist_waiting = !self.historical_rows.is_empty()
                 && self.historical_in_flight < HISTORICAL_WINDOW
                 && self.in_flight_total() < WINDOW;
             let next_token = self.pace.next_token_at();
@@ -606,6 +636,10 @@ impl Connection<'_> {
                     Some(Err(e)) => return Ok(Err(self.lost(true, e))),
                     None => return Ok(Err(self.lost(true, LinkError::stopped()))),
                 },
+                (wakes, asked, rows) = read_done(&mut self.historical_read) => {
+                    self.historical_read = None;
+                    self.on_historical_read(wakes, asked, rows?);
+                }
                 r = front_committed(&mut self.pending_acks) => self.on_committed(r),
                 permit = self.shared.orders.reserve(), if !self.to_orders.is_empty() && !self.orders_closed => {
                     match permit {
@@ -625,6 +659,7 @@ impl Connection<'_> {
                     self.live_more = true;
                     self.historical_more = true;
                     self.urgent = true;
+                    self.wakes += 1;
                 }
                 _ = self.shared.fresh.notified() => {
                     self.fresh_waiting = true;
@@ -643,12 +678,34 @@ impl Connection<'_> {
     /// Hand more outbox rows to rumqttc while the window has room.
     async fn refill(&mut self) -> Result<(), StoreError> {
         let room = WINDOW.saturating_sub(self.in_flight_total());
-        // Refill in chunks (fewer store round trips), except for a fresh live row.
+        // Live rows in chunks (fewer store round trips), except for a fresh
+        // live row. Historical rows come from memory (read ahead), as many
+        // as the window and the pace allow, also one at a time.
         let worth_it = room >= WINDOW / 2 || (self.urgent && room > 0);
-        if !worth_it {
-            return Ok(());
+        if worth_it {
+            self.urgent = false;
+            self.refill_live(room).await?;
         }
-        self.urgent = false;
+        let room = WINDOW.saturating_sub(self.in_flight_total());
+        let hist_room = room.min(HISTORICAL_WINDOW.saturating_sub(self.historical_in_flight));
+        if hist_room > 0 && !self.historical_rows.is_empty() {
+            let now = Instant::now();
+            let n = hist_room
+                .min(self.pace.available(now))
+                .min(self.historical_rows.len());
+            if n > 0 {
+                self.pace.take(n, now);
+                for _ in 0..n {
+                    if let Some(row) = self.historical_rows.pop_front() {
+                        self.send_row(row).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn refill_live(&mut self, room: usize) -> Result<(), StoreError> {
         // Rows just committed that follow the cursor: no read (see `fresh`).
         let mut room = room;
         if self.fresh_waiting && !self.live_more {
@@ -676,28 +733,41 @@ impl Connection<'_> {
                 self.send_row(row).await?;
             }
         }
-        let room = WINDOW.saturating_sub(self.in_flight_total());
-        let hist_room = room.min(HISTORICAL_WINDOW.saturating_sub(self.historical_in_flight));
-        if self.historical_more && hist_room > 0 {
-            let n = hist_room.min(self.pace.available(Instant::now()));
-            if n > 0 {
-                let after = self.historical_cursor;
-                let rows = self
-                    .shared
-                    .store
-                    .call(move |c| outbox::next_batch(c, Stream::Historical, after, n))
-                    .await?;
-                if rows.len() < n {
-                    self.historical_more = false;
-                }
-                self.pace.take(rows.len(), Instant::now());
-                for row in rows {
-                    self.historical_cursor = row.seq;
-                    self.send_row(row).await?;
-                }
-            }
-        }
         Ok(())
+    }
+
+    /// Start reading the next historical rows when few are left in memory
+    /// and none is being read. The read runs on the store thread while the
+    /// connection keeps sending and taking PUBACKs.
+    fn read_ahead(&mut self) {
+        if !self.historical_more
+            || self.historical_read.is_some()
+            || self.historical_rows.len() > HISTORICAL_READ
+        {
+            return;
+        }
+        let store = self.shared.store.clone();
+        let after = self.historical_cursor;
+        let wakes = self.wakes;
+        self.historical_read = Some(tokio::spawn(async move {
+            let rows = store
+                .call(move |c| outbox::next_batch(c, Stream::Historical, after, HISTORICAL_READ))
+                .await;
+            (wakes, HISTORICAL_READ, rows)
+        }));
+    }
+
+    /// Historical rows read: queue them behind those already in memory.
+    fn on_historical_read(&mut self, wakes: u64, asked: usize, rows: Vec<OutboxRow>) {
+        // Short: the stream is empty past the cursor, unless rows were
+        // committed (a wake) after the read started.
+        if rows.len() < asked && wakes == self.wakes {
+            self.historical_more = false;
+        }
+        if let Some(last) = rows.last() {
+            self.historical_cursor = last.seq;
+        }
+        self.historical_rows.extend(rows);
     }
 
     async fn send_row(&mut self, row: OutboxRow) -> Result<(), StoreError> {
@@ -867,6 +937,18 @@ impl Connection<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Resolves when the running historical read is done; never when none runs.
+async fn read_done(
+    read: &mut Option<HistoricalRead>,
+) -> (u64, usize, Result<Vec<OutboxRow>, StoreError>) {
+    match read {
+        // The task is never aborted; should it panic, nothing was read
+        // (0 asked: the stream is not taken for empty, the read starts again).
+        Some(r) => r.await.unwrap_or((0, 0, Ok(Vec::new()))),
+        None => std::future::pending().await,
     }
 }
 
