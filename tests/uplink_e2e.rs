@@ -473,7 +473,28 @@ fn assert_telemetry_payload(m: &Seen) {
 }
 
 fn assert_utilisation_payload(m: &Seen) {
-    assert_envelope(m, &["machine", "period", "seconds", "counts", "kpi"]);
+    // `clock_step` (contract v1.1) only when the wall clock stepped during
+    // the period: the machine running the tests may step it too.
+    if m.json.get("clock_step").is_some() {
+        assert!(
+            m.json["clock_step"]["by_s"].is_f64(),
+            "clock_step is {{\"by_s\": seconds}}: {}",
+            m.raw
+        );
+        assert_envelope(
+            m,
+            &[
+                "machine",
+                "period",
+                "seconds",
+                "counts",
+                "kpi",
+                "clock_step",
+            ],
+        );
+    } else {
+        assert_envelope(m, &["machine", "period", "seconds", "counts", "kpi"]);
+    }
     assert_machine_topic(m, "utilisation");
     let j = &m.json;
     let period = &j["period"];
