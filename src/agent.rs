@@ -123,6 +123,9 @@ pub async fn run(
             watchdog_stop.clone(),
         ))
     });
+    // Freed heap goes back to the system (after console requests, and
+    // once a minute): crate::memory.
+    let trims = tokio::spawn(crate::memory::run_trims(watchdog_stop.clone()));
     // The console reads the live board: the agent keeps one when it is on.
     let console_on = matches!(crate::config::console_addr(&config.console), Ok(Some(_)));
     let mut options = options;
@@ -219,6 +222,7 @@ pub async fn run(
     if let Some(w) = watchdog {
         let _ = w.await;
     }
+    let _ = trims.await;
     info!("linegate stopped");
     Ok(())
 }

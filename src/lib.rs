@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod machine;
+pub mod memory;
 pub mod orders;
 pub mod reload;
 pub mod sim;

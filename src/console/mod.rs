@@ -354,6 +354,12 @@ pub fn router(sources: Sources, guard: Guard) -> Router {
         .method_not_allowed_fallback(read_only)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(guard, require_password))
+        // A page or a scrape leaves its buffers freed behind: they go back
+        // to the system once the burst of requests is over.
+        .layer(middleware::map_response(|response: Response| async {
+            crate::memory::freed_soon();
+            response
+        }))
         .with_state(sources)
 }
 
