@@ -4,7 +4,7 @@
 //! a `/metrics` scrape or a burst of historical rows leaves its buffers
 //! behind as resident memory that nothing reuses for a long time (measured:
 //! a browser tab and a scrape for 20 s added 0.8 MB that stayed; a trim
-//! gave it all back, BENCHMARKS.md "Hot code first"). This module owns the
+//! gave it all back: BENCHMARKS.md, "Uplink cost", round 3). This module owns the
 //! trim and when it happens: a short while after the console has answered
 //! (`freed_soon`, coalesced) and once a minute. It must not allocate for
 //! anyone or decide anything else; on other C libraries it does nothing.
@@ -63,7 +63,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn the_trim_task_trims_after_requests_and_ends_on_stop() {
+    async fn the_trim_task_takes_a_burst_of_requests_and_ends_on_stop() {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_trims(stop.clone()));
         for _ in 0..10 {
