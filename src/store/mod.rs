@@ -346,15 +346,40 @@ fn open_and_migrate(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Switch the file to WAL. A new file switches under an exclusive lock, and
+/// SQLite answers a second opener doing the same at that moment with
+/// `SQLITE_BUSY` at once, without waiting out `busy_timeout` (waiting could
+/// deadlock two readers that both want to write): that opener tries again
+/// for up to [`WAL_SWITCH_WAIT`], and then finds the file in WAL already.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = Instant::now() + WAL_SWITCH_WAIT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
+/// How long a second opener of a new store waits for the first to switch it to WAL.
+const WAL_SWITCH_WAIT: Duration = Duration::from_secs(5);
+
 /// Open a connection with the store's pragmas (also used read-only by CLI commands).
 pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|cause| StoreError::Open {
         path: path.to_path_buf(),
         cause,
     })?;
+    set_wal(&conn).map_err(|cause| StoreError::Open {
+        path: path.to_path_buf(),
+        cause,
+    })?;
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
+        "PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA busy_timeout = 5000;
          PRAGMA cache_size = -512;",
