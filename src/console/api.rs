@@ -499,15 +499,6 @@ pub async fn healthz(State(s): State<Arc<Sources>>) -> Response {
     }
 }
 
-/// Orders by state (latest revisions), for `/metrics`.
-pub fn count_by_state(rows: &[OrderRow]) -> BTreeMap<&'static str, u64> {
-    let mut out = BTreeMap::new();
-    for o in rows.iter().filter(|o| !o.superseded) {
-        *out.entry(o.state.as_str()).or_default() += 1;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -344,6 +344,26 @@ pub fn list(conn: &Connection, machine: Option<&str>) -> Result<Vec<OrderRow>, S
     }
 }
 
+/// How many orders (latest revisions) are in each state, counted by SQLite:
+/// a scrape of `/metrics` does not read years of finished orders to count
+/// them. A state the store holds that this build does not know counts as
+/// aborted, as [`list`] reads it.
+pub fn count_by_state(
+    conn: &Connection,
+) -> Result<std::collections::BTreeMap<&'static str, u64>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, COUNT(*) FROM work_order WHERE superseded = 0 GROUP BY state",
+    )?;
+    let mut out = std::collections::BTreeMap::new();
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (state, n) = row?;
+        let state = OrderState::parse(&state).unwrap_or(OrderState::Aborted);
+        *out.entry(state.as_str()).or_default() += n.max(0) as u64;
+    }
+    Ok(out)
+}
+
 /// One order by key.
 pub fn get(
     conn: &Connection,
@@ -1389,6 +1409,43 @@ mod tests {
             },
         );
         assert_eq!(row.progress.produced, 7);
+    }
+
+    #[tokio::test]
+    async fn orders_are_counted_by_state_in_sql_as_the_rows_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let (counted, listed) = store
+            .call(|c| {
+                let rows = [
+                    ("WO-1", 1, "queued", 1),
+                    ("WO-1", 2, "running", 0),
+                    ("WO-2", 1, "completed", 0),
+                    ("WO-3", 1, "completed", 0),
+                    ("WO-4", 1, "state-of-a-newer-build", 0),
+                    ("WO-5", 1, "held", 1),
+                ];
+                for (i, (id, rev, state, superseded)) in rows.iter().enumerate() {
+                    c.execute(
+                        "INSERT INTO work_order (order_id, revision, arrival, machine, product,
+                            quantity, params, state, superseded, updated_at)
+                         VALUES (?1, ?2, ?3, 'm', 'P', 10, '{}', ?4, ?5, '2026-12-01T00:00:00Z')",
+                        params![id, rev, i as i64 + 1, state, superseded],
+                    )?;
+                }
+                let mut listed: BTreeMap<&'static str, u64> = BTreeMap::new();
+                for o in list(c, None)?.iter().filter(|o| !o.superseded) {
+                    *listed.entry(o.state.as_str()).or_default() += 1;
+                }
+                Ok((count_by_state(c)?, listed))
+            })
+            .await
+            .unwrap();
+        assert_eq!(counted, listed);
+        assert_eq!(
+            counted.into_iter().collect::<Vec<_>>(),
+            [("aborted", 1), ("completed", 2), ("running", 1)]
+        );
     }
 
     #[test]
