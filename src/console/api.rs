@@ -105,7 +105,7 @@ pub async fn line(State(s): State<Arc<Sources>>) -> Response {
         Ok(r) => r,
         Err(e) => return unavailable(e),
     };
-    let orders = match s.store.call(|c| book::list(c, None)).await {
+    let orders = match s.store.call(|c| book::on_machines(c)).await {
         Ok(r) => r,
         Err(e) => return unavailable(e),
     };
@@ -116,9 +116,10 @@ pub async fn line(State(s): State<Arc<Sources>>) -> Response {
         .machine
         .iter()
         .map(|m| {
-            let b = board.get(&m.id).cloned().unwrap_or_default();
+            let empty = MachineBoard::default();
+            let b = board.get(&m.id).unwrap_or(&empty);
             let status = statuses.iter().find(|st| st.machine == m.id);
-            machine_summary(&m.id, &m.bus, &b, status, &orders, now)
+            machine_summary(&m.id, &m.bus, b, status, &orders, now)
         })
         .collect();
     Json(json!({

@@ -401,6 +401,18 @@ pub fn current(conn: &Connection, machine: &str) -> Result<Option<OrderRow>, Sto
     .next())
 }
 
+/// The orders on machines (released or running, latest revisions), in
+/// release order per machine: what the line page shows, without reading
+/// the finished orders of years.
+pub fn on_machines(conn: &Connection) -> Result<Vec<OrderRow>, StoreError> {
+    query_rows(
+        conn,
+        "WHERE state IN ('released', 'running') AND superseded = 0
+         ORDER BY machine, sequence IS NULL, sequence, due IS NULL, due, arrival",
+        &[],
+    )
+}
+
 /// The next order to release on a machine: sequence, then due, then arrival.
 pub fn next_to_release(conn: &Connection, machine: &str) -> Result<Option<OrderRow>, StoreError> {
     Ok(query_rows(
@@ -1411,6 +1423,56 @@ mod tests {
         assert_eq!(row.progress.produced, 7);
     }
 
+    /// Rows as a store holds them: (order, revision, state, superseded).
+    fn put_rows(
+        c: &Connection,
+        machine: &str,
+        rows: &[(&str, i64, &str, i64)],
+    ) -> Result<(), StoreError> {
+        for (id, rev, state, superseded) in rows {
+            let arrival = next_arrival(c)? as i64;
+            c.execute(
+                "INSERT INTO work_order (order_id, revision, arrival, machine, product,
+                    quantity, params, state, superseded, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'P', 10, '{}', ?5, ?6, '2026-12-01T00:00:00Z')",
+                params![id, rev, arrival, machine, state, superseded],
+            )?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_orders_on_machines_are_the_latest_released_or_running_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let on = store
+            .call(|c| {
+                put_rows(
+                    c,
+                    "press",
+                    &[("A", 1, "running", 1), ("A", 2, "running", 0)],
+                )?;
+                put_rows(
+                    c,
+                    "press",
+                    &[("B", 1, "completed", 0), ("C", 1, "queued", 0)],
+                )?;
+                put_rows(
+                    c,
+                    "lathe",
+                    &[("D", 1, "released", 0), ("E", 1, "aborted", 0)],
+                )?;
+                on_machines(c)
+            })
+            .await
+            .unwrap();
+        let keys: Vec<_> = on
+            .iter()
+            .map(|o| (o.machine.as_str(), o.order_id.as_str(), o.revision))
+            .collect();
+        assert_eq!(keys, [("lathe", "D", 1), ("press", "A", 2)]);
+    }
+
     #[tokio::test]
     async fn orders_are_counted_by_state_in_sql_as_the_rows_read_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -1425,14 +1487,7 @@ mod tests {
                     ("WO-4", 1, "state-of-a-newer-build", 0),
                     ("WO-5", 1, "held", 1),
                 ];
-                for (i, (id, rev, state, superseded)) in rows.iter().enumerate() {
-                    c.execute(
-                        "INSERT INTO work_order (order_id, revision, arrival, machine, product,
-                            quantity, params, state, superseded, updated_at)
-                         VALUES (?1, ?2, ?3, 'm', 'P', 10, '{}', ?4, ?5, '2026-12-01T00:00:00Z')",
-                        params![id, rev, i as i64 + 1, state, superseded],
-                    )?;
-                }
+                put_rows(c, "m", &rows)?;
                 let mut listed: BTreeMap<&'static str, u64> = BTreeMap::new();
                 for o in list(c, None)?.iter().filter(|o| !o.superseded) {
                     *listed.entry(o.state.as_str()).or_default() += 1;
