@@ -59,10 +59,15 @@ struct Spot {
 }
 
 /// Positions of every key path of one file.
+/// Where every key of a file is written. Found only when asked for (a
+/// message to place): the walk that reads the file for the config records
+/// nothing, and the first question walks the text again. A file without
+/// mistakes never pays for it: at 1000 machines the map of every key's
+/// place took as much memory as the parsed file itself.
 #[derive(Debug, Default)]
 pub struct Places {
     text: String,
-    spots: HashMap<String, Spot>,
+    spots: std::sync::OnceLock<HashMap<String, Spot>>,
 }
 
 /// The path one level up: `machine[0].signal` of `machine[0].signal[1]`,
@@ -80,12 +85,29 @@ pub fn parent_path(path: &str) -> &str {
 }
 
 impl Places {
+    fn spots(&self) -> &HashMap<String, Spot> {
+        self.spots.get_or_init(|| {
+            let (table, _) = DeTable::parse_recoverable(&self.text);
+            let mut walk = Walk {
+                text: &self.text,
+                line_starts: line_starts(&self.text),
+                spots: Some(HashMap::new()),
+                issues: Vec::new(),
+                left_out: Vec::new(),
+            };
+            let span = table.span();
+            walk.note("", None, &span, None);
+            walk.table(table.into_inner(), "");
+            walk.spots.unwrap_or_default()
+        })
+    }
+
     /// Where `path` (or, if the file does not have it, its nearest
     /// ancestor) is written: the key when `key_first`, else its value.
     pub fn place(&self, path: &str, key_first: bool) -> Place {
         let mut p = path;
         loop {
-            if let Some(spot) = self.spots.get(p) {
+            if let Some(spot) = self.spots().get(p) {
                 let (line, column) = match (key_first, spot.key) {
                     (true, Some(k)) => k,
                     _ => spot.value,
@@ -102,7 +124,7 @@ impl Places {
     /// The value of `path` as written in the file, when it is short
     /// enough to quote in a message.
     pub fn written(&self, path: &str) -> Option<&str> {
-        let (start, end) = self.spots.get(path)?.written?;
+        let (start, end) = self.spots().get(path)?.written?;
         self.text.get(start..end)
     }
 }
@@ -145,19 +167,22 @@ pub fn parse(text: &str) -> Result<Tree, Vec<ConfigIssue>> {
     let mut walk = Walk {
         text,
         line_starts: line_starts(text),
-        places: Places {
-            text: text.to_string(),
-            spots: HashMap::new(),
-        },
+        spots: None,
         issues: Vec::new(),
         left_out: Vec::new(),
     };
     let span = table.span();
     walk.note("", None, &span, None);
-    let value = walk.table(table.get_ref(), "");
+    // The walk consumes the parsed tree as it builds the value: a table's
+    // nodes are freed as they are read, so the two are not both whole in
+    // memory (a 1000-machine file parses to tens of megabytes).
+    let value = walk.table(table.into_inner(), "");
     Ok(Tree {
         value,
-        places: walk.places,
+        places: Places {
+            text: text.to_string(),
+            spots: std::sync::OnceLock::new(),
+        },
         issues: walk.issues,
         left_out: walk.left_out,
     })
@@ -178,11 +203,11 @@ pub fn env_value(raw: &str) -> Result<Json, String> {
     let mut walk = Walk {
         text: trimmed,
         line_starts: line_starts(trimmed),
-        places: Places::default(),
+        spots: None,
         issues: Vec::new(),
         left_out: Vec::new(),
     };
-    let json = walk.value(&value, "");
+    let json = walk.value(value, "");
     match walk.issues.first() {
         Some(_) => Err(format!(
             "{raw:?} is not a finite number; every number in the config must be finite"
@@ -201,7 +226,8 @@ struct Walk<'t> {
     text: &'t str,
     /// Byte offset where each line starts (the first is 0).
     line_starts: Vec<usize>,
-    places: Places,
+    /// Every key's place, when this walk records them ([`Places`]).
+    spots: Option<HashMap<String, Spot>>,
     issues: Vec<ConfigIssue>,
     left_out: Vec<String>,
 }
@@ -226,6 +252,9 @@ impl Walk<'_> {
         value: &std::ops::Range<usize>,
         value_kind: Option<&DeValue<'_>>,
     ) {
+        if self.spots.is_none() {
+            return;
+        }
         let short = value.end.saturating_sub(value.start) <= 80
             && !matches!(value_kind, Some(DeValue::Table(_)) | None);
         let spot = Spot {
@@ -235,12 +264,14 @@ impl Walk<'_> {
         };
         // A table header seen again (`[[machine]]`, then `[machine.state]`)
         // keeps its first place.
-        self.places.spots.entry(path.to_string()).or_insert(spot);
+        if let Some(spots) = &mut self.spots {
+            spots.entry(path.to_string()).or_insert(spot);
+        }
     }
 
-    fn table(&mut self, table: &DeTable<'_>, path: &str) -> Json {
+    fn table(&mut self, table: DeTable<'_>, path: &str) -> Json {
         let mut map = serde_json::Map::new();
-        for (key, value) in table.iter() {
+        for (key, value) in table {
             let name = key.get_ref();
             let child = if path.is_empty() {
                 name.to_string()
@@ -253,17 +284,22 @@ impl Walk<'_> {
                 &value.span(),
                 Some(value.get_ref()),
             );
+            let name = name.to_string();
             if let Some(v) = self.value(value, &child) {
-                map.insert(name.to_string(), v);
+                map.insert(name, v);
             }
         }
         Json::Object(map)
     }
 
     /// `None`: a number the config cannot hold (reported, left out).
-    fn value(&mut self, value: &Spanned<DeValue<'_>>, path: &str) -> Option<Json> {
-        let (line, column) = self.position(value.span().start);
-        let written = self.text.get(value.span()).unwrap_or("").to_string();
+    fn value(&mut self, value: Spanned<DeValue<'_>>, path: &str) -> Option<Json> {
+        let span = value.span();
+        let (line, column) = self.position(span.start);
+        // The value as written, for messages (not copied for every value:
+        // a table's or an array's text is most of the file).
+        let text = self.text;
+        let written = || text.get(span.clone()).unwrap_or("").to_string();
         let refuse = |this: &mut Self, message: String| {
             this.issues.push(ConfigIssue {
                 key: path.to_string(),
@@ -273,21 +309,24 @@ impl Walk<'_> {
             this.left_out.push(path.to_string());
             None
         };
-        match value.get_ref() {
-            DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
-                Ok(n) => Some(Json::from(n)),
-                Err(_) => {
-                    let (what, bound) = if i.as_str().starts_with('-') {
-                        ("small", format!("down to {}", i64::MIN))
-                    } else {
-                        ("large", format!("up to {}", i64::MAX))
-                    };
-                    refuse(
+        match value.into_inner() {
+            DeValue::Integer(i) => {
+                match i64::from_str_radix(i.as_str(), i.radix()) {
+                    Ok(n) => Some(Json::from(n)),
+                    Err(_) => {
+                        let (what, bound) = if i.as_str().starts_with('-') {
+                            ("small", format!("down to {}", i64::MIN))
+                        } else {
+                            ("large", format!("up to {}", i64::MAX))
+                        };
+                        let written = written();
+                        refuse(
                         self,
                         format!("{written} is too {what} for any setting (whole numbers go {bound})"),
                     )
+                    }
                 }
-            },
+            }
             DeValue::Float(f) => match f
                 .as_str()
                 .parse::<f64>()
@@ -297,16 +336,19 @@ impl Walk<'_> {
                 Some(n) => Some(Json::Number(n)),
                 None => refuse(
                     self,
-                    format!("{written} is not a finite number; every number in the config must be finite"),
+                    format!(
+                        "{} is not a finite number; every number in the config must be finite",
+                        written()
+                    ),
                 ),
             },
             DeValue::String(s) => Some(Json::String(s.to_string())),
-            DeValue::Boolean(b) => Some(Json::Bool(*b)),
+            DeValue::Boolean(b) => Some(Json::Bool(b)),
             // Dates and times are read as written (`holidays = [2026-12-25]`, `start = 06:00`).
-            DeValue::Datetime(_) => Some(Json::String(written)),
+            DeValue::Datetime(_) => Some(Json::String(written())),
             DeValue::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
-                for (n, item) in items.iter().enumerate() {
+                for (n, item) in items.into_iter().enumerate() {
                     let child = format!("{path}[{n}]");
                     self.note(&child, None, &item.span(), Some(item.get_ref()));
                     // An item left out stays as a hole, so the others keep their index.
@@ -419,7 +461,7 @@ mod tests {
         let walk = Walk {
             text,
             line_starts: line_starts(text),
-            places: Places::default(),
+            spots: None,
             issues: Vec::new(),
             left_out: Vec::new(),
         };
