@@ -58,7 +58,6 @@ struct Spot {
     written: Option<(usize, usize)>,
 }
 
-/// Positions of every key path of one file.
 /// Where every key of a file is written. Found only when asked for (a
 /// message to place): the walk that reads the file for the config records
 /// nothing, and the first question walks the text again. A file without
