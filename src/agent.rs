@@ -35,7 +35,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Transport};
 use crate::machine::{MachineEvent, MachineState, MachineView};
@@ -58,10 +58,13 @@ pub struct MachineBoard {
     pub state: Option<MachineState>,
     pub since: Option<DateTime<Utc>>,
     pub reason: Option<String>,
-    /// Signal name → its last reading (a value or why it failed). Kept as
-    /// read, not as text: formatting every reading of every poll for a page
-    /// nobody may be looking at was a fifth of the agent's instructions.
-    pub values: BTreeMap<String, crate::source::Reading>,
+    /// Each signal's last reading (a value or why it failed) and when it
+    /// was read, sorted by name: look one up with [`MachineBoard::reading`].
+    /// Kept as read, not as text: formatting every reading of every poll
+    /// for a page nobody may be looking at was a fifth of the agent's
+    /// instructions. One vector sized to the machine's signals, names shared
+    /// with the source: two maps keyed by copied names took 4 KB a machine.
+    pub signals: Vec<(Arc<str>, LastReading)>,
     pub last_read: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub reads: u64,
@@ -69,20 +72,69 @@ pub struct MachineBoard {
     pub produced_total: u64,
     /// Good parts counted since the agent started tracking the machine.
     pub good_total: u64,
-    /// Signal name → when it was last read (with a value or an error).
-    pub read_at: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// The last reading of a signal on the board, and when it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastReading {
+    pub reading: crate::source::Reading,
+    pub at: DateTime<Utc>,
+}
+
+impl MachineBoard {
+    /// The last reading of `signal`, if it was ever read.
+    pub fn reading(&self, signal: &str) -> Option<&LastReading> {
+        self.signals
+            .binary_search_by(|(name, _)| (**name).cmp(signal))
+            .ok()
+            .and_then(|i| self.signals.get(i))
+            .map(|(_, last)| last)
+    }
+
+    /// Notes a reading of `signal` made at `at`: in place once the signal is
+    /// known, so a poll allocates nothing here.
+    fn note_reading(&mut self, signal: &Arc<str>, r: &crate::source::Reading, at: DateTime<Utc>) {
+        match self
+            .signals
+            .binary_search_by(|(name, _)| (**name).cmp(&**signal))
+        {
+            Ok(i) => {
+                if let Some((_, last)) = self.signals.get_mut(i) {
+                    if last.reading != *r {
+                        last.reading.clone_from(r);
+                    }
+                    last.at = at;
+                }
+            }
+            Err(i) => self.signals.insert(
+                i,
+                (
+                    signal.clone(),
+                    LastReading {
+                        reading: r.clone(),
+                        at,
+                    },
+                ),
+            ),
+        }
+    }
 }
 
 /// Shared live view of every machine; the tap and the view watcher write it.
 pub type Board = Arc<Mutex<BTreeMap<String, MachineBoard>>>;
 
 /// How the agent is run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// The file to reload on SIGHUP (none: reload is refused).
     pub config_path: Option<PathBuf>,
     /// Live table for `demo`.
     pub board: Option<Board>,
+    /// The agent is all this process runs (`linegate run`): once started,
+    /// it gives back the pages of code and tables that only starting used
+    /// ([`crate::memory::release_start_pages`], which must not race another
+    /// thread loading a library, as a test harness's threads might).
+    pub alone_in_process: bool,
 }
 
 /// Run the agent until `shutdown` is cancelled (or SIGTERM/SIGINT arrive, when
@@ -149,6 +201,14 @@ pub async fn run(
             console_stop.clone(),
         )
     });
+    if options.alone_in_process {
+        // Before this function first awaits: the tasks just spawned have not
+        // run, so no thread looks up a host name (and loads a library) yet.
+        match crate::memory::release_start_pages() {
+            Ok(bytes) => debug!(kb = bytes / 1024, "released the pages only starting used"),
+            Err(e) => debug!(error = %e, "cannot release the pages only starting used"),
+        }
+    }
     crate::systemd::ready();
     loop {
         if !wait_for_stop_or_reload(&shutdown, &mut hangup).await {
@@ -350,7 +410,7 @@ struct Running {
     samples: Option<mpsc::Sender<Sample>>,
     buses: BTreeMap<String, Task>,
     /// Each machine's write channel: that of its bus task.
-    writers: HashMap<String, mpsc::Sender<WriteRequest>>,
+    writers: HashMap<String, mpsc::Sender<Box<WriteRequest>>>,
     /// Each machine's live view (for the order task).
     views: HashMap<String, watch::Receiver<MachineView>>,
     engine: crate::machine::engine::EngineHandle,
@@ -1161,6 +1221,13 @@ impl NotedSignals {
             self.table = readings.names().clone();
             self.columns.clear();
             self.columns.resize(self.table.len(), NO_COLUMN);
+            // Room for every signal of the table, exactly (pushed one by
+            // one, the columns would double past it: kept per machine).
+            let more = self.table.len().saturating_sub(self.names.len());
+            self.names.reserve_exact(more);
+            self.at.reserve_exact(more);
+            self.what.reserve_exact(more);
+            self.due.reserve_exact(more);
         }
         for (position, r) in readings.positions() {
             let column = match self.columns.get(position) {
@@ -1396,24 +1463,11 @@ fn note(sample: &Sample, board: Option<&Board>, pending: &mut LastValues) {
         SampleContent::Signals(readings) => {
             b.last_read = Some(sample.at);
             b.last_error = None;
+            if b.signals.is_empty() {
+                b.signals.reserve_exact(readings.len());
+            }
             for (name, r) in readings.iter() {
-                // In place once a signal is known: no allocation per reading.
-                match b.values.get_mut(&**name) {
-                    Some(slot) => {
-                        if slot != r {
-                            slot.clone_from(r);
-                        }
-                    }
-                    None => {
-                        b.values.insert(name.to_string(), r.clone());
-                    }
-                }
-                match b.read_at.get_mut(&**name) {
-                    Some(t) => *t = sample.at,
-                    None => {
-                        b.read_at.insert(name.to_string(), sample.at);
-                    }
-                }
+                b.note_reading(name, r, sample.at);
             }
         }
         SampleContent::Unreachable { reason } => {
@@ -1485,7 +1539,10 @@ async fn record(
     // locally (state changes, periods) and send nothing.
     let telemetry_of = |config: &Config| {
         let heartbeat_s = config.uplink.as_ref().map(|u| u.heartbeat_s).unwrap_or(60);
-        let filter = crate::uplink::telemetry::TelemetryFilter::new(&config.machine, heartbeat_s);
+        let filter = crate::uplink::telemetry::TelemetryFilter::new(
+            config.machine.iter().map(|m| &**m),
+            heartbeat_s,
+        );
         (config.uplink.is_some(), filter)
     };
     let (mut uplink, mut filter) = telemetry_of(&config.borrow_and_update());
@@ -1832,6 +1889,25 @@ async fn watch_view(mut rx: watch::Receiver<MachineView>, board: Board, stop: Ca
 mod tests {
     use super::*;
     use crate::source::{SignalError, Value};
+
+    #[test]
+    fn the_board_finds_each_signal_by_name_and_updates_it_in_place() {
+        let mut b = MachineBoard::default();
+        let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap_or_default();
+        let names: Vec<Arc<str>> = ["speed", "count", "alarm"].map(Arc::from).to_vec();
+        b.note_reading(&names[0], &Ok(Value::Int(7)), at(1));
+        b.note_reading(&names[1], &Ok(Value::UInt(3)), at(1));
+        b.note_reading(&names[2], &Ok(Value::Bool(false)), at(1));
+        let sorted: Vec<&str> = b.signals.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(sorted, ["alarm", "count", "speed"]);
+        b.note_reading(&names[0], &Ok(Value::Int(8)), at(2));
+        assert_eq!(b.signals.len(), 3);
+        let speed = b.reading("speed").expect("speed was read");
+        assert_eq!(speed.reading, Ok(Value::Int(8)));
+        assert_eq!(speed.at, at(2));
+        assert_eq!(b.reading("count").map(|l| l.at), Some(at(1)));
+        assert!(b.reading("temperature").is_none());
+    }
 
     fn signals(machine: &str, at_s: i64, readings: &[(&str, crate::source::Reading)]) -> Sample {
         Sample {

@@ -65,7 +65,12 @@ impl ReloadPlan {
 
 /// The machines of `config` on bus `id`, in config order.
 fn machines_on<'a>(config: &'a Config, id: &str) -> Vec<&'a MachineConfig> {
-    config.machine.iter().filter(|m| m.bus == id).collect()
+    config
+        .machine
+        .iter()
+        .filter(|m| m.bus == id)
+        .map(|m| &**m)
+        .collect()
 }
 
 fn bus<'a>(config: &'a Config, id: &str) -> Option<&'a BusConfig> {
@@ -92,7 +97,7 @@ pub fn plan_reload(old: &Config, new: &Config) -> ReloadPlan {
             None => {
                 plan.machines_added.insert(m.id.clone());
             }
-            Some(was) if was != m => {
+            Some(was) if *was != **m => {
                 plan.machines_changed.insert(m.id.clone());
             }
             Some(_) => {}

@@ -90,6 +90,7 @@ fn start_agent(config: &Config) -> Agent {
         RunOptions {
             config_path: None,
             board: None,
+            alone_in_process: false,
         },
         stop.clone(),
     ));

@@ -140,7 +140,7 @@ async fn writes_over_a_serial_line_are_read_back() {
     run.next_of("press07").await;
     let (reply, answer) = oneshot::channel();
     run.writes["rs485"]
-        .send(WriteRequest {
+        .send(Box::new(WriteRequest {
             machine: "press07".into(),
             writes: vec![
                 RegisterWrite {
@@ -155,7 +155,7 @@ async fn writes_over_a_serial_line_are_read_back() {
                 },
             ],
             reply,
-        })
+        }))
         .await
         .expect("bus takes writes");
     let result = tokio::time::timeout(Duration::from_secs(20), answer)

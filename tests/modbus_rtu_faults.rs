@@ -545,7 +545,7 @@ async fn a_write_is_done_only_when_its_own_echo_comes_back_and_it_reads_back() {
     for value in [4711, 4712, 4713] {
         let (reply, answer) = oneshot::channel();
         run.writes["rs485"]
-            .send(WriteRequest {
+            .send(Box::new(WriteRequest {
                 machine: "press07".into(),
                 writes: vec![RegisterWrite {
                     area: Area::Holding,
@@ -553,7 +553,7 @@ async fn a_write_is_done_only_when_its_own_echo_comes_back_and_it_reads_back() {
                     data: WriteData::Registers(vec![value]),
                 }],
                 reply,
-            })
+            }))
             .await
             .expect("bus takes writes");
         let result = tokio::time::timeout(Duration::from_secs(20), answer)

@@ -317,11 +317,11 @@ async fn a_reply_of_the_wrong_length_is_an_error_not_a_panic() {
 async fn write(run: &Running, machine: &str, writes: Vec<RegisterWrite>) -> Result<(), WriteError> {
     let (reply, answer) = oneshot::channel();
     run.writes["cell-a"]
-        .send(WriteRequest {
+        .send(Box::new(WriteRequest {
             machine: machine.into(),
             writes,
             reply,
-        })
+        }))
         .await
         .expect("bus task takes writes");
     tokio::time::timeout(Duration::from_secs(20), answer)

@@ -144,6 +144,7 @@ async fn the_planner_command_line_sends_orders_and_commands_and_reports_every_an
         let options = RunOptions {
             config_path: None,
             board: None,
+            alone_in_process: false,
         };
         if let Err(e) = agent::run(config, options, stop).await {
             panic!("agent stopped with an error: {e}");

@@ -105,7 +105,7 @@ async fn start_machine(regs: Arc<Registers>) -> SocketAddr {
 /// writes between polls, each read back and compared.
 fn start_bus(
     config: &Config,
-    writes: mpsc::Receiver<WriteRequest>,
+    writes: mpsc::Receiver<Box<WriteRequest>>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let bus = config.bus[0].clone();

@@ -224,6 +224,7 @@ impl Rig {
             let options = RunOptions {
                 config_path: None,
                 board: None,
+                alone_in_process: false,
             };
             if let Err(e) = agent::run(config, options, stop).await {
                 panic!("agent stopped with an error: {e}");

@@ -37,6 +37,7 @@ impl Agent {
             RunOptions {
                 config_path: None,
                 board: None,
+                alone_in_process: false,
             },
             stop.clone(),
         ));

@@ -104,6 +104,7 @@ async fn a_machine_that_answers_again_is_back_within_two_seconds_and_its_numbers
         RunOptions {
             config_path: None,
             board: None,
+            alone_in_process: false,
         },
         agent_stop.clone(),
     ));

@@ -56,6 +56,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     RunOptions {
                         config_path: Some(path),
                         board: None,
+                        alone_in_process: true,
                     },
                     shutdown,
                 )
@@ -827,6 +828,7 @@ fn demo(args: DemoArgs, verbose: u8) -> Result<ExitCode> {
             RunOptions {
                 config_path: None,
                 board: Some(board.clone()),
+                alone_in_process: false,
             },
             agent_stop.clone(),
         ));

@@ -59,7 +59,12 @@ pub fn read(mut tree: Json, places: &Places, env: &[Applied], silenced: Vec<Stri
     // Key path -> which stand-in it has now.
     let mut standing: HashMap<String, usize> = HashMap::new();
     for _ in 0..MAX_READS {
-        let err = match serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
+        // From the tree by reference: a copy to consume was as big as the
+        // tree, and the config's values were made in the holes the copy
+        // left as it went, so the config lay spread over pages that could
+        // not go back (at 1000 machines the RSS went 50.8 -> 35.9 MB with
+        // this alone: BENCHMARKS.md, "Uplink cost", round 5).
+        let err = match serde_path_to_error::deserialize::<_, Config>(&tree) {
             Ok(config) => {
                 out.config = Some(config);
                 return out;

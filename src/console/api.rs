@@ -307,7 +307,8 @@ pub async fn machine(State(s): State<Arc<Sources>>, Path(id): Path<String>) -> R
         .signal
         .iter()
         .map(|sig| {
-            let (value, error) = match board.values.get(&sig.name) {
+            let last = board.reading(&sig.name);
+            let (value, error) = match last.map(|l| &l.reading) {
                 Some(Ok(v)) => (Some(v.to_string()), None),
                 Some(Err(e)) => (None, Some(e.to_string())),
                 None => (None, None),
@@ -316,7 +317,7 @@ pub async fn machine(State(s): State<Arc<Sources>>, Path(id): Path<String>) -> R
                 "signal": sig.name,
                 "value": value,
                 "error": error,
-                "last_read": opt_ts(board.read_at.get(&sig.name).copied()),
+                "last_read": opt_ts(last.map(|l| l.at)),
             })
         })
         .collect();

@@ -94,7 +94,7 @@ pub async fn run_orders(
     store: Store,
     inbox: mpsc::Receiver<OrderMessage>,
     views: HashMap<String, watch::Receiver<MachineView>>,
-    writers: HashMap<String, mpsc::Sender<WriteRequest>>,
+    writers: HashMap<String, mpsc::Sender<Box<WriteRequest>>>,
     engine: EngineHandle,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
@@ -148,7 +148,7 @@ impl WriteDone {
 struct Dispatcher {
     config: Arc<Config>,
     store: Store,
-    writers: HashMap<String, mpsc::Sender<WriteRequest>>,
+    writers: HashMap<String, mpsc::Sender<Box<WriteRequest>>>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
     enqueue: Enqueue,
@@ -174,7 +174,7 @@ pub async fn run_orders_with(
     store: Store,
     mut inbox: mpsc::Receiver<OrderMessage>,
     views: HashMap<String, watch::Receiver<MachineView>>,
-    writers: HashMap<String, mpsc::Sender<WriteRequest>>,
+    writers: HashMap<String, mpsc::Sender<Box<WriteRequest>>>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
     enqueue: Enqueue,
@@ -904,7 +904,7 @@ impl Dispatcher {
 #[allow(clippy::too_many_arguments)]
 async fn attempt_batch(
     store: &Store,
-    writer: &mpsc::Sender<WriteRequest>,
+    writer: &mpsc::Sender<Box<WriteRequest>>,
     machine: &str,
     order: Option<(String, u32)>,
     what: &'static str,
@@ -942,31 +942,32 @@ async fn attempt_batch(
         writes: writes.iter().map(|w| w.write.clone()).collect(),
         reply: reply_tx,
     };
-    let outcome: Result<(), (Option<WriteError>, String)> = if writer.send(request).await.is_err() {
-        Err((
-            None,
-            format!("the bus task of machine {machine} is not running"),
-        ))
-    } else {
-        match tokio::time::timeout(options.write_timeout, reply_rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => {
-                let text = e.to_string();
-                Err((Some(e), text))
+    let outcome: Result<(), (Option<WriteError>, String)> =
+        if writer.send(Box::new(request)).await.is_err() {
+            Err((
+                None,
+                format!("the bus task of machine {machine} is not running"),
+            ))
+        } else {
+            match tokio::time::timeout(options.write_timeout, reply_rx).await {
+                Ok(Ok(Ok(()))) => Ok(()),
+                Ok(Ok(Err(e))) => {
+                    let text = e.to_string();
+                    Err((Some(e), text))
+                }
+                Ok(Err(_)) => Err((
+                    None,
+                    format!("the bus of machine {machine} dropped the write"),
+                )),
+                Err(_) => Err((
+                    None,
+                    format!(
+                        "the bus of machine {machine} did not answer within {} ms",
+                        options.write_timeout.as_millis()
+                    ),
+                )),
             }
-            Ok(Err(_)) => Err((
-                None,
-                format!("the bus of machine {machine} dropped the write"),
-            )),
-            Err(_) => Err((
-                None,
-                format!(
-                    "the bus of machine {machine} did not answer within {} ms",
-                    options.write_timeout.as_millis()
-                ),
-            )),
-        }
-    };
+        };
 
     // Which register failed: before it written, after it not.
     let failed_at = match &outcome {

@@ -265,7 +265,7 @@ struct MqttBus {
 /// a broker that is down still beat); it is retired when the task ends.
 pub async fn run_mqtt_bus(
     bus: BusConfig,
-    machines: Vec<MachineConfig>,
+    machines: Vec<impl Into<Arc<MachineConfig>>>,
     samples: mpsc::Sender<Sample>,
     heartbeat: Heartbeat,
     shutdown: CancellationToken,
@@ -277,14 +277,15 @@ pub async fn run_mqtt_bus(
 /// [`run_mqtt_bus`], counting into `stats` (shared with whoever reports them).
 pub async fn run_mqtt_bus_with_stats(
     bus: BusConfig,
-    machines: Vec<MachineConfig>,
+    machines: Vec<impl Into<Arc<MachineConfig>>>,
     samples: mpsc::Sender<Sample>,
     stats: Arc<MqttBusStats>,
     heartbeat: Heartbeat,
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("mqtt_bus", bus = %bus.id);
-    let mut state = MqttBus::new(bus, &machines, samples, stats);
+    let machines: Vec<Arc<MachineConfig>> = machines.into_iter().map(Into::into).collect();
+    let mut state = MqttBus::new(bus, machines.iter().map(|m| &**m), samples, stats);
     tracing::Instrument::instrument(state.run(&heartbeat, shutdown), span).await;
     heartbeat.retire();
 }
@@ -307,16 +308,16 @@ fn host_port(address: &str) -> Result<(String, u16), String> {
 }
 
 impl MqttBus {
-    fn new(
+    fn new<'a>(
         bus: BusConfig,
-        machines: &[MachineConfig],
+        machines: impl IntoIterator<Item = &'a MachineConfig>,
         samples: mpsc::Sender<Sample>,
         stats: Arc<MqttBusStats>,
     ) -> Self {
         let now = Instant::now();
         let mut routes = Vec::new();
         let mut fresh = Vec::new();
-        for (i, m) in machines.iter().enumerate() {
+        for (i, m) in machines.into_iter().enumerate() {
             fresh.push(Freshness {
                 id: m.id.clone(),
                 last_seen: now,

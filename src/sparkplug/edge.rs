@@ -136,7 +136,11 @@ pub async fn run_sparkplug(
         return;
     };
     let edge_node_id = super::edge_node_id(&config, &sp);
-    let node = EdgeNode::new(&sp.group_id, &edge_node_id, &config.machine);
+    let node = EdgeNode::new(
+        &sp.group_id,
+        &edge_node_id,
+        config.machine.iter().map(|m| &**m),
+    );
     let views = views
         .into_iter()
         .filter_map(|(id, rx)| node.device(&id).map(|d| (d, rx)))

@@ -71,9 +71,13 @@ pub fn alias(device: usize, metric: usize) -> u64 {
 }
 
 impl EdgeNode {
-    pub fn new(group_id: &str, edge_node_id: &str, machines: &[MachineConfig]) -> EdgeNode {
+    pub fn new<'a>(
+        group_id: &str,
+        edge_node_id: &str,
+        machines: impl IntoIterator<Item = &'a MachineConfig>,
+    ) -> EdgeNode {
         let devices: Vec<Device> = machines
-            .iter()
+            .into_iter()
             .map(|m| {
                 let catalogue = Catalogue::of_machine(m);
                 Device {

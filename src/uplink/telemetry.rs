@@ -21,7 +21,9 @@ use crate::source::Value;
 /// copied only when it changed).
 #[derive(Debug)]
 pub struct TelemetryFilter {
-    /// Machine → signal → deadband; missing means 0 (any change).
+    /// Machine → signal → deadband, for the signals not seen yet whose
+    /// deadband is not 0 (missing means 0: any change). Each is moved into
+    /// the signal's [`SignalLast`] when its first value comes.
     deadbands: HashMap<String, HashMap<String, f64>>,
     heartbeat: Duration,
     machines: HashMap<String, MachineLast>,
@@ -29,8 +31,10 @@ pub struct TelemetryFilter {
 
 #[derive(Debug)]
 struct MachineLast {
-    /// Per signal, the value last sent and the latest seen.
-    signals: BTreeMap<std::sync::Arc<str>, SignalLast>,
+    /// Per signal, the value last sent and the latest seen, sorted by
+    /// name (a vector sized to the machine's signals: kept per machine, a
+    /// map's nodes took twice the room).
+    signals: Vec<(std::sync::Arc<str>, SignalLast)>,
     /// When the last full report went out.
     heartbeat_at: Instant,
 }
@@ -47,12 +51,20 @@ struct SignalLast {
 
 impl TelemetryFilter {
     /// A filter with each signal's `deadband` from the config.
-    pub fn new(machines: &[MachineConfig], heartbeat_s: u64) -> TelemetryFilter {
+    pub fn new<'a>(
+        machines: impl IntoIterator<Item = &'a MachineConfig>,
+        heartbeat_s: u64,
+    ) -> TelemetryFilter {
         let mut deadbands: HashMap<String, HashMap<String, f64>> = HashMap::new();
         for m in machines {
-            let signals = deadbands.entry(m.id.clone()).or_default();
-            for s in &m.signal {
-                signals.insert(s.name.clone(), s.deadband.abs());
+            let signals: HashMap<String, f64> = m
+                .signal
+                .iter()
+                .filter(|s| s.deadband != 0.0)
+                .map(|s| (s.name.clone(), s.deadband.abs()))
+                .collect();
+            if !signals.is_empty() {
+                deadbands.insert(m.id.clone(), signals);
             }
         }
         TelemetryFilter {
@@ -69,19 +81,19 @@ impl TelemetryFilter {
             self.machines.insert(
                 t.machine.clone(),
                 MachineLast {
-                    signals: BTreeMap::new(),
+                    signals: Vec::with_capacity(t.values.len()),
                     // A new machine's first report is a full one.
                     heartbeat_at: now,
                 },
             );
         }
         let last = self.machines.get_mut(&t.machine)?;
-        let deadbands = self.deadbands.get(&t.machine);
         let heartbeat_due = now.saturating_duration_since(last.heartbeat_at) >= self.heartbeat;
         let mut values = BTreeMap::new();
         for (name, v) in &t.values {
-            match last.signals.get_mut(&**name) {
-                Some(s) => {
+            match last.signals.binary_search_by(|(k, _)| (**k).cmp(&**name)) {
+                Ok(at) => {
+                    let s = &mut last.signals[at].1;
                     if s.latest != *v {
                         s.latest = v.clone();
                     }
@@ -94,22 +106,23 @@ impl TelemetryFilter {
                         values.insert(name.clone(), v.clone());
                     }
                 }
-                None => {
+                Err(at) => {
                     // The first value of a signal always goes.
+                    let deadband = take_deadband(&mut self.deadbands, &t.machine, name);
                     let sent = (!heartbeat_due).then(|| {
                         values.insert(name.clone(), v.clone());
                         v.clone()
                     });
                     last.signals.insert(
-                        name.clone(),
-                        SignalLast {
-                            sent,
-                            latest: v.clone(),
-                            deadband: deadbands
-                                .and_then(|d| d.get(&**name))
-                                .copied()
-                                .unwrap_or(0.0),
-                        },
+                        at,
+                        (
+                            name.clone(),
+                            SignalLast {
+                                sent,
+                                latest: v.clone(),
+                                deadband,
+                            },
+                        ),
                     );
                 }
             }
@@ -130,6 +143,24 @@ impl TelemetryFilter {
             values,
         })
     }
+}
+
+/// The deadband of a signal seen for the first time (0 when it has none),
+/// taken out of `deadbands`: a machine's entry goes once all are taken.
+fn take_deadband(
+    deadbands: &mut HashMap<String, HashMap<String, f64>>,
+    machine: &str,
+    signal: &str,
+) -> f64 {
+    let Some(signals) = deadbands.get_mut(machine) else {
+        return 0.0;
+    };
+    let deadband = signals.remove(signal).unwrap_or(0.0);
+    if signals.is_empty() {
+        deadbands.remove(machine);
+        deadbands.shrink_to_fit();
+    }
+    deadband
 }
 
 /// Whether `new` differs from `prev` by more than `deadband`.
@@ -182,7 +213,7 @@ address = 1
             std::path::Path::new("t.toml"),
         )
         .unwrap();
-        cfg.machine
+        cfg.machine.into_iter().map(|m| (*m).clone()).collect()
     }
 
     fn tel(values: &[(&str, Value)]) -> Telemetry {
@@ -218,6 +249,32 @@ address = 1
             t0 + Duration::from_secs(2),
         );
         assert_eq!(big.unwrap().values["temp"], Value::Float(70.6));
+    }
+
+    #[test]
+    fn a_deadband_is_kept_once_moved_to_its_signal_and_signals_stay_sorted() {
+        let mut f = TelemetryFilter::new(&machines(), 60);
+        assert_eq!(f.deadbands.len(), 1, "only the machine with a deadband");
+        let t0 = Instant::now();
+        let first = f.offer(
+            &tel(&[("temp", Value::Float(70.0)), ("count", Value::Int(3))]),
+            t0,
+        );
+        assert_eq!(names(&first), ["count", "temp"]);
+        assert!(f.deadbands.is_empty(), "taken into the signals");
+        let small = f.offer(
+            &tel(&[("temp", Value::Float(70.4))]),
+            t0 + Duration::from_secs(1),
+        );
+        assert!(small.is_none(), "the deadband still holds");
+        let last = &f.machines["press07"].signals;
+        let order: Vec<&str> = last.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(order, ["count", "temp"]);
+        let beat = f.offer(
+            &tel(&[("temp", Value::Float(70.4))]),
+            t0 + Duration::from_secs(61),
+        );
+        assert_eq!(names(&beat), ["count", "temp"]);
     }
 
     #[test]

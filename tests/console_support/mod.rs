@@ -88,6 +88,7 @@ impl DemoLine {
             RunOptions {
                 config_path: None,
                 board: None,
+                alone_in_process: false,
             },
             stop.clone(),
         ));

@@ -482,7 +482,7 @@ pub fn values(readings: &BTreeMap<String, Reading>) -> BTreeMap<String, Value> {
 /// senders per bus, the stats per bus and the shutdown token.
 pub struct Running {
     pub samples: mpsc::Receiver<Sample>,
-    pub writes: BTreeMap<String, mpsc::Sender<WriteRequest>>,
+    pub writes: BTreeMap<String, mpsc::Sender<Box<WriteRequest>>>,
     pub stats: BTreeMap<String, Arc<BusStats>>,
     pub shutdown: CancellationToken,
     pub tasks: Vec<tokio::task::JoinHandle<()>>,

@@ -246,7 +246,8 @@ pub fn next_due(due: Instant, poll: Duration, now: Instant) -> Instant {
 
 /// One machine on the bus and where its schedule stands.
 struct Scheduled {
-    config: MachineConfig,
+    /// Shared with the config (not a copy per bus).
+    config: Arc<MachineConfig>,
     plan: PollPlan,
     poll: Duration,
     /// When its next poll (or retry) is due.
@@ -273,9 +274,9 @@ struct Scheduled {
 /// 50 machines (BENCHMARKS.md, "Polling").
 pub async fn run_bus(
     bus: BusConfig,
-    machines: Vec<MachineConfig>,
+    machines: Vec<impl Into<Arc<MachineConfig>>>,
     samples: mpsc::Sender<Sample>,
-    mut writes: mpsc::Receiver<WriteRequest>,
+    mut writes: mpsc::Receiver<Box<WriteRequest>>,
     stats: Arc<BusStats>,
     heartbeat: Heartbeat,
     shutdown: CancellationToken,
@@ -294,7 +295,8 @@ pub async fn run_bus(
     let start = Instant::now();
     let mut schedule: Vec<Scheduled> = machines
         .into_iter()
-        .filter(|m| m.bus == bus.id)
+        .map(Into::into)
+        .filter(|m: &Arc<MachineConfig>| m.bus == bus.id)
         .map(|m| {
             let plan = PollPlan::new(&m, plan_reads(&m, &bus));
             Scheduled {
@@ -308,6 +310,9 @@ pub async fn run_bus(
             }
         })
         .collect();
+    // Collected through a filter, the vector has room for four machines,
+    // each with its config and plan: most buses (every TCP machine) hold one.
+    schedule.shrink_to_fit();
     for m in &schedule {
         stats.health().entry(m.config.id.clone()).or_default();
     }
@@ -340,7 +345,7 @@ pub async fn run_bus(
             () = &mut cancelled => break,
             request = writes.recv(), if writes_open => match request {
                 Some(request) => {
-                    serve_writes(&mut link, &schedule, request).instrument(span.clone()).await
+                    serve_writes(&mut link, &schedule, *request).instrument(span.clone()).await
                 }
                 None => writes_open = false,
             },

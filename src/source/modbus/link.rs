@@ -419,7 +419,8 @@ impl PollPlan {
             .iter()
             .map(|s| Arc::from(s.name.as_str()))
             .collect();
-        let mut signals = Vec::new();
+        // Kept for as long as the bus runs: sized to fit, not grown.
+        let mut signals = Vec::with_capacity(requests.iter().map(|r| r.signals.len()).sum());
         let mut counts = Vec::with_capacity(requests.len());
         for req in &requests {
             let before = signals.len();

@@ -92,7 +92,12 @@ pub async fn read_once(
             }
             vec![m]
         }
-        None => config.machine.iter().filter(|m| is_modbus(m)).collect(),
+        None => config
+            .machine
+            .iter()
+            .filter(|m| is_modbus(m))
+            .map(|m| &**m)
+            .collect(),
     };
 
     let per_bus = config.bus.iter().filter_map(|bus| {
