@@ -125,7 +125,9 @@ mod linux {
                 continue;
             };
             let path = fields.collect::<Vec<_>>().join(" ");
-            let ours = path == exe || path.contains(".so");
+            // The program and its shared libraries only (`libc.so.6`,
+            // `libm.so`), not any other file someone mapped read-only.
+            let ours = path == exe || path.ends_with(".so") || path.contains(".so.");
             if !(perms == "r--p" || perms == "r-xp") || inode == "0" || !ours {
                 continue;
             }
@@ -249,6 +251,7 @@ mod tests {
 0097a000-00981000 rw-p 00777000 fe:00 5309549   /usr/bin/linegate
 7f0000000000-7f0000001000 rw-s 00000000 fe:00 77 /var/lib/linegate/linegate.db-shm
 7f0000100000-7f0000200000 r--p 00000000 fe:00 78 /var/lib/linegate/some data file
+7f0000200000-7f0000210000 r--p 00000000 fe:00 80 /run/linegate/console.sock
 7f0000300000-7f0000400000 r-xp 00028000 fe:00 79 /usr/lib/x86_64-linux-gnu/libc.so.6
 7f0000500000-7f0000600000 r--p 00000000 00:00 0 
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]

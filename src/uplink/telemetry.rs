@@ -158,7 +158,10 @@ fn take_deadband(
     let deadband = signals.remove(signal).unwrap_or(0.0);
     if signals.is_empty() {
         deadbands.remove(machine);
-        deadbands.shrink_to_fit();
+        // Given back as machines are first seen, not rebuilt on each one.
+        if deadbands.len() < deadbands.capacity() / 4 {
+            deadbands.shrink_to_fit();
+        }
     }
     deadband
 }
