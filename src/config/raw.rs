@@ -140,7 +140,127 @@ pub struct Tree {
 }
 
 /// Parse `text`; every syntax error, placed, when it is not TOML.
+///
+/// A long file is read one `[[machine]]` (or `[[bus]]`...) at a time ([`parse_by_piece`]);
+/// any doubt about that reading, and every mistake, goes to the reading of
+/// the whole file, which places it.
 pub fn parse(text: &str) -> Result<Tree, Vec<ConfigIssue>> {
+    if let Some(value) = parse_by_piece(text) {
+        return Ok(Tree {
+            value,
+            places: Places {
+                text: text.to_string(),
+                spots: std::sync::OnceLock::new(),
+            },
+            issues: Vec::new(),
+            left_out: Vec::new(),
+        });
+    }
+    parse_whole(text)
+}
+
+/// Up to this many top-level `[[...]]` tables a file is read whole.
+const PIECES_FROM: usize = 8;
+
+/// The file read piece by piece: the text before the first top-level
+/// array-of-tables header (`[[machine]]`, `[[bus]]`, `[[shift]]`), then each
+/// such header with what follows it up to the next. The TOML parser holds a
+/// token list and a tree for the text it reads, about 30 times the text's
+/// size, so a 1000-machine file (1.3 MB) read whole took 40 MB at start,
+/// more than the agent's whole steady state; read by piece it takes a
+/// machine's worth.
+///
+/// `None` whenever the pieces might not say what the whole file says, and
+/// then the whole file is read: a piece that is not valid TOML (a mistake,
+/// or a header line inside a multi-line string, which leaves the piece
+/// before it unterminated), a number the config cannot hold (its place and
+/// key path are the whole file's to give), a piece whose header's array has
+/// other than its one table, an array of tables that continues a key not
+/// made by such headers (`bus = [...]`, then `[[bus]]`), or a table or key
+/// that two pieces both define (TOML forbids it, or the later piece extends
+/// the earlier one's table, as `[machine.state]` after a `[[bus]]` may:
+/// either way the whole file decides).
+fn parse_by_piece(text: &str) -> Option<Json> {
+    let mut starts: Vec<(usize, Option<&str>)> = vec![(0, None)];
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if let Some(name) = array_table_header(line) {
+            if at == 0 {
+                starts[0].1 = Some(name);
+            } else {
+                starts.push((at, Some(name)));
+            }
+        }
+        at += line.len();
+    }
+    if starts.len() <= PIECES_FROM {
+        return None;
+    }
+    let mut top = serde_json::Map::new();
+    // The keys made by headers: the only ones a later piece may add to.
+    let mut arrays: Vec<&str> = Vec::new();
+    for (i, &(start, header)) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map_or(text.len(), |&(next, _)| next);
+        let piece = text.get(start..end)?;
+        let (table, errors) = DeTable::parse_recoverable(piece);
+        if !errors.is_empty() {
+            return None;
+        }
+        let mut walk = Walk {
+            text: piece,
+            line_starts: line_starts(piece),
+            spots: None,
+            issues: Vec::new(),
+            left_out: Vec::new(),
+        };
+        let Json::Object(map) = walk.table(table.into_inner(), "") else {
+            return None;
+        };
+        if !walk.issues.is_empty() {
+            return None;
+        }
+        for (key, value) in map {
+            if header == Some(key.as_str()) {
+                let Json::Array(one) = value else {
+                    return None;
+                };
+                if one.len() != 1 {
+                    return None;
+                }
+                match top.get_mut(&key) {
+                    Some(Json::Array(items)) if arrays.contains(&key.as_str()) => items.extend(one),
+                    Some(_) => return None,
+                    None => {
+                        arrays.extend(header);
+                        top.insert(key, Json::Array(one));
+                    }
+                }
+            } else if top.contains_key(&key) {
+                return None;
+            } else {
+                top.insert(key, value);
+            }
+        }
+    }
+    Some(Json::Object(top))
+}
+
+/// The key of a top-level array-of-tables header line (`[[machine]]`,
+/// maybe with a comment after it); `None` for any other line, a header
+/// with a dotted or quoted key among them.
+fn array_table_header(line: &str) -> Option<&str> {
+    let rest = line.trim_start().strip_prefix("[[")?;
+    let end = rest.find("]]")?;
+    let name = &rest[..end];
+    let after = rest[end + 2..].trim();
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    (bare && (after.is_empty() || after.starts_with('#'))).then_some(name)
+}
+
+fn parse_whole(text: &str) -> Result<Tree, Vec<ConfigIssue>> {
     let (table, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
         let mut errors: Vec<&toml::de::Error> = errors.iter().collect();
@@ -487,5 +607,146 @@ mod tests {
         assert!(env_value("nan")
             .unwrap_err()
             .contains("not a finite number"));
+    }
+
+    /// A line of `n` machines, each with two signals and a state table,
+    /// with `before` at the top of the file and `after` at its end.
+    fn line_of(n: usize, before: &str, after: &str) -> String {
+        let mut text = format!("{before}\n[gateway]\nid = \"gw\"\n\n[[bus]]\nid = \"b\"\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "\n[[machine]] # number {i}\nid = \"m{i}\"\nbus = \"b\"\n\
+                 [machine.state]\nrunning = \"speed > 0\"\n\
+                 [[machine.signal]]\nname = \"speed\"\naddress = {i}\nscale = 0.5\n\
+                 [[machine.signal]]\nname = \"count\"\naddress = {}\nwhen = 2026-12-01T06:00:00Z\n",
+                i + 1
+            ));
+        }
+        text.push_str(after);
+        text
+    }
+
+    #[test]
+    fn a_long_file_read_by_machine_is_the_file_read_whole() {
+        for (before, after) in [
+            ("", ""),
+            (
+                "# a line",
+                "\n[uplink]\nurl = \"mqtt://x\"\n[uplink.tls]\nca = \"a\"\n",
+            ),
+            ("[store]\nreserve_mb = 1", "\n[[shift]]\nname = \"early\"\n"),
+        ] {
+            let text = line_of(20, before, after);
+            let by_machine = parse_by_piece(&text).expect("read by machine");
+            let whole = parse_whole(&text).unwrap().value;
+            assert_eq!(by_machine, whole, "{before:?} {after:?}");
+            assert_eq!(by_machine["machine"].as_array().unwrap().len(), 20);
+            assert_eq!(by_machine["machine"][19]["signal"][1]["address"], 20);
+            assert_eq!(
+                by_machine["machine"][19]["signal"][1]["when"],
+                "2026-12-01T06:00:00Z"
+            );
+            assert_eq!(parse(&text).unwrap().value, by_machine);
+        }
+        // A file that begins with its first machine.
+        let text = line_of(12, "", "");
+        let text = &text[text.find("[[machine]]").unwrap()..];
+        assert_eq!(
+            parse_by_piece(text).expect("read by machine"),
+            parse_whole(text).unwrap().value
+        );
+    }
+
+    #[test]
+    fn what_the_pieces_might_misread_is_read_whole() {
+        // A `[[machine]]` line inside a multi-line string, basic or literal.
+        let text = line_of(10, "note = \"\"\"\n[[machine]]\n\"\"\"", "");
+        assert_eq!(parse_by_piece(&text), None);
+        assert_eq!(parse(&text).unwrap().value["note"], "[[machine]]\n");
+        let text = line_of(10, "", "\nnote = '''\n[[machine]]\nid = 'x'\n'''\n");
+        assert_eq!(parse_by_piece(&text), None);
+        let whole = parse(&text).unwrap().value;
+        assert_eq!(whole["machine"].as_array().unwrap().len(), 10);
+        assert_eq!(
+            whole["machine"][9]["signal"][1]["note"],
+            "[[machine]]\nid = 'x'\n"
+        );
+        // A table two pieces define: TOML's error, placed in the whole file.
+        let text = line_of(10, "[uplink]\nurl = \"a\"", "\n[uplink]\nurl = \"b\"\n");
+        assert_eq!(parse_by_piece(&text), None);
+        let issues = parse(&text).unwrap_err();
+        assert!(
+            matches!(issues[0].place, Place::File { line, .. } if line > 100),
+            "{issues:?}"
+        );
+        // A table the last piece extends: legal TOML, read whole.
+        let text = line_of(10, "[uplink]\nurl = \"a\"", "\n[uplink.tls]\nca = \"c\"\n");
+        assert_eq!(parse_by_piece(&text), None);
+        assert_eq!(parse(&text).unwrap().value["uplink"]["tls"]["ca"], "c");
+        // `machine` defined before the first `[[machine]]`.
+        let text = line_of(10, "machine = []", "");
+        assert_eq!(parse_by_piece(&text), None);
+        assert!(parse(&text).is_err());
+        // A number the config cannot hold: its key path counts the machines
+        // of the whole file.
+        let text = line_of(10, "", "").replace("address = 7\n", "address = 99999999999999999999\n");
+        assert_eq!(parse_by_piece(&text), None);
+        let tree = parse(&text).unwrap();
+        assert_eq!(tree.issues[0].key, "machine[6].signal[1].address");
+        // A syntax error in the ninth machine: placed in the whole file.
+        let text = line_of(10, "", "").replace("id = \"m8\"", "id = \"m8");
+        assert_eq!(parse_by_piece(&text), None);
+        let line = text.lines().position(|l| l == "id = \"m8").unwrap() + 1;
+        let issues = parse(&text).unwrap_err();
+        assert!(
+            matches!(issues[0].place, Place::File { line: l, .. } if l == line),
+            "{issues:?}"
+        );
+        // `bus = [...]`, then `[[bus]]`: TOML's error.
+        let text = line_of(10, "bus = [{ id = \"a\" }]", "");
+        assert_eq!(parse_by_piece(&text), None);
+        assert!(parse(&text).is_err());
+        // A machine's table after the next bus: legal TOML, read whole.
+        let text = line_of(10, "", "\n[[bus]]\nid = \"c\"\n[machine.orders]\nmax = 1\n");
+        assert_eq!(parse_by_piece(&text), None);
+        assert_eq!(
+            parse(&text).unwrap().value["machine"][9]["orders"]["max"],
+            1
+        );
+        // A short file is read whole (a bus, then the machines).
+        assert_eq!(parse_by_piece(&line_of(PIECES_FROM - 2, "", "")), None);
+        assert!(parse_by_piece(&line_of(PIECES_FROM - 1, "", "")).is_some());
+    }
+
+    #[test]
+    fn the_shipped_configs_read_by_piece_are_the_files_read_whole() {
+        for text in [
+            include_str!("../../configs/linegate.toml"),
+            include_str!("../../configs/demo.toml"),
+        ] {
+            let whole = parse_whole(text).unwrap().value;
+            if let Some(by_piece) = parse_by_piece(text) {
+                assert_eq!(by_piece, whole);
+            }
+            assert_eq!(parse(text).unwrap().value, whole);
+        }
+    }
+
+    #[test]
+    fn buses_and_machines_taking_turns_are_read_by_piece() {
+        let mut text = String::from("[gateway]\nid = \"gw\"\n");
+        for i in 0..30 {
+            text.push_str(&format!(
+                "\n[[bus]]\nid = \"b{i}\"\naddress = \"127.0.0.1:{}\"\n\
+                 \n[[machine]]\nid = \"m{i}\"\nbus = \"b{i}\"\n\
+                 [[machine.signal]]\nname = \"r0\"\naddress = 0\n",
+                20000 + i
+            ));
+        }
+        text.push_str("\n[uplink]\nurl = \"mqtt://127.0.0.1:1883\"\n");
+        let by_piece = parse_by_piece(&text).expect("read by piece");
+        assert_eq!(by_piece, parse_whole(&text).unwrap().value);
+        assert_eq!(by_piece["bus"][29]["id"], "b29");
+        assert_eq!(by_piece["machine"][29]["signal"][0]["name"], "r0");
     }
 }
