@@ -29,7 +29,7 @@
 //!
 //! It never reads devices, writes SQLite or talks MQTT.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -280,10 +280,13 @@ impl MachineTracker {
                     },
                 };
                 if self.telemetry {
-                    let good: BTreeMap<_, _> = readings
-                        .iter()
-                        .filter_map(|(n, r)| r.as_ref().ok().map(|v| (n.clone(), v.clone())))
-                        .collect();
+                    let mut good =
+                        super::TelemetryValues::of(readings.names().clone(), readings.len());
+                    for (position, r) in readings.positions() {
+                        if let Ok(v) = r {
+                            good.push_at(position, v.clone());
+                        }
+                    }
                     if !good.is_empty() {
                         out.push(MachineEvent::Telemetry(Telemetry {
                             machine: sample.machine.clone(),

@@ -144,10 +144,128 @@ pub struct ClockStep {
 pub struct Telemetry {
     pub machine: String,
     pub at: DateTime<Utc>,
-    /// Signal name → value. The names are the source's own (shared, not
-    /// copied: a copy of every name for every poll was 20 allocations a
-    /// sample, most of them dropped unsent by the telemetry filter).
-    pub values: std::collections::BTreeMap<std::sync::Arc<str>, crate::source::Value>,
+    /// Signal name → value, by position in the source's names table.
+    pub values: TelemetryValues,
+}
+
+/// Signal values, each a name and a value, a name at most once, in no
+/// particular order (the message sorts them). Names are positions in the
+/// names table of the sample they came from ([`crate::source::SignalNames`],
+/// shared): the engine copies a poll's good values without touching a
+/// name, and the telemetry filter finds each signal's last value by
+/// position. (A map sorted by name, built for every poll, cost a sort of
+/// 20 names and 20 tree nodes a poll, and the filter then searched it name
+/// by name again.)
+#[derive(Clone, Default)]
+pub struct TelemetryValues {
+    names: crate::source::SignalNames,
+    /// (position in `names`, value).
+    values: Vec<(u32, crate::source::Value)>,
+}
+
+impl TelemetryValues {
+    /// Values of signals named in `names`, added with [`Self::push_at`].
+    pub fn of(names: crate::source::SignalNames, capacity: usize) -> Self {
+        TelemetryValues {
+            names,
+            values: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Add the value of the signal at `position` in the names table; a
+    /// position outside it is ignored.
+    pub fn push_at(&mut self, position: usize, value: crate::source::Value) {
+        if let (true, Ok(p)) = (position < self.names.len(), u32::try_from(position)) {
+            self.values.push((p, value));
+        }
+    }
+
+    /// Name and value of each signal.
+    pub fn iter(&self) -> impl Iterator<Item = (&std::sync::Arc<str>, &crate::source::Value)> {
+        self.values
+            .iter()
+            .filter_map(|(p, v)| self.names.get(*p as usize).map(|n| (n, v)))
+    }
+
+    /// Position in [`Self::names`] and value of each signal.
+    pub fn positions(&self) -> impl Iterator<Item = (usize, &crate::source::Value)> {
+        self.values.iter().map(|(p, v)| (*p as usize, v))
+    }
+
+    /// The names table the positions refer to.
+    pub fn names(&self) -> &crate::source::SignalNames {
+        &self.names
+    }
+
+    pub fn get(&self, name: &str) -> Option<&crate::source::Value> {
+        self.iter().find(|(n, _)| &***n == name).map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Sorted by name: for equality, debugging and serialisation.
+    fn sorted(&self) -> std::collections::BTreeMap<&str, &crate::source::Value> {
+        self.iter().map(|(n, v)| (&**n, v)).collect()
+    }
+}
+
+/// A table of their own; a name given twice keeps its last value.
+impl<N: Into<std::sync::Arc<str>>> FromIterator<(N, crate::source::Value)> for TelemetryValues {
+    fn from_iter<I: IntoIterator<Item = (N, crate::source::Value)>>(iter: I) -> Self {
+        let mut names: Vec<std::sync::Arc<str>> = Vec::new();
+        let mut values: Vec<(u32, crate::source::Value)> = Vec::new();
+        for (name, value) in iter {
+            let name = name.into();
+            match names.iter().position(|n| *n == name) {
+                Some(at) => {
+                    if let Some(slot) = values.iter_mut().find(|(p, _)| *p as usize == at) {
+                        slot.1 = value;
+                    }
+                }
+                None => {
+                    names.push(name);
+                    values.push((u32::try_from(names.len() - 1).unwrap_or(u32::MAX), value));
+                }
+            }
+        }
+        TelemetryValues {
+            names: std::sync::Arc::new(names),
+            values,
+        }
+    }
+}
+
+/// The same names with the same values, whatever the order and tables.
+impl PartialEq for TelemetryValues {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.sorted() == other.sorted()
+    }
+}
+
+impl std::fmt::Debug for TelemetryValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.sorted()).finish()
+    }
+}
+
+/// A map of name → value, sorted by name.
+impl Serialize for TelemetryValues {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.sorted().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TelemetryValues {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = std::collections::BTreeMap::<String, crate::source::Value>::deserialize(d)?;
+        Ok(map.into_iter().collect())
+    }
 }
 
 /// What the state engine tells the rest of the agent.
@@ -182,4 +300,36 @@ pub struct MachineView {
     pub produced_total: u64,
     pub good_total: u64,
     pub scrap_total: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Value;
+
+    #[test]
+    fn telemetry_values_are_a_map_by_name_whatever_their_table_and_order() {
+        let table: crate::source::SignalNames = std::sync::Arc::new(vec!["b".into(), "a".into()]);
+        let mut by_position = TelemetryValues::of(table, 2);
+        by_position.push_at(0, Value::Int(2));
+        by_position.push_at(1, Value::Int(1));
+        // Outside the table: ignored, not a panic.
+        by_position.push_at(7, Value::Int(9));
+        assert_eq!(by_position.len(), 2);
+        let by_name: TelemetryValues = [
+            ("a", Value::Int(1)),
+            ("b", Value::Int(0)),
+            ("b", Value::Int(2)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(by_name.len(), 2, "a name given twice keeps its last value");
+        assert_eq!(by_position, by_name);
+        assert_eq!(by_name.get("b"), Some(&Value::Int(2)));
+        assert_eq!(by_name.get("c"), None);
+        let json = serde_json::to_string(&by_position).unwrap();
+        assert_eq!(json, r#"{"a":1,"b":2}"#);
+        let back: TelemetryValues = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, by_position);
+    }
 }

@@ -93,7 +93,8 @@ pub fn period_message(period: &ClosedPeriod) -> Outgoing {
 /// `{p}/m/{machine}/telemetry`: signal values; may be dropped when the outbox is full.
 pub fn telemetry_message(t: &Telemetry) -> Outgoing {
     let mut values = Map::new();
-    for (name, v) in &t.values {
+    // The map sorts the names: the same message whatever order they came in.
+    for (name, v) in t.values.iter() {
         values.insert(name.to_string(), to_value(v));
     }
     let mut body = Map::new();
@@ -362,9 +363,12 @@ mod tests {
 
     #[test]
     fn telemetry_is_droppable_and_carries_plain_values() {
-        let mut values = std::collections::BTreeMap::new();
-        values.insert("temp".into(), SigValue::Float(71.5));
-        values.insert("mode".into(), SigValue::Text("auto".into()));
+        let values = [
+            ("temp", SigValue::Float(71.5)),
+            ("mode", SigValue::Text("auto".into())),
+        ]
+        .into_iter()
+        .collect();
         let m = telemetry_message(&Telemetry {
             machine: "press07".into(),
             at: at(8, 1, 0),

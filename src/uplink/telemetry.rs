@@ -5,20 +5,22 @@
 //! values, changed or not. Pure: the caller passes the time in; nothing here
 //! reads a clock, touches SQLite or talks MQTT.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::MachineConfig;
-use crate::machine::Telemetry;
-use crate::source::Value;
+use crate::machine::{Telemetry, TelemetryValues};
+use crate::source::{SignalNames, Value};
 
 /// Per machine and signal: what was last sent, and when the last heartbeat went.
 ///
 /// Called for every poll of every machine: a poll whose values are already
-/// known allocates nothing here (names are looked up, not cloned; a value is
-/// copied only when it changed).
+/// known allocates nothing here and compares no names (a value is found by
+/// its position in the poll's names table, the same table every poll of a
+/// Modbus machine; a value is copied only when it changed).
 #[derive(Debug)]
 pub struct TelemetryFilter {
     /// Machine → signal → deadband, for the signals not seen yet whose
@@ -26,17 +28,45 @@ pub struct TelemetryFilter {
     /// the signal's [`SignalLast`] when its first value comes.
     deadbands: HashMap<String, HashMap<String, f64>>,
     heartbeat: Duration,
-    machines: HashMap<String, MachineLast>,
+    machines: rustc_hash::FxHashMap<String, MachineLast>,
 }
 
 #[derive(Debug)]
 struct MachineLast {
-    /// Per signal, the value last sent and the latest seen, sorted by
-    /// name (a vector sized to the machine's signals: kept per machine, a
-    /// map's nodes took twice the room).
-    signals: Vec<(std::sync::Arc<str>, SignalLast)>,
+    /// Per signal, the value last sent and the latest seen, in the order
+    /// first seen (a vector sized to the machine's signals: kept per
+    /// machine, a map's nodes took twice the room).
+    signals: Vec<(Arc<str>, SignalLast)>,
+    /// The names table of the last telemetry, and for each of its
+    /// positions the signal's index in `signals` (`NO_SIGNAL` until seen).
+    table: SignalNames,
+    at: Vec<u32>,
     /// When the last full report went out.
     heartbeat_at: Instant,
+}
+
+const NO_SIGNAL: u32 = u32::MAX;
+
+impl MachineLast {
+    /// The index in `signals` of the signal at `position` of the current
+    /// table, found by name the first time and remembered.
+    fn index(&mut self, position: usize) -> Option<usize> {
+        match self.at.get(position) {
+            Some(&i) if i != NO_SIGNAL => Some(i as usize),
+            _ => {
+                let name = self.table.get(position)?;
+                let i = self.signals.iter().position(|(n, _)| n == name)?;
+                self.remember(position, i);
+                Some(i)
+            }
+        }
+    }
+
+    fn remember(&mut self, position: usize, index: usize) {
+        if let (Some(slot), Ok(i)) = (self.at.get_mut(position), u32::try_from(index)) {
+            *slot = i;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -70,7 +100,7 @@ impl TelemetryFilter {
         TelemetryFilter {
             deadbands,
             heartbeat: Duration::from_secs(heartbeat_s),
-            machines: HashMap::new(),
+            machines: Default::default(),
         }
     }
 
@@ -82,18 +112,29 @@ impl TelemetryFilter {
                 t.machine.clone(),
                 MachineLast {
                     signals: Vec::with_capacity(t.values.len()),
+                    table: SignalNames::default(),
+                    at: Vec::new(),
                     // A new machine's first report is a full one.
                     heartbeat_at: now,
                 },
             );
         }
         let last = self.machines.get_mut(&t.machine)?;
+        let table = t.values.names();
+        if !Arc::ptr_eq(&last.table, table) {
+            // Another table (an MQTT message, or the first poll): learn it.
+            last.table = table.clone();
+            last.at.clear();
+            last.at.resize(table.len(), NO_SIGNAL);
+        }
         let heartbeat_due = now.saturating_duration_since(last.heartbeat_at) >= self.heartbeat;
-        let mut values = BTreeMap::new();
-        for (name, v) in &t.values {
-            match last.signals.binary_search_by(|(k, _)| (**k).cmp(&**name)) {
-                Ok(at) => {
-                    let s = &mut last.signals[at].1;
+        let mut values = TelemetryValues::of(table.clone(), 0);
+        for (position, v) in t.values.positions() {
+            match last.index(position) {
+                Some(i) => {
+                    let Some((_, s)) = last.signals.get_mut(i) else {
+                        continue;
+                    };
                     if s.latest != *v {
                         s.latest = v.clone();
                     }
@@ -103,36 +144,42 @@ impl TelemetryFilter {
                             .is_none_or(|prev| changed(prev, v, s.deadband));
                     if send {
                         s.sent = Some(v.clone());
-                        values.insert(name.clone(), v.clone());
+                        values.push_at(position, v.clone());
                     }
                 }
-                Err(at) => {
+                None => {
+                    let Some(name) = table.get(position) else {
+                        continue;
+                    };
                     // The first value of a signal always goes.
                     let deadband = take_deadband(&mut self.deadbands, &t.machine, name);
                     let sent = (!heartbeat_due).then(|| {
-                        values.insert(name.clone(), v.clone());
+                        values.push_at(position, v.clone());
                         v.clone()
                     });
-                    last.signals.insert(
-                        at,
-                        (
-                            name.clone(),
-                            SignalLast {
-                                sent,
-                                latest: v.clone(),
-                                deadband,
-                            },
-                        ),
-                    );
+                    last.signals.push((
+                        name.clone(),
+                        SignalLast {
+                            sent,
+                            latest: v.clone(),
+                            deadband,
+                        },
+                    ));
+                    last.remember(position, last.signals.len() - 1);
                 }
             }
         }
         if heartbeat_due {
+            // Every signal's latest value, those of other tables too.
             last.heartbeat_at = now;
-            for (name, s) in last.signals.iter_mut() {
-                s.sent = Some(s.latest.clone());
-                values.insert(name.clone(), s.latest.clone());
-            }
+            values = last
+                .signals
+                .iter_mut()
+                .map(|(name, s)| {
+                    s.sent = Some(s.latest.clone());
+                    (name.clone(), s.latest.clone())
+                })
+                .collect();
         }
         if values.is_empty() {
             return None;
@@ -232,7 +279,11 @@ address = 1
 
     fn names(t: &Option<Telemetry>) -> Vec<String> {
         t.as_ref()
-            .map(|t| t.values.keys().map(|k| k.to_string()).collect())
+            .map(|t| {
+                let mut names: Vec<String> = t.values.iter().map(|(k, _)| k.to_string()).collect();
+                names.sort();
+                names
+            })
             .unwrap_or_default()
     }
 
@@ -251,11 +302,14 @@ address = 1
             &tel(&[("temp", Value::Float(70.6))]),
             t0 + Duration::from_secs(2),
         );
-        assert_eq!(big.unwrap().values["temp"], Value::Float(70.6));
+        assert_eq!(
+            big.unwrap().values.get("temp").cloned().unwrap(),
+            Value::Float(70.6)
+        );
     }
 
     #[test]
-    fn a_deadband_is_kept_once_moved_to_its_signal_and_signals_stay_sorted() {
+    fn a_deadband_is_kept_once_moved_to_its_signal_and_signals_keep_their_first_order() {
         let mut f = TelemetryFilter::new(&machines(), 60);
         assert_eq!(f.deadbands.len(), 1, "only the machine with a deadband");
         let t0 = Instant::now();
@@ -272,12 +326,58 @@ address = 1
         assert!(small.is_none(), "the deadband still holds");
         let last = &f.machines["press07"].signals;
         let order: Vec<&str> = last.iter().map(|(n, _)| &**n).collect();
-        assert_eq!(order, ["count", "temp"]);
+        assert_eq!(order, ["temp", "count"]);
         let beat = f.offer(
             &tel(&[("temp", Value::Float(70.4))]),
             t0 + Duration::from_secs(61),
         );
         assert_eq!(names(&beat), ["count", "temp"]);
+    }
+
+    #[test]
+    fn signals_are_matched_by_position_in_a_shared_table_and_by_name_in_another() {
+        let mut f = TelemetryFilter::new(&machines(), 60);
+        let t0 = Instant::now();
+        // A bus's table: every poll the same `Arc`, signals by position.
+        let table: SignalNames = Arc::new(vec!["count".into(), "temp".into(), "speed".into()]);
+        let poll = |count: i64, temp: f64| {
+            let mut values = TelemetryValues::of(table.clone(), 2);
+            values.push_at(1, Value::Float(temp));
+            values.push_at(0, Value::Int(count));
+            Telemetry {
+                machine: "press07".into(),
+                at: Utc::now(),
+                values,
+            }
+        };
+        assert_eq!(names(&f.offer(&poll(1, 70.0), t0)), ["count", "temp"]);
+        let s = t0 + Duration::from_secs(1);
+        // temp within its deadband (0.5), count changed.
+        let next = f.offer(&poll(2, 70.3), s).unwrap();
+        assert_eq!(next.values.get("count"), Some(&Value::Int(2)));
+        assert_eq!(next.values.get("temp"), None);
+        assert!(
+            Arc::ptr_eq(next.values.names(), &table),
+            "the poll's table, not a copy"
+        );
+        // Another table with the names in another order (an MQTT message):
+        // the same signals, found by name; temp's deadband still holds.
+        let other = tel(&[("temp", Value::Float(70.4)), ("count", Value::Int(2))]);
+        assert!(f.offer(&other, t0 + Duration::from_secs(2)).is_none());
+        let moved = tel(&[("temp", Value::Float(70.6))]);
+        let sent = f.offer(&moved, t0 + Duration::from_secs(3)).unwrap();
+        assert_eq!(sent.values.get("temp"), Some(&Value::Float(70.6)));
+        // Back to the bus's table: its positions are learnt again.
+        assert!(f
+            .offer(&poll(2, 70.7), t0 + Duration::from_secs(4))
+            .is_none());
+        assert_eq!(f.machines["press07"].signals.len(), 2);
+        // The heartbeat carries every signal, whichever table it came in.
+        let beat = f
+            .offer(&poll(2, 70.7), t0 + Duration::from_secs(61))
+            .unwrap();
+        assert_eq!(names(&Some(beat.clone())), ["count", "temp"]);
+        assert_eq!(beat.values.get("temp"), Some(&Value::Float(70.7)));
     }
 
     #[test]
@@ -337,8 +437,8 @@ address = 1
                 t0 + Duration::from_secs(60),
             )
             .unwrap();
-        assert_eq!(hb.values["temp"], Value::Float(70.1));
-        assert_eq!(hb.values["count"], Value::Int(1));
+        assert_eq!(hb.values.get("temp"), Some(&Value::Float(70.1)));
+        assert_eq!(hb.values.get("count"), Some(&Value::Int(1)));
         let after = f.offer(
             &tel(&[("count", Value::Int(1))]),
             t0 + Duration::from_secs(61),
@@ -370,7 +470,7 @@ address = 1
         let mut t = tel(&[("x", Value::Float(1.0))]);
         t.machine = "other".into();
         assert!(f.offer(&t, t0).is_some());
-        t.values.insert("x".into(), Value::Float(1.001));
+        t.values = [("x", Value::Float(1.001))].into_iter().collect();
         assert!(f.offer(&t, t0 + Duration::from_secs(1)).is_some());
     }
 }
