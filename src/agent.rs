@@ -65,6 +65,12 @@ pub struct MachineBoard {
     /// instructions. One vector sized to the machine's signals, names shared
     /// with the source: two maps keyed by copied names took 4 KB a machine.
     pub signals: Vec<(Arc<str>, LastReading)>,
+    /// The names table of the last sample, and for each of its positions
+    /// the index of that signal in `signals` (`NO_COLUMN` until found): a
+    /// poll of a Modbus machine, the same table every time, finds its
+    /// signals without comparing names.
+    table: crate::source::SignalNames,
+    index: Vec<u32>,
     pub last_read: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub reads: u64,
@@ -91,31 +97,56 @@ impl MachineBoard {
             .map(|(_, last)| last)
     }
 
-    /// Notes a reading of `signal` made at `at`: in place once the signal is
+    /// Notes a sample's readings made at `at`: in place once a signal is
     /// known, so a poll allocates nothing here.
-    fn note_reading(&mut self, signal: &Arc<str>, r: &crate::source::Reading, at: DateTime<Utc>) {
-        match self
-            .signals
-            .binary_search_by(|(name, _)| (**name).cmp(&**signal))
-        {
-            Ok(i) => {
-                if let Some((_, last)) = self.signals.get_mut(i) {
-                    if last.reading != *r {
-                        last.reading.clone_from(r);
+    fn note_readings(&mut self, readings: &crate::source::Readings, at: DateTime<Utc>) {
+        if !Arc::ptr_eq(&self.table, readings.names()) {
+            // Another table (an MQTT message, or the first poll): learn it.
+            self.table = readings.names().clone();
+            self.index.clear();
+            self.index.resize(self.table.len(), NO_COLUMN);
+        }
+        for (position, r) in readings.positions() {
+            let known = self
+                .index
+                .get(position)
+                .copied()
+                .filter(|&i| i != NO_COLUMN);
+            let i = match known {
+                Some(i) => i as usize,
+                None => {
+                    let Some(name) = self.table.get(position) else {
+                        continue;
+                    };
+                    match self.signals.binary_search_by(|(n, _)| (**n).cmp(&**name)) {
+                        Ok(i) => i,
+                        Err(i) => {
+                            self.signals.insert(
+                                i,
+                                (
+                                    name.clone(),
+                                    LastReading {
+                                        reading: r.clone(),
+                                        at,
+                                    },
+                                ),
+                            );
+                            // The signals after it moved: found again by name.
+                            self.index.fill(NO_COLUMN);
+                            i
+                        }
                     }
-                    last.at = at;
                 }
+            };
+            if let (Some(slot), Ok(at_index)) = (self.index.get_mut(position), u32::try_from(i)) {
+                *slot = at_index;
             }
-            Err(i) => self.signals.insert(
-                i,
-                (
-                    signal.clone(),
-                    LastReading {
-                        reading: r.clone(),
-                        at,
-                    },
-                ),
-            ),
+            if let Some((_, last)) = self.signals.get_mut(i) {
+                if last.reading != *r {
+                    last.reading.clone_from(r);
+                }
+                last.at = at;
+            }
         }
     }
 }
@@ -1459,7 +1490,13 @@ fn note(sample: &Sample, board: Option<&Board>, pending: &mut LastValues) {
     pending.note(sample);
     let Some(board) = board else { return };
     let Ok(mut board) = board.lock() else { return };
-    let b = board.entry(sample.machine.clone()).or_default();
+    // Looked up, not entered: an entry would copy the machine's id each poll.
+    if !board.contains_key(&sample.machine) {
+        board.insert(sample.machine.clone(), MachineBoard::default());
+    }
+    let Some(b) = board.get_mut(&sample.machine) else {
+        return;
+    };
     b.reads += 1;
     match &sample.content {
         SampleContent::Signals(readings) => {
@@ -1468,9 +1505,7 @@ fn note(sample: &Sample, board: Option<&Board>, pending: &mut LastValues) {
             if b.signals.is_empty() {
                 b.signals.reserve_exact(readings.len());
             }
-            for (name, r) in readings.iter() {
-                b.note_reading(name, r, sample.at);
-            }
+            b.note_readings(readings, sample.at);
         }
         SampleContent::Unreachable { reason } => {
             b.failed_reads += 1;
@@ -1893,22 +1928,46 @@ mod tests {
     use crate::source::{SignalError, Value};
 
     #[test]
-    fn the_board_finds_each_signal_by_name_and_updates_it_in_place() {
+    fn the_board_finds_each_signal_by_position_or_name_and_updates_it_in_place() {
         let mut b = MachineBoard::default();
         let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap_or_default();
-        let names: Vec<Arc<str>> = ["speed", "count", "alarm"].map(Arc::from).to_vec();
-        b.note_reading(&names[0], &Ok(Value::Int(7)), at(1));
-        b.note_reading(&names[1], &Ok(Value::UInt(3)), at(1));
-        b.note_reading(&names[2], &Ok(Value::Bool(false)), at(1));
+        // A bus's table: the same `Arc` for every poll.
+        let table: crate::source::SignalNames =
+            Arc::new(["speed", "count", "alarm"].map(Arc::from).to_vec());
+        let poll = |speed: i64, count: u64| {
+            let mut r = crate::source::Readings::of_signals(table.clone());
+            r.push_at(0, Ok(Value::Int(speed)));
+            r.push_at(1, Ok(Value::UInt(count)));
+            r.push_at(2, Ok(Value::Bool(false)));
+            r
+        };
+        b.note_readings(&poll(7, 3), at(1));
         let sorted: Vec<&str> = b.signals.iter().map(|(n, _)| &**n).collect();
         assert_eq!(sorted, ["alarm", "count", "speed"]);
-        b.note_reading(&names[0], &Ok(Value::Int(8)), at(2));
+        b.note_readings(&poll(8, 3), at(2));
         assert_eq!(b.signals.len(), 3);
         let speed = b.reading("speed").expect("speed was read");
         assert_eq!(speed.reading, Ok(Value::Int(8)));
         assert_eq!(speed.at, at(2));
-        assert_eq!(b.reading("count").map(|l| l.at), Some(at(1)));
+        assert_eq!(b.reading("count").map(|l| l.at), Some(at(2)));
         assert!(b.reading("temperature").is_none());
+        // Another table (an MQTT message): found by name; a new signal goes
+        // in its place by name and the bus's positions are learnt again.
+        let other: crate::source::Readings = [
+            ("temperature", Ok(Value::Float(61.5))),
+            ("count", Err(SignalError::BadValue("NaN".into()))),
+        ]
+        .into_iter()
+        .collect();
+        b.note_readings(&other, at(3));
+        let sorted: Vec<&str> = b.signals.iter().map(|(n, _)| &**n).collect();
+        assert_eq!(sorted, ["alarm", "count", "speed", "temperature"]);
+        assert!(b.reading("count").unwrap().reading.is_err());
+        b.note_readings(&poll(9, 4), at(4));
+        assert_eq!(b.reading("speed").unwrap().reading, Ok(Value::Int(9)));
+        assert_eq!(b.reading("count").unwrap().reading, Ok(Value::UInt(4)));
+        assert_eq!(b.reading("temperature").unwrap().at, at(3));
+        assert_eq!(b.signals.len(), 4);
     }
 
     fn signals(machine: &str, at_s: i64, readings: &[(&str, crate::source::Reading)]) -> Sample {
