@@ -648,6 +648,12 @@ mod tests {
             );
             assert_eq!(parse(&text).unwrap().value, by_machine);
         }
+        // Written on Windows: CRLF line ends read the same by piece.
+        let crlf = line_of(12, "# a line", "").replace('\n', "\r\n");
+        assert_eq!(
+            parse_by_piece(&crlf).expect("read by piece"),
+            parse_whole(&crlf).unwrap().value
+        );
         // A file that begins with its first machine.
         let text = line_of(12, "", "");
         let text = &text[text.find("[[machine]]").unwrap()..];
