@@ -141,6 +141,7 @@ fn start(url: String, store: Store) -> Running {
         store,
         wake.clone(),
         Default::default(),
+        Default::default(),
         tx,
         stats.clone(),
         Liveness::new().register("uplink"),

@@ -458,6 +458,8 @@ struct Running {
     wake: Arc<Notify>,
     /// The recorder's committed rows, handed to the uplink in memory.
     fresh: Arc<crate::uplink::FreshRows>,
+    /// PUBACKed seqs, whose rows the recorder's next commit deletes.
+    acked: Arc<crate::uplink::AckedRows>,
     /// The counters of each running bus task, by bus id, for the task that
     /// copies them into the store for `linegate status`.
     bus_counters: BusCounters,
@@ -513,6 +515,7 @@ impl Running {
     ) -> Result<Running, AgentError> {
         let wake = Arc::new(Notify::new());
         let fresh = Arc::new(crate::uplink::FreshRows::default());
+        let acked = Arc::new(crate::uplink::AckedRows::default());
         let mut downstream = JoinSet::new();
         let downstream_stop = CancellationToken::new();
         let (config_tx, config_rx) = watch::channel(config.clone());
@@ -584,6 +587,7 @@ impl Running {
             config_rx,
             wake.clone(),
             fresh.clone(),
+            acked.clone(),
         ));
         downstream.spawn(forward_orders(order_rx, order_target_rx));
 
@@ -606,6 +610,7 @@ impl Running {
             uplink: None,
             wake,
             fresh,
+            acked,
             bus_counters: BusCounters::default(),
             bus_counters_task: None,
             sparkplug_tap,
@@ -774,6 +779,7 @@ impl Running {
         let store = self.store.clone();
         let wake = self.wake.clone();
         let fresh = self.fresh.clone();
+        let acked = self.acked.clone();
         let order_tx = self.order_tx.clone();
         let stop = CancellationToken::new();
         let ustop = stop.clone();
@@ -788,7 +794,7 @@ impl Running {
                 copy_stop.clone(),
             ));
             if let Err(e) = crate::uplink::run_uplink(
-                u, info, store, wake, fresh, order_tx, stats, heartbeat, ustop,
+                u, info, store, wake, fresh, acked, order_tx, stats, heartbeat, ustop,
             )
             .await
             {
@@ -1405,7 +1411,7 @@ impl SignalRow {
                 .as_ref()
                 .and_then(|v| serde_json::to_string(v).ok()),
             self.error.clone(),
-            self.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            crate::rfc3339::utc(self.at, chrono::SecondsFormat::Millis),
         )
     }
 }
@@ -1528,15 +1534,15 @@ async fn flush_last_values(store: &Store, rows: Vec<SignalRow>) {
     }
     let result = store
         .call(move |conn| {
-            let tx = conn.transaction()?;
-            {
+            // A copy for `linegate status`: a power cut may undo the last one.
+            crate::store::commit_unsynced(conn, |tx| {
                 let mut stmt = tx.prepare_cached(UPSERT_SIGNAL)?;
                 for row in &rows {
                     let value = row
                         .value
                         .as_ref()
                         .and_then(|v| serde_json::to_string(v).ok());
-                    let at = row.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                    let at = crate::rfc3339::utc(row.at, chrono::SecondsFormat::Millis);
                     stmt.execute(rusqlite::params![
                         &*row.machine,
                         &*row.signal,
@@ -1545,9 +1551,8 @@ async fn flush_last_values(store: &Store, rows: Vec<SignalRow>) {
                         at
                     ])?;
                 }
-            }
-            tx.commit()?;
-            Ok(())
+                Ok(())
+            })
         })
         .await;
     if let Err(e) = result {
@@ -1571,6 +1576,7 @@ async fn record(
     mut config: watch::Receiver<Arc<Config>>,
     wake: Arc<Notify>,
     fresh: Arc<crate::uplink::FreshRows>,
+    acked: Arc<crate::uplink::AckedRows>,
 ) {
     // Without an uplink nothing would ever drain the outbox: keep the history
     // locally (state changes, periods) and send nothing.
@@ -1679,7 +1685,8 @@ async fn record(
         // holding the write lock for seconds), the engine's events keep being
         // taken: they join the held ones after those being committed, so the
         // engine never waits on the store, and its loop keeps beating.
-        let commit = store.call(move |conn| commit_events(conn, &attempt, unstored));
+        let deletions = acked.clone();
+        let commit = store.call(move |conn| commit_events(conn, &attempt, unstored, &deletions));
         tokio::pin!(commit);
         let result = loop {
             tokio::select! {
@@ -1875,7 +1882,37 @@ fn commit_events(
     conn: &mut rusqlite::Connection,
     work: &EventWork,
     unstored: crate::store::health::Unstored,
+    acked: &crate::uplink::AckedRows,
 ) -> Result<Option<Vec<crate::uplink::outbox::OutboxRow>>, StoreError> {
+    // The rows the broker acknowledged since the last commit are deleted in
+    // this one (see `uplink::acked`); given back if it fails.
+    let seqs = acked.take();
+    let result = commit_events_and_deletions(conn, work, unstored, &seqs);
+    match result {
+        Ok((rows, deleted)) => {
+            if let Some(k) = deleted {
+                acked.deleted(k);
+            }
+            Ok(rows)
+        }
+        Err(e) => {
+            acked.give_back(seqs);
+            Err(e)
+        }
+    }
+}
+
+type Committed = (
+    Option<Vec<crate::uplink::outbox::OutboxRow>>,
+    Option<crate::uplink::outbox::OutboxCounts>,
+);
+
+fn commit_events_and_deletions(
+    conn: &mut rusqlite::Connection,
+    work: &EventWork,
+    unstored: crate::store::health::Unstored,
+    acked: &[u64],
+) -> Result<Committed, StoreError> {
     let tx = conn.transaction()?;
     let mut rows = Some(Vec::new());
     for (event, outgoing) in work {
@@ -1895,8 +1932,13 @@ fn commit_events(
     }
     crate::uplink::outbox::count_unstored_telemetry(&tx, unstored.telemetry)?;
     crate::store::health::add_lost_events(&tx, unstored.lost_events)?;
+    let deleted = if acked.is_empty() {
+        None
+    } else {
+        Some(crate::uplink::outbox::delete_rows(&tx, acked)?)
+    };
     tx.commit()?;
-    Ok(rows)
+    Ok((rows, deleted))
 }
 
 /// Most machine events committed in one transaction.
@@ -1926,6 +1968,67 @@ async fn watch_view(mut rx: watch::Receiver<MachineView>, board: Board, stop: Ca
 mod tests {
     use super::*;
     use crate::source::{SignalError, Value};
+
+    fn telemetry_message(n: usize) -> crate::uplink::outbox::Outgoing {
+        crate::uplink::outbox::Outgoing {
+            topic_suffix: format!("m/m{n}/telemetry"),
+            class: crate::uplink::MessageClass::Telemetry,
+            retain: false,
+            ts: Utc::now(),
+            body: serde_json::Map::new(),
+        }
+    }
+
+    #[test]
+    fn a_recorder_commit_deletes_the_acknowledged_rows_and_gives_them_back_when_it_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let path = store.path().to_path_buf();
+        let acked = crate::uplink::AckedRows::default();
+        let none = crate::store::health::Unstored::default();
+        // Three messages committed; the broker acknowledges the first two.
+        let work: EventWork = (0..3).map(|i| (None, Some(telemetry_message(i)))).collect();
+        let mut conn = crate::store::open_connection(&path).unwrap();
+        commit_events(&mut conn, &work, none, &acked).unwrap();
+        let seqs: Vec<u64> = conn
+            .prepare("SELECT seq FROM outbox ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get::<_, i64>(0))
+            .unwrap()
+            .map(|s| s.unwrap() as u64)
+            .collect();
+        assert_eq!(seqs.len(), 3);
+        acked.push(seqs[0]);
+        acked.push(seqs[1]);
+
+        // Another process holds the write lock: the commit fails, and the
+        // seqs wait again (their rows are still there).
+        conn.busy_timeout(Duration::from_millis(10)).unwrap();
+        let other = crate::store::open_connection(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(commit_events(&mut conn, &work[..1].to_vec(), none, &acked).is_err());
+        other.execute_batch("ROLLBACK").unwrap();
+        let depth = |c: &rusqlite::Connection| crate::uplink::outbox::counts(c).unwrap().depth;
+        assert_eq!(depth(&conn), 3);
+        assert!(acked.take_counts().is_none());
+
+        // The next commit (a mark alone) deletes them with its own work.
+        let mark: EventWork = vec![(
+            Some(MachineEvent::Observed {
+                machine: "m0".into(),
+                to: Utc::now(),
+            }),
+            None,
+        )];
+        commit_events(&mut conn, &mark, none, &acked).unwrap();
+        assert_eq!(depth(&conn), 1);
+        assert_eq!(acked.take_counts().map(|k| k.depth), Some(1));
+        assert!(acked.take().is_empty(), "taken by the commit");
+        let left: i64 = conn
+            .query_row("SELECT seq FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left as u64, seqs[2]);
+    }
 
     #[test]
     fn the_board_finds_each_signal_by_position_or_name_and_updates_it_in_place() {

@@ -13,7 +13,9 @@
 //! - every data `seq` from the first to the last, with no gap except telemetry
 //!   the agent itself counted as dropped (`outbox_state.dropped`);
 //! - duplicates only within the in-flight window of a connection that died
-//!   (at most `max_inflight` per connection the agent made);
+//!   (at most `max_inflight` per connection the agent made; a SIGKILL's
+//!   resending of the PUBACKs of its last 0.4 s, whose deletion was waiting
+//!   for the next commit, is far less than a window at the soak's rate);
 //! - no `seq` on status messages, and a `session` that grows per connection;
 //! - the retained state of every machine equal to its latest state message;
 //! - `PRAGMA integrity_check` ok after every kill, and the watchdog petted at

@@ -300,6 +300,7 @@ async fn idle_loops_keep_beating_and_retire_when_they_stop() {
             store,
             Arc::new(Notify::new()),
             Default::default(),
+            Default::default(),
             orders,
             Arc::new(UplinkStats::default()),
             uplink,

@@ -97,7 +97,7 @@ const DELETE_OLD_PERIODS: &str = "DELETE FROM period WHERE end_at < ?1";
 
 /// An instant as stored.
 pub fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    crate::rfc3339::utc(t, SecondsFormat::Millis)
 }
 
 fn kind_key(kind: &PeriodKind) -> String {

@@ -58,10 +58,10 @@ impl BusCounts {
 }
 
 /// Replace the table with `rows`, in one transaction.
-pub fn write_all(conn: &mut Connection, rows: &[BusCounts]) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    tx.execute(DELETE_ALL, [])?;
-    {
+pub fn write_all(conn: &Connection, rows: &[BusCounts]) -> Result<(), StoreError> {
+    // A copy for `linegate status`: a power cut may undo the last one.
+    super::commit_unsynced(conn, |tx| {
+        tx.execute(DELETE_ALL, [])?;
         let mut insert = tx.prepare_cached(INSERT_BUS)?;
         for r in rows {
             // A map of names to integers always serialises.
@@ -74,9 +74,8 @@ pub fn write_all(conn: &mut Connection, rows: &[BusCounts]) -> Result<(), StoreE
                 counters
             ])?;
         }
-    }
-    tx.commit()?;
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Every bus's last copied counters, by bus id. A row that does not parse
@@ -219,14 +218,14 @@ mod tests {
 
     #[test]
     fn each_write_replaces_the_table_so_a_removed_bus_disappears() -> Result<(), StoreError> {
-        let mut conn = Connection::open_in_memory()?;
+        let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA_V1)?;
         let a = row("cell-a", "tcp", &[("requests", 10)]);
         let b = row("line-plc", "mqtt", &[("refused_oversized", 1)]);
-        write_all(&mut conn, &[a.clone(), b.clone()])?;
+        write_all(&conn, &[a.clone(), b.clone()])?;
         assert_eq!(read_all(&conn)?, vec![a.clone(), b]);
         let a2 = row("cell-a", "tcp", &[("requests", 12)]);
-        write_all(&mut conn, std::slice::from_ref(&a2))?;
+        write_all(&conn, std::slice::from_ref(&a2))?;
         assert_eq!(read_all(&conn)?, vec![a2]);
         Ok(())
     }

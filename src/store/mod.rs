@@ -4,7 +4,9 @@
 //! as a closure over its single `rusqlite::Connection` and the answer comes
 //! back on a oneshot channel ([`Store::call`]). The file runs in WAL mode
 //! with `synchronous = FULL`, so a committed row survives SIGKILL and power
-//! loss. The schema is a list of versioned migrations ([`schema`]); each
+//! loss; only writes a power cut may undo without harm (copies for
+//! `linegate status`, deletions of acknowledged messages) are committed
+//! without waiting for the fsync ([`commit_unsynced`]). The schema is a list of versioned migrations ([`schema`]); each
 //! concern keeps its own SQL in named constants in its own module (the
 //! outbox in `uplink::outbox`, orders in `orders::book`, ...), the store only
 //! runs it. The store never decides anything about machines or messages.
@@ -391,6 +393,42 @@ pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Run `work` in a transaction committed without waiting for an fsync
+/// (`synchronous = NORMAL` for it alone; the connection is `FULL` again
+/// afterwards, also after an error).
+///
+/// For writes that a power cut may undo without harm: copies kept for
+/// `linegate status` (last signal values, bus counters, the uplink's state)
+/// and the deletion of outbox rows the broker already acknowledged. SIGKILL
+/// keeps them (the operating system has the written log); a power cut can
+/// undo the last of them, never a synced commit (the log is replayed in
+/// order, and the next synced commit syncs everything before it too).
+/// Must not be called inside a transaction: SQLite refuses to change the
+/// safety level there.
+pub fn commit_unsynced<T>(
+    conn: &Connection,
+    work: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.prepare_cached(SYNC_NORMAL)?.execute([])?;
+    let result = conn
+        .unchecked_transaction()
+        .map_err(StoreError::from)
+        .and_then(|tx| {
+            let value = work(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        });
+    let back = conn
+        .prepare_cached(SYNC_FULL)
+        .and_then(|mut s| s.execute([]));
+    let value = result?;
+    back?;
+    Ok(value)
+}
+
+const SYNC_NORMAL: &str = "PRAGMA synchronous = NORMAL";
+const SYNC_FULL: &str = "PRAGMA synchronous = FULL";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +453,46 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, schema::MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn an_unsynced_commit_is_kept_and_leaves_the_connection_fully_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let conn = open_and_migrate(&path).unwrap();
+        let sync = |c: &Connection| -> i64 {
+            c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+        };
+        commit_unsynced(&conn, |tx| {
+            tx.execute_batch("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1);")?;
+            let inside: i64 = tx.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+            assert_eq!(inside, 1, "NORMAL inside");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(sync(&conn), 2, "FULL again");
+        // A failed one is rolled back, and FULL again too.
+        let failed = commit_unsynced(&conn, |tx| -> Result<(), StoreError> {
+            tx.execute("INSERT INTO t VALUES (2)", [])?;
+            tx.execute("INSERT INTO no_such_table VALUES (3)", [])?;
+            Ok(())
+        });
+        assert!(failed.is_err());
+        assert_eq!(sync(&conn), 2, "FULL again after the error");
+        drop(conn);
+        // Another connection (the next start) reads what was committed.
+        let other = open_connection(&path).unwrap();
+        let rows: Vec<i64> = other
+            .prepare("SELECT v FROM t")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [1]);
+        // Inside a transaction SQLite refuses to change the safety level: an error, not a panic.
+        other.execute_batch("BEGIN").unwrap();
+        assert!(commit_unsynced(&other, |_| Ok(())).is_err());
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //!
 //! - [`outbox`]: the SQLite table every upward message goes through.
 //! - [`fresh`]: rows just committed, handed to the connection in memory.
+//! - [`acked`]: PUBACKed seqs, deleted by the recorder's next commit.
 //! - [`message`]: contract payloads and the envelope.
 //! - [`telemetry`]: the deadband/heartbeat filter (pure).
 //! - [`pacing`]: reconnect backoff and the historical rate limit (pure).
@@ -19,6 +20,7 @@
 //! wait a jittered, growing backoff, connect again with a fresh client; each
 //! connection starts draining from the oldest row again.
 
+pub mod acked;
 mod connection;
 pub mod fresh;
 pub mod message;
@@ -41,6 +43,7 @@ use crate::orders::OrderMessage;
 use crate::store::{Store, StoreError};
 use crate::systemd::Heartbeat;
 
+pub use acked::AckedRows;
 pub use connection::{MAX_PACKET_BYTES, WINDOW};
 pub use fresh::FreshRows;
 pub use message::GatewayInfo;
@@ -274,6 +277,7 @@ pub async fn run_uplink(
     store: Store,
     wake: Arc<Notify>,
     fresh: Arc<FreshRows>,
+    acked: Arc<AckedRows>,
     orders: mpsc::Sender<OrderMessage>,
     stats: Arc<UplinkStats>,
     heartbeat: Heartbeat,
@@ -289,7 +293,7 @@ pub async fn run_uplink(
     store_trouble.note(store.call(|c| outbox::set_link_up(c, false)).await)?;
 
     let (acked_tx, acked_rx) = mpsc::unbounded_channel();
-    let deleter = tokio::spawn(delete_acked(store.clone(), acked_rx, stats.clone()));
+    let deleter = tokio::spawn(delete_acked(store.clone(), acked_rx, acked, stats.clone()));
     let shared = connection::Shared {
         settings,
         gateway,
@@ -438,23 +442,75 @@ async fn wait_backoff(shared: &connection::Shared, backoff: &mut pacing::Backoff
     }
 }
 
-/// Delete PUBACKed rows in batches: one transaction (one fsync) per batch.
-async fn delete_acked(store: Store, mut rx: mpsc::UnboundedReceiver<u64>, stats: Arc<UplinkStats>) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(s) => batch.push(s),
-                Err(_) => break,
+/// Delete PUBACKed rows: the seqs wait in `acked` for the recorder's next
+/// commit, which deletes their rows with its own work; those it did not
+/// take within [`acked::ACK_LINGER`] (a quiet line, a store that failed
+/// the commit) are deleted here, in a transaction of their own. What is
+/// still waiting when the connection's channel closes is deleted before
+/// this task ends.
+async fn delete_acked(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<u64>,
+    acked: Arc<AckedRows>,
+    stats: Arc<UplinkStats>,
+) {
+    let mut open = true;
+    let mut failing = false;
+    while open {
+        // Wait for a PUBACK, or for seqs a failed commit gave back.
+        tokio::select! {
+            seq = rx.recv() => match seq {
+                Some(seq) => acked.push(seq),
+                None => open = false,
+            },
+            _ = acked.returned() => {}
+        }
+        let until = tokio::time::Instant::now() + acked::ACK_LINGER;
+        while open {
+            tokio::select! {
+                seq = rx.recv() => match seq {
+                    Some(seq) => acked.push(seq),
+                    None => open = false,
+                },
+                _ = tokio::time::sleep_until(until) => break,
             }
         }
-        let seqs = std::mem::take(&mut batch);
-        match store.call(move |c| outbox::delete_acked(c, &seqs)).await {
-            Ok(k) => stats.set_counts(k),
+        if let Some(k) = acked.take_counts() {
+            stats.set_counts(k);
+        }
+        let seqs = acked.take();
+        if seqs.is_empty() {
+            continue;
+        }
+        let back = acked.clone();
+        let result = store
+            .call(move |c| match outbox::delete_acked(c, &seqs) {
+                Ok(k) => Ok(k),
+                Err(e) => {
+                    // They wait for the next commit or the next try.
+                    back.give_back(seqs);
+                    Err(e)
+                }
+            })
+            .await;
+        match result {
+            Ok(k) => {
+                if failing {
+                    tracing::info!("acknowledged outbox rows are deleted again");
+                }
+                failing = false;
+                stats.set_counts(k);
+            }
+            // The rows stay, and are deleted later or sent again: a
+            // duplicate, never a loss.
+            Err(StoreError::Closed) => break,
             Err(e) => {
-                // The rows stay and are sent again: a duplicate, never a loss.
-                tracing::warn!(error = %e, "could not delete acknowledged outbox rows");
+                if !failing {
+                    tracing::warn!(error = %e, "could not delete acknowledged outbox rows; trying again (until then a restart would send them again)");
+                }
+                failing = true;
+                // Not at once again: after a pause, or the next commit.
+                tokio::time::sleep(acked::ACK_LINGER).await;
             }
         }
     }

@@ -363,40 +363,32 @@ pub fn next_batch(
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Delete the rows whose PUBACK arrived, in one transaction; returns the
-/// counts after it.
+/// Delete the rows whose PUBACK arrived, in a transaction of their own;
+/// returns the counts after it. (Most deletions ride with the recorder's
+/// commits instead: [`delete_rows`], see `uplink::acked`.)
 ///
-/// The commit does not wait for an fsync (`synchronous = NORMAL` for this
-/// transaction; WAL): a deletion only forgets a message the broker already
-/// has, so a power cut can at worst undo the last deletions, and those rows
-/// are sent again (duplicates, dropped by `seq` at the receiver), never
-/// lost. The next commit that does sync (any enqueue) makes them durable
-/// too: the WAL is synced as a whole, in order.
+/// The commit does not wait for an fsync ([`crate::store::commit_unsynced`]):
+/// a deletion only forgets a message the broker already has, so a power cut
+/// can at worst undo the last deletions, and those rows are sent again
+/// (duplicates, dropped by `seq` at the receiver), never lost. The next
+/// commit that does sync (any enqueue) makes them durable too: the WAL is
+/// synced as a whole, in order.
 pub fn delete_acked(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, StoreError> {
-    // Prepared once: parsing the pragma twice per batch was a tenth of a
-    // deletion's instructions.
-    conn.prepare_cached(SYNC_NORMAL)?.execute([])?;
-    let result = delete_acked_now(conn, seqs);
-    // Back to full durability for every other commit, also after an error.
-    let back = conn
-        .prepare_cached(SYNC_FULL)
-        .and_then(|mut s| s.execute([]));
-    let c = result?;
-    back?;
-    Ok(c)
+    crate::store::commit_unsynced(conn, |tx| delete_rows(tx, seqs))
 }
 
 /// Most runs of consecutive seqs deleted one range each; more go as one list.
 const MOST_RANGES: usize = 16;
 
-fn delete_acked_now(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, StoreError> {
-    let tx = conn.unchecked_transaction()?;
+/// Delete the rows of these PUBACKed seqs inside the caller's transaction
+/// (seqs without a row are skipped); returns the counts after it.
+pub fn delete_rows(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, StoreError> {
     let runs = runs_of(seqs);
     if runs.len() <= MOST_RANGES {
         // A burst of PUBACKs is nearly always one run (the rows of one
         // commit): a range is a seek in the table, the list a temporary
         // table of the parsed JSON first.
-        let mut range = tx.prepare_cached(DELETE_RANGE)?;
+        let mut range = conn.prepare_cached(DELETE_RANGE)?;
         for (first, last) in runs {
             range.execute(params![clamp_i64(first), clamp_i64(last)])?;
         }
@@ -410,11 +402,9 @@ fn delete_acked_now(conn: &Connection, seqs: &[u64]) -> Result<OutboxCounts, Sto
             list.push_str(&clamp_i64(*seq).to_string());
         }
         list.push(']');
-        tx.prepare_cached(DELETE_ROWS)?.execute(params![list])?;
+        conn.prepare_cached(DELETE_ROWS)?.execute(params![list])?;
     }
-    let c = counts(&tx)?;
-    tx.commit()?;
-    Ok(c)
+    counts(conn)
 }
 
 /// The seqs as runs of consecutive numbers, `(first, last)`, ascending, each
@@ -431,9 +421,6 @@ fn runs_of(seqs: &[u64]) -> Vec<(u64, u64)> {
     }
     runs
 }
-
-const SYNC_NORMAL: &str = "PRAGMA synchronous = NORMAL";
-const SYNC_FULL: &str = "PRAGMA synchronous = FULL";
 
 /// Drop a row that can never be sent (unreadable, or too big for one
 /// packet), counting it with the drops.
@@ -479,7 +466,7 @@ pub fn counts(conn: &Connection) -> Result<OutboxCounts, StoreError> {
 
 /// The contract's `ts` format: RFC 3339 UTC with milliseconds.
 pub fn format_ts(ts: DateTime<Utc>) -> String {
-    ts.to_rfc3339_opts(SecondsFormat::Millis, true)
+    crate::rfc3339::utc(ts, SecondsFormat::Millis)
 }
 
 fn clamp_i64(v: u64) -> i64 {
@@ -639,11 +626,36 @@ mod tests {
     #[test]
     fn deleting_acked_rows_leaves_every_other_commit_fully_synced() {
         let c = conn();
-        c.execute_batch(SYNC_FULL).unwrap();
+        c.execute_batch("PRAGMA synchronous = FULL").unwrap();
         let a = enqueue(&c, &msg(MessageClass::Telemetry, 10)).unwrap();
         delete_acked(&c, &[a]).unwrap();
         let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
         assert_eq!(sync, 2, "synchronous = FULL again after the deletion");
         assert_eq!(counts(&c).unwrap().depth, 0);
+    }
+
+    #[test]
+    fn rows_deleted_in_the_callers_transaction_go_with_its_commit() {
+        let mut c = conn();
+        let seqs: Vec<u64> = (0..4)
+            .map(|i| enqueue(&c, &msg(MessageClass::Telemetry, i)).unwrap())
+            .collect();
+        // Rolled back: the rows are still there.
+        {
+            let tx = c.transaction().unwrap();
+            assert_eq!(delete_rows(&tx, &seqs[..2]).unwrap().depth, 2);
+        }
+        assert_eq!(counts(&c).unwrap().depth, 4);
+        // Committed with the transaction's other work.
+        let tx = c.transaction().unwrap();
+        let k = delete_rows(&tx, &[seqs[0], seqs[1], 9_999]).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(k.depth, 2);
+        let left: Vec<u64> = next_batch(&c, Stream::Historical, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(left, seqs[2..]);
     }
 }

@@ -98,15 +98,18 @@ impl UplinkState {
 pub fn write(conn: &Connection, s: &UplinkState) -> Result<(), StoreError> {
     // A map of names to integers always serialises.
     let counters = serde_json::to_string(&s.counters).unwrap_or_else(|_| "{}".into());
-    conn.prepare_cached(REPLACE)?.execute(params![
-        s.connected,
-        s.stopped,
-        s.last_error,
-        crate::machine::history::ts(s.since),
-        crate::machine::history::ts(s.at),
-        counters
-    ])?;
-    Ok(())
+    // A copy for `linegate status`: a power cut may undo the last one.
+    crate::store::commit_unsynced(conn, |tx| {
+        tx.prepare_cached(REPLACE)?.execute(params![
+            s.connected,
+            s.stopped,
+            s.last_error,
+            crate::machine::history::ts(s.since),
+            crate::machine::history::ts(s.at),
+            counters
+        ])?;
+        Ok(())
+    })
 }
 
 /// The last copy, if the agent ever made one. A row that does not parse (a

@@ -265,6 +265,7 @@ impl Agent {
             store.clone(),
             wake.clone(),
             Default::default(),
+            Default::default(),
             tx,
             stats.clone(),
             Liveness::new().register("uplink"),
