@@ -1915,10 +1915,17 @@ fn commit_events_and_deletions(
 ) -> Result<Committed, StoreError> {
     let tx = conn.transaction()?;
     let mut rows = Some(Vec::new());
+    // Marks go in one statement at the end, in order (each machine's last
+    // wins, as one by one): a commit holds one per machine per second.
+    let mut marks = Vec::new();
     for (event, outgoing) in work {
         // A period closed again from an older snapshot after a crash is
         // already stored (and sent): record() says so, and it is not sent twice.
         let new = match event {
+            Some(MachineEvent::Observed { machine, to }) => {
+                marks.push((machine.as_str(), *to));
+                false
+            }
             Some(e) => crate::machine::history::record(&tx, e)?,
             None => true,
         };
@@ -1930,6 +1937,7 @@ fn commit_events_and_deletions(
             });
         }
     }
+    crate::machine::history::record_marks(&tx, &marks)?;
     crate::uplink::outbox::count_unstored_telemetry(&tx, unstored.telemetry)?;
     crate::store::health::add_lost_events(&tx, unstored.lost_events)?;
     let deleted = if acked.is_empty() {

@@ -28,58 +28,53 @@ pub fn utc(t: DateTime<Utc>, format: SecondsFormat) -> String {
         // A format a later chrono adds: its own text.
         _ => return t.to_rfc3339_opts(format, true),
     };
-    let mut text = Text::default();
-    text.number(year.unsigned_abs(), 4);
-    for (separator, value) in [
-        (b'-', t.month()),
-        (b'-', t.day()),
-        (b'T', t.hour()),
-        (b':', t.minute()),
-        (b':', t.second()),
-    ] {
-        text.byte(separator);
-        text.number(value, 2);
-    }
+    let naive = t.naive_utc();
+    let (date, time) = (naive.date(), naive.time());
+    let mut b = [0u8; MOST];
+    let year = year.unsigned_abs();
+    b[0] = b'0' + (year / 1000) as u8;
+    b[1] = b'0' + (year / 100 % 10) as u8;
+    two(&mut b, 2, year % 100);
+    b[4] = b'-';
+    two(&mut b, 5, date.month());
+    b[7] = b'-';
+    two(&mut b, 8, date.day());
+    b[10] = b'T';
+    two(&mut b, 11, time.hour());
+    b[13] = b':';
+    two(&mut b, 14, time.minute());
+    b[16] = b':';
+    two(&mut b, 17, time.second());
+    let mut n = 19;
     if digits > 0 {
-        text.byte(b'.');
-        text.number(nanos / 10u32.pow(9 - digits), digits);
+        b[n] = b'.';
+        n += 1;
+        // Constant divisors: the compiler turns them into multiplications.
+        let fraction = match digits {
+            3 => nanos / 1_000_000,
+            6 => nanos / 1_000,
+            _ => nanos,
+        };
+        let mut rest = fraction;
+        for i in (0..digits as usize).rev() {
+            b[n + i] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        n += digits as usize;
     }
-    text.byte(b'Z');
-    text.into_string()
+    b[n] = b'Z';
+    n += 1;
+    // Only ASCII digits and separators were written.
+    String::from_utf8_lossy(&b[..n]).into_owned()
 }
 
 /// The longest text: `9999-12-31T23:59:59.999999999Z`.
 const MOST: usize = 30;
 
-#[derive(Default)]
-struct Text {
-    bytes: [u8; MOST],
-    len: usize,
-}
-
-impl Text {
-    fn byte(&mut self, b: u8) {
-        if let Some(slot) = self.bytes.get_mut(self.len) {
-            *slot = b;
-            self.len += 1;
-        }
-    }
-
-    /// `value`'s last `width` decimal digits, zero-padded.
-    fn number(&mut self, value: u32, width: u32) {
-        for place in (0..width).rev() {
-            let digit = (value / 10u32.pow(place)) % 10;
-            self.byte(b'0' + digit as u8);
-        }
-    }
-
-    fn into_string(self) -> String {
-        // Only ASCII digits and separators were written.
-        self.bytes[..self.len]
-            .iter()
-            .map(|&b| char::from(b))
-            .collect()
-    }
+/// `value` (0..=99) as two digits at `at`.
+fn two(b: &mut [u8; MOST], at: usize, value: u32) {
+    b[at] = b'0' + (value / 10 % 10) as u8;
+    b[at + 1] = b'0' + (value % 10) as u8;
 }
 
 #[cfg(test)]

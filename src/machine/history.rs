@@ -73,6 +73,12 @@ CREATE TABLE machine_observed (
 
 const UPSERT_MARK: &str = "INSERT INTO machine_observed (machine, observed_to) VALUES (?1, ?2)
      ON CONFLICT (machine) DO UPDATE SET observed_to = excluded.observed_to";
+/// [`MARKS_PER_STATEMENT`] marks in one statement, applied in order (a
+/// machine's later mark replaces its earlier, as one by one).
+const UPSERT_MARKS: &str = "INSERT INTO machine_observed (machine, observed_to)
+     VALUES (?1, ?2), (?3, ?4), (?5, ?6), (?7, ?8), (?9, ?10), (?11, ?12), (?13, ?14), (?15, ?16)
+     ON CONFLICT (machine) DO UPDATE SET observed_to = excluded.observed_to";
+const MARKS_PER_STATEMENT: usize = 8;
 const SELECT_MARKS: &str = "SELECT machine, observed_to FROM machine_observed";
 
 const INSERT_STATE: &str =
@@ -161,6 +167,30 @@ pub fn record(conn: &Connection, event: &MachineEvent) -> Result<bool, StoreErro
         }
         MachineEvent::Telemetry(_) => Ok(false),
     }
+}
+
+/// Keep these observation marks, in order, with one statement (what
+/// [`record`] does with each, for a commit that holds many: one per
+/// machine per second).
+pub fn record_marks(conn: &Connection, marks: &[(&str, DateTime<Utc>)]) -> Result<(), StoreError> {
+    let mut chunks = marks.chunks_exact(MARKS_PER_STATEMENT);
+    if chunks.len() > 0 {
+        let mut many = conn.prepare_cached(UPSERT_MARKS)?;
+        for chunk in chunks.by_ref() {
+            let at: Vec<String> = chunk.iter().map(|(_, to)| ts(*to)).collect();
+            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(2 * MARKS_PER_STATEMENT);
+            for ((machine, _), at) in chunk.iter().zip(&at) {
+                values.push(machine);
+                values.push(at);
+            }
+            many.execute(values.as_slice())?;
+        }
+    }
+    let mut one = conn.prepare_cached(UPSERT_MARK)?;
+    for (machine, to) in chunks.remainder() {
+        one.execute(params![machine, ts(*to)])?;
+    }
+    Ok(())
 }
 
 /// Save the open period of one machine (replaces the previous one).
@@ -546,6 +576,41 @@ mod tests {
             loaded.1[0].1.observed_to,
             Some(t("2026-03-02T10:02:45.500Z"))
         );
+    }
+
+    #[test]
+    fn marks_kept_in_one_statement_are_each_machines_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let marks = store
+            .call_blocking(|c| {
+                // One alone, then many (a name JSON must escape among them).
+                record_marks(c, &[("press07", t("2026-03-02T10:00:00Z"))])?;
+                // More than a statement's worth: two machines taking turns,
+                // each one's last in the middle of a statement.
+                let mut many: Vec<(&str, DateTime<Utc>)> = (0..10)
+                    .map(|i| {
+                        let m = if i % 2 == 0 { "press07" } else { "lathe \"3\"" };
+                        (
+                            m,
+                            t("2026-03-02T10:00:01Z") + chrono::Duration::milliseconds(i * 100),
+                        )
+                    })
+                    .collect();
+                many.push(("press07", t("2026-03-02T10:00:01.750Z")));
+                many.push(("drill", t("2026-03-02T10:00:02Z")));
+                record_marks(c, &many)?;
+                record_marks(c, &[])?;
+                let mut stmt = c.prepare(SELECT_MARKS)?;
+                let rows =
+                    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                Ok(rows.collect::<Result<std::collections::BTreeMap<_, _>, _>>()?)
+            })
+            .unwrap();
+        assert_eq!(marks.len(), 3);
+        assert_eq!(marks["press07"], "2026-03-02T10:00:01.750Z");
+        assert_eq!(marks["lathe \"3\""], "2026-03-02T10:00:01.900Z");
+        assert_eq!(marks["drill"], "2026-03-02T10:00:02.000Z");
     }
 
     #[test]
