@@ -40,6 +40,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, Transport};
 use crate::machine::{MachineEvent, MachineState, MachineView};
 use crate::source::modbus::WriteRequest;
+use crate::source::positions::SignalPositions;
 use crate::source::{Sample, SampleContent};
 use crate::store::{Store, StoreError};
 
@@ -66,11 +67,9 @@ pub struct MachineBoard {
     /// with the source: two maps keyed by copied names took 4 KB a machine.
     pub signals: Vec<(Arc<str>, LastReading)>,
     /// The names table of the last sample, and for each of its positions
-    /// the index of that signal in `signals` (`NO_COLUMN` until found): a
-    /// poll of a Modbus machine, the same table every time, finds its
-    /// signals without comparing names.
-    table: crate::source::SignalNames,
-    index: Vec<u32>,
+    /// the index of that signal in `signals`: a poll of a Modbus machine,
+    /// the same table every time, finds its signals without comparing names.
+    positions: SignalPositions,
     pub last_read: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub reads: u64,
@@ -100,25 +99,17 @@ impl MachineBoard {
     /// Notes a sample's readings made at `at`: in place once a signal is
     /// known, so a poll allocates nothing here.
     fn note_readings(&mut self, readings: &crate::source::Readings, at: DateTime<Utc>) {
-        if !Arc::ptr_eq(&self.table, readings.names()) {
-            // Another table (an MQTT message, or the first poll): learn it.
-            self.table = readings.names().clone();
-            self.index.clear();
-            self.index.resize(self.table.len(), NO_COLUMN);
-        }
+        // Another table (an MQTT message, or the first poll) is learnt
+        // signal by signal.
+        self.positions.follow(readings.names());
         for (position, r) in readings.positions() {
-            let known = self
-                .index
-                .get(position)
-                .copied()
-                .filter(|&i| i != NO_COLUMN);
-            let i = match known {
-                Some(i) => i as usize,
+            let i = match self.positions.get(position) {
+                Some(i) => i,
                 None => {
-                    let Some(name) = self.table.get(position) else {
+                    let Some(name) = self.positions.table().get(position) else {
                         continue;
                     };
-                    match self.signals.binary_search_by(|(n, _)| (**n).cmp(&**name)) {
+                    let i = match self.signals.binary_search_by(|(n, _)| (**n).cmp(&**name)) {
                         Ok(i) => i,
                         Err(i) => {
                             self.signals.insert(
@@ -132,15 +123,14 @@ impl MachineBoard {
                                 ),
                             );
                             // The signals after it moved: found again by name.
-                            self.index.fill(NO_COLUMN);
+                            self.positions.forget();
                             i
                         }
-                    }
+                    };
+                    self.positions.set(position, i);
+                    i
                 }
             };
-            if let (Some(slot), Ok(at_index)) = (self.index.get_mut(position), u32::try_from(i)) {
-                *slot = at_index;
-            }
             if let Some((_, last)) = self.signals.get_mut(i) {
                 if last.reading != *r {
                     last.reading.clone_from(r);
@@ -1240,58 +1230,38 @@ struct LastValues {
 #[derive(Default)]
 struct NotedSignals {
     /// The names table of the last sample, and for each of its positions
-    /// the column of that signal (`NO_COLUMN` until seen). A bus hands
-    /// every poll of a machine the same table, so a poll finds its columns
-    /// without comparing, or even reading, names.
-    table: crate::source::SignalNames,
-    columns: Vec<u32>,
+    /// the column of that signal. A bus hands every poll of a machine the
+    /// same table, so a poll finds its columns without comparing, or even
+    /// reading, names.
+    positions: SignalPositions,
     names: Vec<Arc<str>>,
     at: Vec<DateTime<Utc>>,
     what: Vec<crate::source::Reading>,
     due: Vec<Due>,
 }
 
-const NO_COLUMN: u32 = u32::MAX;
-
 impl NotedSignals {
     fn note(&mut self, at: DateTime<Utc>, readings: &crate::source::Readings) {
-        if !Arc::ptr_eq(&self.table, readings.names()) {
-            // Another table (an MQTT message, or the first poll): learn it.
-            self.table = readings.names().clone();
-            self.columns.clear();
-            self.columns.resize(self.table.len(), NO_COLUMN);
-            // Room for every signal of the table, exactly (pushed one by
-            // one, the columns would double past it: kept per machine).
-            let more = self.table.len().saturating_sub(self.names.len());
+        if self.positions.follow(readings.names()) {
+            // Another table (an MQTT message, or the first poll): room for
+            // every signal of it, exactly (pushed one by one, the columns
+            // would double past it: kept per machine).
+            let more = readings.names().len().saturating_sub(self.names.len());
             self.names.reserve_exact(more);
             self.at.reserve_exact(more);
             self.what.reserve_exact(more);
             self.due.reserve_exact(more);
         }
         for (position, r) in readings.positions() {
-            let column = match self.columns.get(position) {
-                Some(&c) if c != NO_COLUMN => Some(c as usize),
-                _ => self.learn(position),
-            };
+            // A signal not noted before is found by name, once.
+            let names = &self.names;
+            let column = self
+                .positions
+                .get_or_find(position, |name| names.iter().position(|k| k == name));
             match column {
                 Some(c) => self.update(c, at, r),
                 None => self.add(position, at, r),
             }
-        }
-    }
-
-    /// The column of the signal at `position` in the table, found by name
-    /// and remembered; `None` for a signal not noted before.
-    fn learn(&mut self, position: usize) -> Option<usize> {
-        let name = self.table.get(position)?;
-        let column = self.names.iter().position(|k| k == name)?;
-        self.remember(position, column);
-        Some(column)
-    }
-
-    fn remember(&mut self, position: usize, column: usize) {
-        if let (Some(slot), Ok(c)) = (self.columns.get_mut(position), u32::try_from(column)) {
-            *slot = c;
         }
     }
 
@@ -1311,14 +1281,14 @@ impl NotedSignals {
 
     /// A new column for the signal at `position`; its first reading is due.
     fn add(&mut self, position: usize, at: DateTime<Utc>, r: &crate::source::Reading) {
-        let Some(name) = self.table.get(position) else {
+        let Some(name) = self.positions.table().get(position) else {
             return;
         };
         self.names.push(name.clone());
         self.at.push(at);
         self.what.push(r.clone());
         self.due.push(Due::new());
-        self.remember(position, self.names.len() - 1);
+        self.positions.set(position, self.names.len() - 1);
     }
 }
 

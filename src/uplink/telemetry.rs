@@ -13,7 +13,8 @@ use tokio::time::Instant;
 
 use crate::config::MachineConfig;
 use crate::machine::{Telemetry, TelemetryValues};
-use crate::source::{SignalNames, Value};
+use crate::source::positions::SignalPositions;
+use crate::source::Value;
 
 /// Per machine and signal: what was last sent, and when the last heartbeat went.
 ///
@@ -38,35 +39,10 @@ struct MachineLast {
     /// machine, a map's nodes took twice the room).
     signals: Vec<(Arc<str>, SignalLast)>,
     /// The names table of the last telemetry, and for each of its
-    /// positions the signal's index in `signals` (`NO_SIGNAL` until seen).
-    table: SignalNames,
-    at: Vec<u32>,
+    /// positions the signal's index in `signals`.
+    positions: SignalPositions,
     /// When the last full report went out.
     heartbeat_at: Instant,
-}
-
-const NO_SIGNAL: u32 = u32::MAX;
-
-impl MachineLast {
-    /// The index in `signals` of the signal at `position` of the current
-    /// table, found by name the first time and remembered.
-    fn index(&mut self, position: usize) -> Option<usize> {
-        match self.at.get(position) {
-            Some(&i) if i != NO_SIGNAL => Some(i as usize),
-            _ => {
-                let name = self.table.get(position)?;
-                let i = self.signals.iter().position(|(n, _)| n == name)?;
-                self.remember(position, i);
-                Some(i)
-            }
-        }
-    }
-
-    fn remember(&mut self, position: usize, index: usize) {
-        if let (Some(slot), Ok(i)) = (self.at.get_mut(position), u32::try_from(index)) {
-            *slot = i;
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -112,8 +88,7 @@ impl TelemetryFilter {
                 t.machine.clone(),
                 MachineLast {
                     signals: Vec::with_capacity(t.values.len()),
-                    table: SignalNames::default(),
-                    at: Vec::new(),
+                    positions: SignalPositions::default(),
                     // A new machine's first report is a full one.
                     heartbeat_at: now,
                 },
@@ -121,16 +96,17 @@ impl TelemetryFilter {
         }
         let last = self.machines.get_mut(&t.machine)?;
         let table = t.values.names();
-        if !Arc::ptr_eq(&last.table, table) {
-            // Another table (an MQTT message, or the first poll): learn it.
-            last.table = table.clone();
-            last.at.clear();
-            last.at.resize(table.len(), NO_SIGNAL);
-        }
+        // Another table (an MQTT message, or the first poll) is learnt
+        // signal by signal.
+        last.positions.follow(table);
         let heartbeat_due = now.saturating_duration_since(last.heartbeat_at) >= self.heartbeat;
         let mut values = TelemetryValues::of(table.clone(), 0);
         for (position, v) in t.values.positions() {
-            match last.index(position) {
+            let signals = &last.signals;
+            let known = last
+                .positions
+                .get_or_find(position, |name| signals.iter().position(|(n, _)| n == name));
+            match known {
                 Some(i) => {
                     let Some((_, s)) = last.signals.get_mut(i) else {
                         continue;
@@ -165,7 +141,7 @@ impl TelemetryFilter {
                             deadband,
                         },
                     ));
-                    last.remember(position, last.signals.len() - 1);
+                    last.positions.set(position, last.signals.len() - 1);
                 }
             }
         }
@@ -235,6 +211,7 @@ pub fn changed(prev: &Value, new: &Value, deadband: f64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::SignalNames;
     use chrono::Utc;
 
     fn machines() -> Vec<MachineConfig> {
