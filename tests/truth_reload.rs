@@ -212,12 +212,17 @@ fn births(seen: &[Seen]) -> Vec<&Seen> {
         .collect()
 }
 
+/// A machine's state messages in `seq` order: a live message may overtake
+/// a historical one stored before the first connect (docs/mqtt.md, "Order").
 fn states<'a>(seen: &'a [Seen], machine: &str) -> Vec<&'a Value> {
     let topic = format!("{PREFIX}/m/{machine}/state");
-    seen.iter()
+    let mut states: Vec<&Value> = seen
+        .iter()
         .filter(|m| m.topic == topic && !m.retain)
         .map(|m| &m.json)
-        .collect()
+        .collect();
+    states.sort_by_key(|s| s["seq"].as_u64().unwrap_or(u64::MAX));
+    states
 }
 
 /// The machine's state messages after its first good read hold no

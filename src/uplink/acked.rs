@@ -31,6 +31,13 @@ use super::outbox::OutboxCounts;
 /// group's commit takes them.
 pub const ACK_LINGER: Duration = Duration::from_millis(400);
 
+/// Most seqs waiting (2 MB). Only a store that cannot delete for a long
+/// time (a full disk) while the connection drains the outbox gets there;
+/// beyond it the oldest are forgotten: their rows stay and are sent again
+/// after the next connection (duplicates, never a loss), and they are
+/// counted in [`AckedRows::forgotten`].
+pub const MAX_WAITING: usize = 1 << 18;
+
 /// Acknowledged seqs not yet deleted, and the outbox counts after the last
 /// deletion the recorder made (for the uplink's figures).
 #[derive(Debug, Default)]
@@ -44,6 +51,17 @@ pub struct AckedRows {
 struct Inner {
     seqs: Vec<u64>,
     counts: Option<OutboxCounts>,
+    forgotten: u64,
+}
+
+impl Inner {
+    fn bound(&mut self) {
+        if self.seqs.len() > MAX_WAITING {
+            let excess = self.seqs.len() - MAX_WAITING;
+            self.seqs.drain(..excess);
+            self.forgotten += excess as u64;
+        }
+    }
 }
 
 impl AckedRows {
@@ -51,6 +69,7 @@ impl AckedRows {
     pub fn push(&self, seq: u64) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.seqs.push(seq);
+            inner.bound();
         }
     }
 
@@ -69,7 +88,10 @@ impl AckedRows {
             return;
         }
         if let Ok(mut inner) = self.inner.lock() {
-            inner.seqs.extend(seqs);
+            // Older than any pushed since: they go first, and first when bounded.
+            let newer = std::mem::replace(&mut inner.seqs, seqs);
+            inner.seqs.extend(newer);
+            inner.bound();
         }
         self.returned.notify_one();
     }
@@ -87,6 +109,11 @@ impl AckedRows {
             .lock()
             .ok()
             .and_then(|mut inner| inner.counts.take())
+    }
+
+    /// Seqs forgotten past [`MAX_WAITING`] (their rows are sent again).
+    pub fn forgotten(&self) -> u64 {
+        self.inner.lock().map(|inner| inner.forgotten).unwrap_or(0)
     }
 
     /// Resolves once seqs were given back (at once if some were since the last wait).
@@ -113,6 +140,27 @@ mod tests {
         let mut again = acked.take();
         again.sort_unstable();
         assert_eq!(again, [3, 4, 5]);
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_seqs_are_forgotten_and_counted() {
+        let acked = AckedRows::default();
+        let n = MAX_WAITING as u64 + 3;
+        for seq in 1..=n {
+            acked.push(seq);
+        }
+        assert_eq!(acked.forgotten(), 3);
+        let taken = acked.take();
+        assert_eq!(taken.len(), MAX_WAITING);
+        assert_eq!(taken.first(), Some(&4), "the oldest went");
+        assert_eq!(taken.last(), Some(&n));
+        // Given back behind newer ones: the given-back (older) go first.
+        acked.push(n + 1);
+        acked.give_back(taken);
+        assert_eq!(acked.forgotten(), 4);
+        let again = acked.take();
+        assert_eq!(again.len(), MAX_WAITING);
+        assert_eq!(again.last(), Some(&(n + 1)), "the newest stays");
     }
 
     #[test]

@@ -456,6 +456,8 @@ async fn delete_acked(
 ) {
     let mut open = true;
     let mut failing = false;
+    let mut forgotten_logged = acked.forgotten();
+    let mut forgetting_said = false;
     while open {
         // Wait for a PUBACK, or for seqs a failed commit gave back.
         tokio::select! {
@@ -477,6 +479,20 @@ async fn delete_acked(
         }
         if let Some(k) = acked.take_counts() {
             stats.set_counts(k);
+        }
+        let forgotten = acked.forgotten();
+        if forgotten > forgotten_logged {
+            // Said once per uplink run; the count grows in the debug log.
+            if !forgetting_said {
+                tracing::warn!(
+                    forgotten,
+                    "acknowledged outbox rows waited too long for their deletion (the store cannot delete); the oldest are kept and will be sent again (duplicates, same seq)"
+                );
+                forgetting_said = true;
+            } else {
+                tracing::debug!(forgotten, "acknowledged outbox rows forgotten");
+            }
+            forgotten_logged = forgotten;
         }
         let seqs = acked.take();
         if seqs.is_empty() {
