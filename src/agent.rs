@@ -1381,7 +1381,7 @@ impl SignalRow {
                 .as_ref()
                 .and_then(|v| serde_json::to_string(v).ok()),
             self.error.clone(),
-            crate::rfc3339::utc(self.at, chrono::SecondsFormat::Millis),
+            self.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         )
     }
 }
@@ -1512,7 +1512,7 @@ async fn flush_last_values(store: &Store, rows: Vec<SignalRow>) {
                         .value
                         .as_ref()
                         .and_then(|v| serde_json::to_string(v).ok());
-                    let at = crate::rfc3339::utc(row.at, chrono::SecondsFormat::Millis);
+                    let at = row.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                     stmt.execute(rusqlite::params![
                         &*row.machine,
                         &*row.signal,

@@ -18,7 +18,6 @@
 //! - [`orders`]: levelled work orders: intake, sequencing, safe dispatch.
 //! - [`sparkplug`]: the gateway as a Sparkplug B edge node (its own connection).
 //! - [`reload`]: what a SIGHUP reload changes (running config vs new one, pure).
-//! - [`rfc3339`]: the RFC 3339 UTC text of instants as stored and sent (pure).
 //! - [`sim`]: simulated machines served over real Modbus TCP (demo, tests).
 //! - [`console`]: the local web console, `/metrics`, `/healthz` (read-only).
 //! - [`systemd`]: readiness, watchdog and journal logging under systemd.
@@ -32,7 +31,6 @@ pub mod machine;
 pub mod memory;
 pub mod orders;
 pub mod reload;
-pub mod rfc3339;
 pub mod sim;
 pub mod source;
 pub mod sparkplug;

@@ -103,7 +103,7 @@ const DELETE_OLD_PERIODS: &str = "DELETE FROM period WHERE end_at < ?1";
 
 /// An instant as stored.
 pub fn ts(t: DateTime<Utc>) -> String {
-    crate::rfc3339::utc(t, SecondsFormat::Millis)
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn kind_key(kind: &PeriodKind) -> String {

@@ -256,7 +256,7 @@ pub struct IntakeOutcome {
 }
 
 pub fn ts(t: DateTime<Utc>) -> String {
-    crate::rfc3339::utc(t, SecondsFormat::Millis)
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {

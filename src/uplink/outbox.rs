@@ -466,7 +466,7 @@ pub fn counts(conn: &Connection) -> Result<OutboxCounts, StoreError> {
 
 /// The contract's `ts` format: RFC 3339 UTC with milliseconds.
 pub fn format_ts(ts: DateTime<Utc>) -> String {
-    crate::rfc3339::utc(ts, SecondsFormat::Millis)
+    ts.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn clamp_i64(v: u64) -> i64 {
