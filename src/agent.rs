@@ -1054,8 +1054,7 @@ const BUS_COUNTERS_EVERY: Duration = Duration::from_secs(5);
 /// stopped. A store that cannot take them is said once per outage; the
 /// copying goes on.
 async fn copy_bus_counters(store: Store, counters: BusCounters, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(BUS_COUNTERS_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::cadence::interval(BUS_COUNTERS_EVERY);
     let mut failing = false;
     loop {
         let last = tokio::select! {
@@ -1175,8 +1174,7 @@ async fn tap(
     sparkplug: crate::sparkplug::SparkplugTap,
 ) {
     let mut pending = LastValues::default();
-    let mut flush = tokio::time::interval(Duration::from_secs(5));
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = crate::cadence::interval(Duration::from_secs(5));
     let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
@@ -1717,10 +1715,7 @@ const SHUTDOWN_HOLD: Duration = Duration::from_secs(5);
 /// Events taken from the engine, not yet committed, in order.
 #[derive(Default)]
 struct Held {
-    work: std::collections::VecDeque<(
-        Option<MachineEvent>,
-        Option<crate::uplink::outbox::Outgoing>,
-    )>,
+    work: std::collections::VecDeque<(Option<Kept>, Option<crate::uplink::outbox::Outgoing>)>,
     /// Logged the overflow of this run of failures.
     overflow_logged: bool,
 }
@@ -1734,7 +1729,7 @@ impl Held {
     fn durable(&self) -> u64 {
         self.work
             .iter()
-            .filter(|(e, _)| matches!(e, Some(MachineEvent::State(_) | MachineEvent::Period(_))))
+            .filter(|(e, _)| e.as_ref().is_some_and(Kept::is_change))
             .count() as u64
     }
 
@@ -1742,18 +1737,17 @@ impl Held {
     /// (every reading's way to the broker waits for its commit), a state
     /// change or a period. Marks and snapshots alone can wait.
     fn is_urgent(&self) -> bool {
-        self.work.iter().any(|(e, o)| {
-            o.is_some() || matches!(e, Some(MachineEvent::State(_) | MachineEvent::Period(_)))
-        })
+        self.work
+            .iter()
+            .any(|(e, o)| o.is_some() || e.as_ref().is_some_and(Kept::is_change))
     }
 
     /// The last event held is a state change or period still waiting for
     /// the snapshot the engine sends right after it.
     fn ends_with_change(&self) -> bool {
-        matches!(
-            self.work.back(),
-            Some((Some(MachineEvent::State(_) | MachineEvent::Period(_)), _))
-        )
+        self.work
+            .back()
+            .is_some_and(|(e, _)| e.as_ref().is_some_and(Kept::is_change))
     }
 
     /// How many held events the next commit takes: at most `most`, but never
@@ -1761,10 +1755,10 @@ impl Held {
     fn commit_len(&self, most: usize) -> usize {
         let mut n = self.work.len().min(most);
         while n < self.work.len()
-            && matches!(
-                self.work.get(n - 1),
-                Some((Some(MachineEvent::State(_) | MachineEvent::Period(_)), _))
-            )
+            && self
+                .work
+                .get(n - 1)
+                .is_some_and(|(e, _)| e.as_ref().is_some_and(Kept::is_change))
         {
             n += 1;
         }
@@ -1829,7 +1823,7 @@ impl Held {
         if self.work.is_empty() {
             self.overflow_logged = false;
         }
-        self.work.push_back((Some(event), outgoing));
+        self.work.push_back((Some(Kept::of(event)), outgoing));
     }
 
     /// Drop the telemetry waiting (counted), keeping events in order.
@@ -1840,10 +1834,39 @@ impl Held {
     }
 }
 
-type EventWork = Vec<(
-    Option<MachineEvent>,
-    Option<crate::uplink::outbox::Outgoing>,
-)>;
+/// A held event as its commit stores it.
+#[derive(Clone)]
+enum Kept {
+    Event(MachineEvent),
+    /// A snapshot, encoded when taken: the engine's tick sends every
+    /// machine's in the wake-up that sends the line's requests, so the
+    /// encoding is done while their replies are on their way, and the
+    /// commit carrying those readings only binds it.
+    Snapshot(crate::machine::history::SnapshotRow),
+}
+
+impl Kept {
+    fn of(event: MachineEvent) -> Self {
+        match event {
+            MachineEvent::Snapshot(snap) => match crate::machine::history::SnapshotRow::of(&snap) {
+                Ok(row) => Kept::Snapshot(row),
+                // Kept as it is: the commit tries again and says why it fails.
+                Err(_) => Kept::Event(MachineEvent::Snapshot(snap)),
+            },
+            e => Kept::Event(e),
+        }
+    }
+
+    /// A state change or a period (which its snapshot must follow into the store).
+    fn is_change(&self) -> bool {
+        matches!(
+            self,
+            Kept::Event(MachineEvent::State(_) | MachineEvent::Period(_))
+        )
+    }
+}
+
+type EventWork = Vec<(Option<Kept>, Option<crate::uplink::outbox::Outgoing>)>;
 
 /// Commit `work`; the outbox rows it enqueued, for `uplink::fresh`, or
 /// `None` when one of them is not to be handed over (the uplink then reads
@@ -1892,11 +1915,15 @@ fn commit_events_and_deletions(
         // A period closed again from an older snapshot after a crash is
         // already stored (and sent): record() says so, and it is not sent twice.
         let new = match event {
-            Some(MachineEvent::Observed { machine, to }) => {
+            Some(Kept::Event(MachineEvent::Observed { machine, to })) => {
                 marks.push((machine.as_str(), *to));
                 false
             }
-            Some(e) => crate::machine::history::record(&tx, e)?,
+            Some(Kept::Event(e)) => crate::machine::history::record(&tx, e)?,
+            Some(Kept::Snapshot(row)) => {
+                crate::machine::history::save_snapshot_row(&tx, row)?;
+                false
+            }
             None => true,
         };
         if let (true, Some(out)) = (new, outgoing) {
@@ -1992,10 +2019,10 @@ mod tests {
 
         // The next commit (a mark alone) deletes them with its own work.
         let mark: EventWork = vec![(
-            Some(MachineEvent::Observed {
+            Some(Kept::Event(MachineEvent::Observed {
                 machine: "m0".into(),
                 to: Utc::now(),
-            }),
+            })),
             None,
         )];
         commit_events(&mut conn, &mark, none, &acked).unwrap();
@@ -2110,7 +2137,7 @@ mod tests {
             .iter()
             .take(3)
             .map(|(e, _)| match e {
-                Some(MachineEvent::State(c)) => c.since.timestamp(),
+                Some(Kept::Event(MachineEvent::State(c))) => c.since.timestamp(),
                 _ => -1,
             })
             .collect();

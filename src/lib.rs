@@ -22,8 +22,10 @@
 //! - [`console`]: the local web console, `/metrics`, `/healthz` (read-only).
 //! - [`systemd`]: readiness, watchdog and journal logging under systemd.
 //! - [`cli`]: the `linegate` command line.
+//! - [`cadence`]: the wall-clock grid the agent's periodic work falls on.
 
 pub mod agent;
+pub mod cadence;
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -109,11 +109,10 @@ impl Heartbeat {
     /// A timer for the loop's `select!`: a loop that waits on traffic (a
     /// quiet broker, silent machines) adds a branch on it and beats when it
     /// fires, so it beats while idle but never while stuck in a branch body.
-    /// Missed ticks are delayed, not bunched.
+    /// It ticks on the line's cadence ([`crate::cadence`]), in the same
+    /// wake-ups as the polls; missed ticks are skipped, not bunched.
     pub fn ticker(&self) -> tokio::time::Interval {
-        let mut t = tokio::time::interval(self.liveness.beat_every);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
+        crate::cadence::interval(self.liveness.beat_every)
     }
 
     /// How often the loop must beat while it waits: for a loop that already

@@ -14,7 +14,7 @@
 //!   the agent itself counted as dropped (`outbox_state.dropped`);
 //! - duplicates only within the in-flight window of a connection that died
 //!   (at most `max_inflight` per connection the agent made; a SIGKILL's
-//!   resending of the PUBACKs of its last 0.4 s, whose deletion was waiting
+//!   resending of the PUBACKs of its last 1.5 s, whose deletion was waiting
 //!   for the next commit, is far less than a window at the soak's rate);
 //! - no `seq` on status messages, and a `session` that grows per connection;
 //! - the retained state of every machine equal to its latest state message;

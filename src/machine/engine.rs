@@ -643,8 +643,9 @@ async fn run_engine_loop(
     let mut dropped = 0u64;
     deliver(&events, &mut out, &mut dropped).await;
 
-    let mut ticker = tokio::time::interval(Duration::from_millis(TICK_MS));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // On the line's cadence: the tick's marks and snapshots come in the
+    // wake-up of the polls and ride their commit.
+    let mut ticker = crate::cadence::interval(Duration::from_millis(TICK_MS));
     let mut samples_open = true;
     let mut commands_open = true;
     let mut unknown_warned: std::collections::HashSet<String> = Default::default();

@@ -218,6 +218,38 @@ fn save_snapshot_in(
     Ok(())
 }
 
+/// A snapshot encoded as its row, ready to bind: encoded where the
+/// snapshot is taken from the engine, so the commit that stores it (often
+/// the one carrying a poll's messages) does not spend its time on JSON.
+#[derive(Debug, Clone)]
+pub struct SnapshotRow {
+    machine: String,
+    json: String,
+    saved_at: String,
+}
+
+impl SnapshotRow {
+    pub fn of(snapshot: &AccountSnapshot) -> Result<Self, StoreError> {
+        Ok(SnapshotRow {
+            machine: snapshot.machine.clone(),
+            json: serde_json::to_string(snapshot).map_err(json_err)?,
+            saved_at: ts(snapshot.saved_at),
+        })
+    }
+
+    pub fn machine(&self) -> &str {
+        &self.machine
+    }
+}
+
+/// Save an encoded snapshot (replaces the machine's previous one), as
+/// [`save_snapshot`] does.
+pub fn save_snapshot_row(conn: &Connection, row: &SnapshotRow) -> Result<(), StoreError> {
+    conn.prepare_cached(UPSERT_SNAPSHOT)?
+        .execute(params![row.machine, row.json, row.saved_at])?;
+    Ok(())
+}
+
 /// Save several snapshots in one transaction.
 pub fn save_snapshots(
     conn: &mut Connection,
@@ -576,6 +608,36 @@ mod tests {
             loaded.1[0].1.observed_to,
             Some(t("2026-03-02T10:02:45.500Z"))
         );
+    }
+
+    #[test]
+    fn a_snapshot_encoded_ahead_is_stored_as_the_snapshot_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acc, _) = run("press07", 3);
+        let snap = acc.snapshot(t("2026-03-02T10:03:00.250Z"));
+        let conn =
+            crate::store::open_connection(&Store::open(dir.path()).unwrap().path().to_path_buf())
+                .unwrap();
+        save_snapshot(&conn, &snap).unwrap();
+        let direct: (String, String) = conn
+            .query_row("SELECT json, saved_at FROM machine_snapshot", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        conn.execute("DELETE FROM machine_snapshot", []).unwrap();
+        let row = SnapshotRow::of(&snap).unwrap();
+        assert_eq!(row.machine(), "press07");
+        save_snapshot_row(&conn, &row).unwrap();
+        let ahead: (String, String) = conn
+            .query_row("SELECT json, saved_at FROM machine_snapshot", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(ahead, direct);
+        assert_eq!(ahead.1, "2026-03-02T10:03:00.250Z");
+        let loaded = load_snapshots(&conn).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].1.committed_to, snap.committed_to);
     }
 
     #[test]

@@ -26,10 +26,11 @@ use tokio::sync::Notify;
 use super::outbox::OutboxCounts;
 
 /// How long PUBACKed seqs wait for a recorder commit to delete them before
-/// the deleter does. Longer than the gap between a line's read groups
-/// (a quarter of a second at 1 Hz polling), so that under load the next
-/// group's commit takes them.
-pub const ACK_LINGER: Duration = Duration::from_millis(400);
+/// the deleter does. Longer than the gap between two of the line's polls
+/// (a second at 1 Hz, every machine read in the same instant: see
+/// `source::modbus::bus::first_poll_at`), so that the next poll's commit
+/// takes them. (0.4 s while the line was read in four groups a second.)
+pub const ACK_LINGER: Duration = Duration::from_millis(1500);
 
 /// Most seqs waiting (2 MB). Only a store that cannot delete for a long
 /// time (a full disk) while the connection drains the outbox gets there;

@@ -222,8 +222,7 @@ pub fn describe(url: Option<&str>, copy: Option<&UplinkState>, now: DateTime<Utc
 /// take one is said once per outage, the copying goes on.
 pub async fn copy_to_store(store: Store, stats: Arc<UplinkStats>, stop: CancellationToken) {
     let since = Utc::now();
-    let mut tick = tokio::time::interval(COPY_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::cadence::interval(COPY_EVERY);
     let mut failing = false;
     loop {
         let last = tokio::select! {

@@ -209,34 +209,26 @@ pub fn retry_delay(
     Duration::from_millis(base.saturating_add(extra).min(max_ms))
 }
 
-/// When a machine polled on `poll` and due at `due` is next due, given that
-/// its poll ended at `now`. A machine that fell behind starts afresh from
-/// `now` instead of catching up with a burst.
-/// In how many groups a line's machines are read each period (see
-/// [`first_poll_offset`]).
-pub const POLL_GROUPS: u64 = 4;
-
-/// How long after the bus task starts a machine is first polled: one of
-/// [`POLL_GROUPS`] points spread over the first second (or over its
-/// period, if that is shorter), taken from its id. A line's machines, each
-/// on its own bus, then answer in a few small groups instead of one burst.
-/// In one burst every reading waits for all the others on its way through
-/// the engine, the store and the uplink; read one by one, every poll wakes
-/// the agent alone and runs cold. Four groups measured best on both counts
-/// (BENCHMARKS.md, "Uplink cost"). The same id always gets the same point,
-/// so a restart keeps the line's rhythm.
-pub fn first_poll_offset(machine: &str, poll: Duration) -> Duration {
-    // FNV-1a: stable across builds and platforms (std's hasher is not).
-    let hash = machine.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    let span = poll.min(Duration::from_secs(1));
-    let span_us = u64::try_from(span.as_micros()).unwrap_or(u64::MAX);
-    Duration::from_micros((hash % POLL_GROUPS) * (span_us / POLL_GROUPS))
+/// When a machine is first polled: the next whole second (the line's
+/// cadence, [`crate::cadence`]), whatever its period (a long one does not
+/// keep a new machine unread for that long); later polls fall on its
+/// period's grid ([`next_due`]). Every machine of the line with the same
+/// period (or one that divides it) is then read in the same instant: one
+/// burst a second at 1 Hz, one wake-up of the agent and one commit for all
+/// of them. Spread over the second (four groups until round 8), every group
+/// paid its own wake-ups, commit and fsync: twice the CPU for about 0.5 ms
+/// of latency (BENCHMARKS.md, "Uplink cost").
+pub fn first_poll_at() -> Instant {
+    crate::cadence::next_at(Duration::from_secs(1))
 }
 
+/// When a machine polled on `poll` and due at `due` is next due, given that
+/// its poll ended at `now`: the next point of its period's grid after
+/// `due`. A machine that fell behind (a slow bus, a retry) is polled at
+/// once instead of catching up with a burst, and is back on the grid
+/// after that poll.
 pub fn next_due(due: Instant, poll: Duration, now: Instant) -> Instant {
-    let next = due + poll;
+    let next = crate::cadence::next_after(due, poll);
     if next < now {
         now
     } else {
@@ -292,7 +284,6 @@ pub async fn run_bus(
         heartbeat.retire();
         return;
     }
-    let start = Instant::now();
     let mut schedule: Vec<Scheduled> = machines
         .into_iter()
         .map(Into::into)
@@ -301,7 +292,7 @@ pub async fn run_bus(
             let plan = PollPlan::new(&m, plan_reads(&m, &bus));
             Scheduled {
                 poll: Duration::from_millis(m.poll_ms.max(1)),
-                due: start + first_poll_offset(&m.id, Duration::from_millis(m.poll_ms.max(1))),
+                due: first_poll_at(),
                 failures: 0,
                 failing_since: None,
                 exceptions: vec![None; plan.requests().len()],
@@ -325,7 +316,7 @@ pub async fn run_bus(
     // listener.)
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
-    let timer = tokio::time::sleep_until(start);
+    let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
 
     loop {
@@ -335,7 +326,9 @@ pub async fn run_bus(
             .enumerate()
             .min_by_key(|(_, m)| m.due)
             .map(|(i, m)| (i, m.due));
-        let beat_at = Instant::now() + heartbeat.beat_every();
+        // On the cadence too, so a bus whose machines are due later beats
+        // in the same wake-up as the other loops.
+        let beat_at = crate::cadence::next_at(heartbeat.beat_every());
         let wake = next.map_or(beat_at, |(_, due)| due.min(beat_at));
         if timer.deadline() != wake || timer.is_elapsed() {
             timer.as_mut().reset(wake);
@@ -505,29 +498,40 @@ async fn write_all(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_line_is_first_polled_in_four_groups_over_the_first_second_the_same_way_each_start() {
+    #[tokio::test]
+    async fn a_line_is_polled_on_whole_seconds_and_back_on_its_grid_after_falling_behind() {
         let second = Duration::from_secs(1);
-        let offsets: Vec<Duration> = (0..50)
-            .map(|i| first_poll_offset(&format!("m{i}"), second))
-            .collect();
-        let mut groups = std::collections::BTreeMap::new();
-        for o in &offsets {
-            *groups.entry(*o).or_insert(0) += 1;
-        }
-        // Four points, a quarter of a second apart, each with a fair share.
-        let points: Vec<u128> = groups.keys().map(|o| o.as_millis()).collect();
-        assert_eq!(points, [0, 250, 500, 750], "{groups:?}");
-        assert!(groups.values().all(|n| *n >= 6 && *n <= 20), "{groups:?}");
-        // Stable: the same id, the same point.
-        assert_eq!(first_poll_offset("m7", second), offsets[7]);
-        // Within a shorter period; long periods still start within a second.
-        for poll_ms in [1, 20, 250] {
-            let poll = Duration::from_millis(poll_ms);
-            assert!(first_poll_offset("press07", poll) < poll);
-        }
-        assert!(first_poll_offset("press07", Duration::from_secs(600)) < second);
-        assert_eq!(first_poll_offset("press07", Duration::ZERO), Duration::ZERO);
+        let on_grid = |t: Instant, p: Duration| {
+            crate::cadence::next_after(t - Duration::from_nanos(1), p) == t
+        };
+        // Every period starts on the next whole second: the same instant
+        // for every machine, and soon even for a long period.
+        let now = Instant::now();
+        let first = first_poll_at();
+        assert!(first > now - Duration::from_millis(1) && first <= now + second);
+        assert!(on_grid(first, second));
+        // On time: one period later.
+        assert_eq!(
+            next_due(first, second, first + Duration::from_millis(30)),
+            first + second
+        );
+        let half = Duration::from_millis(500);
+        assert_eq!(
+            next_due(first, half, first + Duration::from_millis(30)),
+            first + half
+        );
+        // Behind (the poll ended after its next point): at once, no burst.
+        let late = first + Duration::from_millis(1_700);
+        assert_eq!(next_due(first, second, late), late);
+        // Off the grid (a retry, or that poll at once): back on it.
+        let off = first + Duration::from_millis(2_300);
+        assert_eq!(
+            next_due(off, second, off + Duration::from_millis(5)),
+            first + 3 * second
+        );
+        let ten = Duration::from_secs(10);
+        let next = next_due(off, ten, off + Duration::from_millis(5));
+        assert!(on_grid(next, ten) && next > off && next <= off + ten);
     }
 
     fn wait_ms(silent_s: u64, jitter: f64) -> u128 {
@@ -581,18 +585,6 @@ mod tests {
             retry_delay(Duration::ZERO, 2000, 1000, 0, 1.0).as_millis(),
             2000
         );
-    }
-
-    #[test]
-    fn a_machine_on_time_keeps_its_rhythm_and_one_behind_starts_afresh() {
-        let t0 = Instant::now();
-        let poll = Duration::from_millis(100);
-        assert_eq!(
-            next_due(t0, poll, t0 + Duration::from_millis(20)),
-            t0 + poll
-        );
-        let late = t0 + Duration::from_millis(350);
-        assert_eq!(next_due(t0, poll, late), late);
     }
 
     #[test]
