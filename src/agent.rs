@@ -1049,12 +1049,17 @@ impl BusCounters {
 /// 6 % of the agent's instructions (BENCHMARKS.md, "Uplink cost", round 6).
 const BUS_COUNTERS_EVERY: Duration = Duration::from_secs(5);
 
+/// How long after the polls' instant (the cadence's points) the copies for
+/// `linegate status` are written.
+const STATUS_COPY_OFFSET: Duration = Duration::from_millis(500);
+
 /// Copies every running bus's counters into the store (`bus_stats`) every
 /// [`BUS_COUNTERS_EVERY`], all buses in one transaction, and once more when
 /// stopped. A store that cannot take them is said once per outage; the
 /// copying goes on.
 async fn copy_bus_counters(store: Store, counters: BusCounters, stop: CancellationToken) {
-    let mut tick = crate::cadence::interval(BUS_COUNTERS_EVERY);
+    // Half a second off the polls, as the other copies for `linegate status`.
+    let mut tick = crate::cadence::interval_offset(BUS_COUNTERS_EVERY, STATUS_COPY_OFFSET);
     let mut failing = false;
     loop {
         let last = tokio::select! {
@@ -1174,7 +1179,9 @@ async fn tap(
     sparkplug: crate::sparkplug::SparkplugTap,
 ) {
     let mut pending = LastValues::default();
-    let mut flush = crate::cadence::interval(Duration::from_secs(5));
+    // Half a second off the polls: a flush of every changed value holds the
+    // store thread for a while, and a poll's readings would wait behind it.
+    let mut flush = crate::cadence::interval_offset(Duration::from_secs(5), STATUS_COPY_OFFSET);
     let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {

@@ -80,6 +80,21 @@ pub fn interval(period: Duration) -> Interval {
     t
 }
 
+/// A timer ticking `offset` after each point of `period`'s grid: for
+/// periodic work that should share the cadence's rhythm but not the
+/// instant of the polls (the copies for `linegate status` would otherwise
+/// hold the store thread while a poll's readings wait for their commit).
+pub fn interval_offset(period: Duration, offset: Duration) -> Interval {
+    let period = period.max(Duration::from_millis(1));
+    let now = Instant::now();
+    let first = now
+        .checked_sub(offset)
+        .map_or(now + period, |back| next_after(back, period) + offset);
+    let mut t = tokio::time::interval_at(first, period);
+    t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,8 +119,8 @@ mod tests {
         assert_eq!(next_multiple_ms(10, 3), 12);
         // A zero period counts as 1 ms; no overflow at the ends.
         assert_eq!(next_multiple_ms(10, 0), 11);
-        assert!(next_multiple_ms(i64::MAX, 1000) <= i64::MAX);
-        assert!(next_multiple_ms(i64::MIN, 1000) > i64::MIN);
+        assert_eq!(next_multiple_ms(i64::MAX, 1000), i64::MAX);
+        assert_eq!(next_multiple_ms(i64::MIN, 1000), -9_223_372_036_854_775_000);
     }
 
     #[tokio::test]
@@ -130,6 +145,20 @@ mod tests {
         // Long before the anchor too.
         let early = a - Duration::from_millis(10_500);
         assert_eq!(next_after(early, second), a - Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn an_offset_interval_ticks_that_long_after_each_point() {
+        let period = Duration::from_millis(40);
+        let offset = Duration::from_millis(15);
+        let mut t = interval_offset(period, offset);
+        let first = t.tick().await;
+        let point = first - offset;
+        assert_eq!(next_after(point - Duration::from_nanos(1), period), point);
+        assert!(
+            first <= Instant::now() && first + period > Instant::now() - Duration::from_millis(5)
+        );
+        assert_eq!(t.tick().await - first, period);
     }
 
     #[tokio::test]

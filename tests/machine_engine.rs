@@ -443,3 +443,117 @@ async fn a_restart_resumes_the_open_period_from_the_final_snapshot() {
         assert!(p.seconds.running >= 5.0);
     }
 }
+
+/// Plays `secs` reads of a running machine, one a second, counting a part
+/// every `part_every` reads (0: none); returns the events and the engine's
+/// live snapshot at the end.
+async fn play_running(secs: u64, part_every: u64) -> (Vec<MachineEvent>, AccountSnapshot) {
+    // Hour-long periods: none closes in the run.
+    let text = CONFIG.replace("period_minutes = 1", "period_minutes = 60");
+    let config = Arc::new(Config::from_toml(&text, Path::new("line2.toml")).unwrap());
+    let (sample_tx, sample_rx) = mpsc::channel(64);
+    let (event_tx, mut event_rx) = mpsc::channel(4096);
+    let (view_tx, _views) = machine_views(&config, Utc::now());
+    let (handle, commands) = engine_channel();
+    let shutdown = CancellationToken::new();
+    let engine = tokio::spawn(run_engine(
+        config.clone(),
+        Vec::new(),
+        sample_rx,
+        event_tx,
+        view_tx,
+        commands,
+        Liveness::new().register("state engine"),
+        shutdown.clone(),
+    ));
+    let collector = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(e) = event_rx.recv().await {
+            all.push(e);
+        }
+        all
+    });
+    let origin = Instant::now();
+    let wall0 = Utc::now();
+    let mut parts: u16 = 100;
+    for second in 0..secs {
+        let now = Instant::now();
+        sample_tx
+            .send(Sample {
+                machine: "press07".into(),
+                at: wall0 + chrono::Duration::from_std(now - origin).unwrap(),
+                mono: now,
+                content: SampleContent::Signals(signals(Truth::Running, parts)),
+            })
+            .await
+            .unwrap();
+        if part_every > 0 && second % part_every == 0 {
+            parts = parts.wrapping_add(1);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let live = handle.snapshot().await.unwrap().remove(0).1;
+    shutdown.cancel();
+    engine.await.unwrap().unwrap();
+    drop(sample_tx);
+    let mut events = collector.await.unwrap();
+    // What the engine sends on its way out (shutdown's snapshot) is not
+    // the periodic ones this is about.
+    while matches!(events.last(), Some(MachineEvent::Snapshot(_))) {
+        events.pop();
+    }
+    (events, live)
+}
+
+#[tokio::test(start_paused = true)]
+async fn periodic_snapshots_are_not_stored_again_while_only_time_passes() {
+    // Running steadily for 150 s, nothing counted: after the first periodic
+    // snapshot only the refreshes every 60 s, and the marks.
+    let (events, live) = play_running(150, 0).await;
+    let snapshots: Vec<&AccountSnapshot> = events
+        .iter()
+        .filter_map(|e| match e {
+            MachineEvent::Snapshot(s) => Some(&**s),
+            _ => None,
+        })
+        .collect();
+    // At the start (with the change to running), then every 60 s at most.
+    assert!(
+        (2..=5).contains(&snapshots.len()),
+        "{} snapshots in 150 s (30 periodic ones without the rule)",
+        snapshots.len()
+    );
+    for pair in snapshots.windows(2).skip(1) {
+        let gap = pair[1].committed_to - pair[0].committed_to;
+        assert!(gap.num_seconds() >= 55, "refreshed after {gap}");
+    }
+    // The last one stored, projected to the last mark, is the live account:
+    // what a restart or `linegate status` computes from the store is true.
+    let last = snapshots.last().unwrap();
+    let mark = events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            MachineEvent::Observed { to, .. } => Some(*to),
+            _ => None,
+        })
+        .unwrap();
+    assert!(mark > last.committed_to);
+    assert!(
+        last.implies(&live),
+        "the live account is the stored one projected"
+    );
+    let at_mark = last.projected(mark).unwrap();
+    assert_eq!(
+        at_mark.interval.as_ref().unwrap().ms[0],
+        live.interval.as_ref().unwrap().ms[0] - (live.committed_to - mark).num_milliseconds()
+    );
+
+    // A part every 2 s: every periodic snapshot says something new.
+    let (events, _) = play_running(40, 2).await;
+    let n = events
+        .iter()
+        .filter(|e| matches!(e, MachineEvent::Snapshot(_)))
+        .count();
+    assert!(n >= 8, "{n} snapshots in 40 s with parts counted");
+}

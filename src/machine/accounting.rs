@@ -388,6 +388,52 @@ mod rfc3339 {
 }
 
 impl AccountSnapshot {
+    /// This snapshot as the account would have it at `to` had only time
+    /// passed: its reported state holding from `committed_to` to `to`, as a
+    /// restart attributes the time up to an "attributed up to" mark
+    /// ([`Account::resume`]). `None` when `to` is before `committed_to` or
+    /// at or past the end of an open period (a period would have closed).
+    pub fn projected(&self, to: DateTime<Utc>) -> Option<AccountSnapshot> {
+        let (from, to_ms) = (self.committed_to.timestamp_millis(), to.timestamp_millis());
+        if to_ms < from {
+            return None;
+        }
+        let mut p = self.clone();
+        for acc in [&mut p.interval, &mut p.shift].into_iter().flatten() {
+            if to_ms >= acc.end_ms {
+                return None;
+            }
+            acc.ms[idx(self.state)] += to_ms - from;
+        }
+        p.committed_to = to;
+        Some(p)
+    }
+
+    /// Whether `later` says nothing this snapshot and the marks up to
+    /// `later.committed_to` do not: it is this one [`projected`] there
+    /// (when it was saved aside). The engine does not store such a
+    /// snapshot again; a restart or `linegate status` projects the stored
+    /// one to the machine's mark instead. A part counted, a state, spell or
+    /// counter changed, a period rolled or a clock step: not implied.
+    ///
+    /// Left out: when each counter was last read (`last_at_ms`), which
+    /// moves with every read. After a restart from the stored snapshot the
+    /// counter plausibility rule judges the first step over up to
+    /// `engine::SNAPSHOT_REFRESH_MS` more time than it would have: that
+    /// step spans the agent's absence anyway (time not observed).
+    ///
+    /// [`projected`]: AccountSnapshot::projected
+    pub fn implies(&self, later: &AccountSnapshot) -> bool {
+        self.projected(later.committed_to).is_some_and(|mut p| {
+            p.saved_at = later.saved_at;
+            p.observed_to = later.observed_to;
+            if let (Some(mine), Some(theirs)) = (&mut p.counters, &later.counters) {
+                mine.take_read_times(theirs);
+            }
+            p == *later
+        })
+    }
+
     /// The open interval period so far (for `linegate status`).
     pub fn interval_so_far(&self) -> Option<ClosedPeriod> {
         self.interval.as_ref().map(|acc| {
@@ -1795,6 +1841,60 @@ mod tests {
         assert_eq!(p[0].seconds.down, 119.0);
         assert_eq!(p[0].seconds.offline, 121.0);
         assert_sums(&p);
+    }
+
+    #[test]
+    fn a_later_snapshot_where_only_time_passed_is_implied_and_a_restart_agrees() {
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, 2 * MIN, S, state(MachineState::Running));
+        let early = l.acc.snapshot(t("2026-03-02T10:02:00Z"));
+        l.hold(2 * MIN, 7 * MIN, S, state(MachineState::Running));
+        let later = l.acc.snapshot(t("2026-03-02T10:07:00Z"));
+        assert_ne!(early, later);
+        assert!(early.implies(&later), "only time passed, running");
+        assert!(!later.implies(&early), "time does not go back");
+        let p = early.projected(later.committed_to).unwrap();
+        assert_eq!(p.interval, later.interval);
+        // What a restart from the early snapshot and the later mark
+        // attributes before the agent's absence is what the later one holds.
+        let mut snap = early.clone();
+        snap.observed_to = Some(later.committed_to);
+        let mut out = Vec::new();
+        let resumed = Account::resume(settings(), &snap, later.committed_to, 0, &mut out);
+        let r = resumed.snapshot(later.committed_to);
+        assert_eq!(
+            r.interval.as_ref().map(|i| i.ms),
+            later.interval.as_ref().map(|i| i.ms)
+        );
+
+        // A part counted: not implied.
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, MIN, S, state(MachineState::Running));
+        let before = l.acc.snapshot(t("2026-03-02T10:01:00Z"));
+        let part = CountDelta {
+            produced: 1,
+            ..Default::default()
+        };
+        l.read_counts(MIN + S, state(MachineState::Running), part);
+        l.hold(MIN + 2 * S, 2 * MIN, S, state(MachineState::Running));
+        assert!(!before.implies(&l.acc.snapshot(t("2026-03-02T10:02:00Z"))));
+
+        // Another state (down after running): not implied.
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, MIN, S, state(MachineState::Running));
+        let before = l.acc.snapshot(t("2026-03-02T10:01:00Z"));
+        l.hold(MIN, 2 * MIN, S, state(MachineState::Down));
+        assert!(!before.implies(&l.acc.snapshot(t("2026-03-02T10:02:00Z"))));
+
+        // Across the end of the 15-minute interval: a period closed.
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, 14 * MIN, S, state(MachineState::Running));
+        let before = l.acc.snapshot(t("2026-03-02T10:14:00Z"));
+        l.hold(14 * MIN, 16 * MIN, S, state(MachineState::Running));
+        assert!(!before.implies(&l.acc.snapshot(t("2026-03-02T10:16:00Z"))));
+        assert!(before.projected(t("2026-03-02T10:15:00Z")).is_none());
+        assert!(before.projected(t("2026-03-02T10:14:59.999Z")).is_some());
+        assert!(before.projected(t("2026-03-02T10:13:00Z")).is_none());
     }
 
     #[test]

@@ -312,6 +312,22 @@ pub struct MachineCounters {
 }
 
 impl MachineCounters {
+    /// Take `other`'s read times (`last_at_ms`), counter by counter: what
+    /// [`AccountSnapshot::implies`](super::accounting::AccountSnapshot::implies)
+    /// leaves out of its comparison. A read that counted nothing moves only
+    /// its read time, and a snapshot is not stored again for that.
+    pub fn take_read_times(&mut self, other: &MachineCounters) {
+        self.produced.last_at_ms = other.produced.last_at_ms;
+        for (mine, theirs) in [
+            (&mut self.good, &other.good),
+            (&mut self.scrap, &other.scrap),
+        ] {
+            if let (Some(mine), Some(theirs)) = (mine, theirs) {
+                mine.last_at_ms = theirs.last_at_ms;
+            }
+        }
+    }
+
     pub fn new(machine: &str, cfg: Option<&CountersConfig>, signals: &[SignalConfig]) -> Self {
         let Some(cfg) = cfg else {
             return MachineCounters::default();

@@ -13,8 +13,10 @@
 //! - Each machine's live [`MachineView`] is published on its `watch`.
 //! - Snapshots go into the event stream, so the store keeps them in order
 //!   with the changes: one right after every state change or period of a
-//!   machine, every machine's every [`SNAPSHOT_EVERY_TICKS`] ticks, and on
-//!   shutdown (after the engine attributed time up to each last read). Each
+//!   machine, every machine's every [`SNAPSHOT_EVERY_TICKS`] ticks unless
+//!   the last one sent implies it (only time passed, which the marks carry;
+//!   at least every [`SNAPSHOT_REFRESH_MS`]), and on shutdown (after the
+//!   engine attributed time up to each last read). Each
 //!   tick, and a sample that moves it by [`MARK_EVERY_MS`], sends the
 //!   machine's "attributed up to" mark ([`MachineEvent::Observed`]), so a
 //!   crash turns at most about half a second of observed time into offline
@@ -57,6 +59,12 @@ pub const MARK_EVERY_MS: i64 = 500;
 /// Every machine's snapshot is sent every this many ticks (besides the one
 /// after each of its changes and periods).
 pub const SNAPSHOT_EVERY_TICKS: u32 = 5;
+
+/// A periodic snapshot that the last one sent implies is skipped, but not
+/// when that one is this old (attributed this much earlier): `linegate
+/// status` shows when each machine's figures were saved, and a restart's
+/// counters judge their first step from it.
+pub const SNAPSHOT_REFRESH_MS: i64 = 60_000;
 
 /// Why the engine cannot start (a config that passed validation never fails here).
 #[derive(Debug, thiserror::Error)]
@@ -499,21 +507,41 @@ struct Machine {
     span: tracing::Span,
     /// The last "attributed up to" mark sent.
     marked: DateTime<Utc>,
+    /// The last snapshot sent (`None` before the first).
+    sent: Option<AccountSnapshot>,
 }
 
 impl Machine {
     /// After what the tracker added to `out` from `from` on: its snapshot,
     /// when that holds a state change or a period (the store commits them
     /// together), or when `always`.
-    fn follow_with_snapshot(&self, from: usize, always: bool, out: &mut Vec<MachineEvent>) {
-        let durable = out[from.min(out.len())..]
-            .iter()
-            .any(|e| matches!(e, MachineEvent::State(_) | MachineEvent::Period(_)));
-        if durable || always {
-            out.push(MachineEvent::Snapshot(Box::new(
-                self.tracker.snapshot(Utc::now()),
-            )));
+    fn follow_with_snapshot(&mut self, from: usize, always: bool, out: &mut Vec<MachineEvent>) {
+        if always || holds_change(out, from) {
+            self.send_snapshot(self.tracker.snapshot(Utc::now()), out);
         }
+    }
+
+    /// The periodic snapshot (after what the tracker added from `from`):
+    /// not sent when the last one sent implies it (only time passed in the
+    /// reported state, which the marks carry: a restart and `linegate
+    /// status` project the stored one to the mark), unless that one is
+    /// [`SNAPSHOT_REFRESH_MS`] old. On a quiet line this is most of them:
+    /// each was a thousand bytes of JSON and a row written every 5 s per
+    /// machine.
+    fn follow_with_periodic_snapshot(&mut self, from: usize, out: &mut Vec<MachineEvent>) {
+        let snap = self.tracker.snapshot(Utc::now());
+        let implied = self.sent.as_ref().is_some_and(|sent| {
+            (snap.committed_to - sent.committed_to).num_milliseconds() < SNAPSHOT_REFRESH_MS
+                && sent.implies(&snap)
+        });
+        if !implied || holds_change(out, from) {
+            self.send_snapshot(snap, out);
+        }
+    }
+
+    fn send_snapshot(&mut self, snap: AccountSnapshot, out: &mut Vec<MachineEvent>) {
+        self.sent = Some(snap.clone());
+        out.push(MachineEvent::Snapshot(Box::new(snap)));
     }
 
     /// The "attributed up to" mark, when it moved by at least `min_ms`.
@@ -527,6 +555,14 @@ impl Machine {
             });
         }
     }
+}
+
+/// Whether `out` from `from` on holds a state change or a period (which
+/// its machine's snapshot must follow into the store).
+fn holds_change(out: &[MachineEvent], from: usize) -> bool {
+    out[from.min(out.len())..]
+        .iter()
+        .any(|e| matches!(e, MachineEvent::State(_) | MachineEvent::Period(_)))
 }
 
 /// Send what the trackers produced: state changes and periods wait for
@@ -630,11 +666,12 @@ async fn run_engine_loop(
             )?
         };
         let marked = tracker.account.committed_to();
-        let machine = Machine {
+        let mut machine = Machine {
             tracker,
             view: views.remove(&m.id),
             span,
             marked,
+            sent: None,
         };
         machine.follow_with_snapshot(from, false, &mut out);
         publish(&machine);
@@ -709,7 +746,11 @@ async fn run_engine_loop(
                         m.tracker.wall_clock(wall, mono, &mut out);
                         m.tracker.tick(mono, &mut out);
                     }
-                    m.follow_with_snapshot(from, all, &mut out);
+                    if all {
+                        m.follow_with_periodic_snapshot(from, &mut out);
+                    } else {
+                        m.follow_with_snapshot(from, false, &mut out);
+                    }
                     m.mark(0, &mut out);
                     publish(m);
                 }
@@ -834,11 +875,12 @@ fn reconfigure(
         match tracker {
             Ok(tracker) => {
                 let marked = tracker.account.committed_to();
-                let machine = Machine {
+                let mut machine = Machine {
                     tracker,
                     view: views.remove(&mc.id),
                     span,
                     marked,
+                    sent: None,
                 };
                 // The store keeps its open period from the start, as at a start.
                 machine.follow_with_snapshot(out.len(), true, out);

@@ -15,7 +15,9 @@
 //! - `machine_snapshot`: the latest [`AccountSnapshot`] of each machine,
 //!   read at start-up to resume and by `linegate status`. The engine sends
 //!   one right after every state change or period (same or next event, and
-//!   the agent commits them in one transaction) and every few seconds.
+//!   the agent commits them in one transaction) and every few seconds when
+//!   more than time passed (at least once a minute); `linegate status`
+//!   projects it to the machine's mark.
 //! - `machine_observed` (migration "observation marks"): up to when each
 //!   machine's time was attributed, written about twice a second; loaded
 //!   into the snapshot's `observed_to`, so a crash costs at most about half
@@ -383,18 +385,28 @@ pub struct MachineStatus {
 }
 
 /// Each machine's latest known state and current period, from the
-/// snapshots; machines with state changes but no snapshot show their last change.
+/// snapshots, each projected to its machine's "attributed up to" mark (the
+/// engine does not store a snapshot again while only time passes: see
+/// [`AccountSnapshot::implies`]); machines with state changes but no
+/// snapshot show their last change.
 pub fn current(conn: &Connection) -> Result<Vec<MachineStatus>, StoreError> {
     let mut out: Vec<MachineStatus> = load_snapshots(conn)?
         .into_iter()
-        .map(|(machine, s)| MachineStatus {
-            machine,
-            state: s.state,
-            since: s.since,
-            reason: s.reason.clone(),
-            saved_at: Some(s.saved_at),
-            period: s.interval_so_far(),
-            counter_presets: s.counters.as_ref().map(|c| c.presets()).unwrap_or_default(),
+        .map(|(machine, s)| {
+            let s = match s.observed_to.and_then(|to| s.projected(to)) {
+                Some(p) => p,
+                None => s,
+            };
+            MachineStatus {
+                machine,
+                state: s.state,
+                since: s.since,
+                reason: s.reason.clone(),
+                // Saved with the snapshot, or with the mark it reaches.
+                saved_at: Some(s.saved_at.max(s.committed_to)),
+                period: s.interval_so_far(),
+                counter_presets: s.counters.as_ref().map(|c| c.presets()).unwrap_or_default(),
+            }
         })
         .collect();
     let mut stmt = conn.prepare_cached(SELECT_LAST_CHANGES)?;
@@ -615,9 +627,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (acc, _) = run("press07", 3);
         let snap = acc.snapshot(t("2026-03-02T10:03:00.250Z"));
-        let conn =
-            crate::store::open_connection(&Store::open(dir.path()).unwrap().path().to_path_buf())
-                .unwrap();
+        let conn = crate::store::open_connection(Store::open(dir.path()).unwrap().path()).unwrap();
         save_snapshot(&conn, &snap).unwrap();
         let direct: (String, String) = conn
             .query_row("SELECT json, saved_at FROM machine_snapshot", [], |r| {
@@ -702,6 +712,37 @@ mod tests {
             .unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].seconds.offline, 0.0);
+    }
+
+    #[test]
+    fn status_projects_each_snapshot_to_its_machines_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (acc, _) = run("press07", 2);
+        let snap = acc.snapshot(t("2026-03-02T10:02:00Z"));
+        let status = store
+            .call_blocking(move |c| {
+                save_snapshot(c, &snap)?;
+                // Running on: the engine sent marks, not the same snapshot again.
+                record_marks(c, &[("press07", t("2026-03-02T10:07:00Z"))])?;
+                current(c)
+            })
+            .unwrap();
+        assert_eq!(status.len(), 1);
+        let p = status[0].period.as_ref().unwrap();
+        assert_eq!(p.end, t("2026-03-02T10:07:00Z"));
+        assert_eq!(p.seconds.running, 420.0);
+        assert_eq!(status[0].saved_at, Some(t("2026-03-02T10:07:00Z")));
+        // A mark past the end of the open interval: not projected across it.
+        let status = store
+            .call_blocking(|c| {
+                record_marks(c, &[("press07", t("2026-03-02T10:20:00Z"))])?;
+                current(c)
+            })
+            .unwrap();
+        let p = status[0].period.as_ref().unwrap();
+        assert_eq!(p.seconds.running, 120.0);
+        assert_eq!(status[0].saved_at, Some(t("2026-03-02T10:02:00Z")));
     }
 
     #[test]

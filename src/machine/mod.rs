@@ -276,7 +276,8 @@ pub enum MachineEvent {
     Telemetry(Telemetry),
     /// The open periods of a machine, to save. The engine sends one right
     /// after every state change or period it sends (so the store never holds
-    /// a change newer than the snapshot it resumes from) and every few seconds.
+    /// a change newer than the snapshot it resumes from) and every few seconds
+    /// when more than time passed (at least once a minute).
     Snapshot(Box<accounting::AccountSnapshot>),
     /// A machine's time is attributed up to `to` (sent about twice a second,
     /// so a crash loses at most about that much observed time to `offline`).

@@ -222,7 +222,9 @@ pub fn describe(url: Option<&str>, copy: Option<&UplinkState>, now: DateTime<Utc
 /// take one is said once per outage, the copying goes on.
 pub async fn copy_to_store(store: Store, stats: Arc<UplinkStats>, stop: CancellationToken) {
     let since = Utc::now();
-    let mut tick = crate::cadence::interval(COPY_EVERY);
+    // Half a second off the polls: not in the store's way while a poll's
+    // readings wait for their commit.
+    let mut tick = crate::cadence::interval_offset(COPY_EVERY, Duration::from_millis(500));
     let mut failing = false;
     loop {
         let last = tokio::select! {

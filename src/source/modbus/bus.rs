@@ -209,17 +209,19 @@ pub fn retry_delay(
     Duration::from_millis(base.saturating_add(extra).min(max_ms))
 }
 
-/// When a machine is first polled: the next whole second (the line's
-/// cadence, [`crate::cadence`]), whatever its period (a long one does not
-/// keep a new machine unread for that long); later polls fall on its
-/// period's grid ([`next_due`]). Every machine of the line with the same
-/// period (or one that divides it) is then read in the same instant: one
-/// burst a second at 1 Hz, one wake-up of the agent and one commit for all
-/// of them. Spread over the second (four groups until round 8), every group
-/// paid its own wake-ups, commit and fsync: twice the CPU for about 0.5 ms
-/// of latency (BENCHMARKS.md, "Uplink cost").
-pub fn first_poll_at() -> Instant {
-    crate::cadence::next_at(Duration::from_secs(1))
+/// When a machine polled every `poll` is first polled: the next point of
+/// the line's cadence ([`crate::cadence`]) on the grid of its period, or
+/// of a second for longer periods (a long one does not keep a new machine
+/// unread for that long, and a short one is read again within its period
+/// after a reload restarted its bus). Later polls fall on its period's
+/// grid ([`next_due`]). Every machine of the line with the same period (or
+/// one that divides it) is then read in the same instant: one burst a
+/// second at 1 Hz, one wake-up of the agent and one commit for all of
+/// them. Spread over the second (four groups until round 8), every group
+/// paid its own wake-ups, commit and fsync: about 1.7 times the CPU
+/// (BENCHMARKS.md, "Uplink cost").
+pub fn first_poll_at(poll: Duration) -> Instant {
+    crate::cadence::next_at(poll.min(Duration::from_secs(1)))
 }
 
 /// When a machine polled on `poll` and due at `due` is next due, given that
@@ -292,7 +294,7 @@ pub async fn run_bus(
             let plan = PollPlan::new(&m, plan_reads(&m, &bus));
             Scheduled {
                 poll: Duration::from_millis(m.poll_ms.max(1)),
-                due: first_poll_at(),
+                due: first_poll_at(Duration::from_millis(m.poll_ms.max(1))),
                 failures: 0,
                 failing_since: None,
                 exceptions: vec![None; plan.requests().len()],
@@ -504,12 +506,23 @@ mod tests {
         let on_grid = |t: Instant, p: Duration| {
             crate::cadence::next_after(t - Duration::from_nanos(1), p) == t
         };
-        // Every period starts on the next whole second: the same instant
+        // A 1 s period starts on the next whole second: the same instant
         // for every machine, and soon even for a long period.
         let now = Instant::now();
-        let first = first_poll_at();
+        let first = first_poll_at(second);
         assert!(first > now - Duration::from_millis(1) && first <= now + second);
         assert!(on_grid(first, second));
+        // Longer periods start on the next whole second too; shorter ones
+        // within their period, on their grid.
+        assert!(first_poll_at(Duration::from_secs(600)) <= first + second);
+        for poll_ms in [1, 200, 250] {
+            let poll = Duration::from_millis(poll_ms);
+            let at = first_poll_at(poll);
+            assert!(
+                at <= Instant::now() + poll && on_grid(at, poll),
+                "{poll_ms} ms"
+            );
+        }
         // On time: one period later.
         assert_eq!(
             next_due(first, second, first + Duration::from_millis(30)),
