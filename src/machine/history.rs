@@ -18,8 +18,9 @@
 //!   the agent commits them in one transaction) and every few seconds when
 //!   more than time passed (at least once a minute); `linegate status`
 //!   projects it to the machine's mark.
-//! - `machine_observed` (migration "observation marks"): up to when each
-//!   machine's time was attributed, written about twice a second; loaded
+//! - `line_observed` (migration "line marks"; `machine_observed` of the
+//!   migration "observation marks" before it, still read): up to when each
+//!   machine's time was attributed, written about once a second; loaded
 //!   into the snapshot's `observed_to`, so a crash costs at most about half
 //!   a second of observed time.
 //!
@@ -73,15 +74,22 @@ CREATE TABLE machine_observed (
 );
 ";
 
-const UPSERT_MARK: &str = "INSERT INTO machine_observed (machine, observed_to) VALUES (?1, ?2)
-     ON CONFLICT (machine) DO UPDATE SET observed_to = excluded.observed_to";
-/// [`MARKS_PER_STATEMENT`] marks in one statement, applied in order (a
-/// machine's later mark replaces its earlier, as one by one).
-const UPSERT_MARKS: &str = "INSERT INTO machine_observed (machine, observed_to)
-     VALUES (?1, ?2), (?3, ?4), (?5, ?6), (?7, ?8), (?9, ?10), (?11, ?12), (?13, ?14), (?15, ?16)
-     ON CONFLICT (machine) DO UPDATE SET observed_to = excluded.observed_to";
-const MARKS_PER_STATEMENT: usize = 8;
+/// Every machine's mark in one row (migration "line marks"): one write per
+/// commit, whatever the number of machines. (One row per machine, eight to
+/// a statement, was a tenth of the agent's instructions at 50 machines.)
+pub const LINE_MARKS_V1: &str = "
+CREATE TABLE line_observed (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    marks TEXT NOT NULL   -- JSON: {machine: attributed up to, ms since the epoch}
+);
+";
+
+/// Marks of the first schema (`machine_observed`): no longer written, still
+/// read (the later of the two wins), so a store upgraded in place keeps them.
 const SELECT_MARKS: &str = "SELECT machine, observed_to FROM machine_observed";
+const SELECT_LINE_MARKS: &str = "SELECT marks FROM line_observed WHERE id = 1";
+const UPSERT_LINE_MARKS: &str = "INSERT INTO line_observed (id, marks) VALUES (1, ?1)
+     ON CONFLICT (id) DO UPDATE SET marks = excluded.marks";
 
 const INSERT_STATE: &str =
     "INSERT INTO state_change (machine, state, prev, since, reason) VALUES (?1, ?2, ?3, ?4, ?5)";
@@ -163,36 +171,49 @@ pub fn record(conn: &Connection, event: &MachineEvent) -> Result<bool, StoreErro
             Ok(false)
         }
         MachineEvent::Observed { machine, to } => {
-            conn.prepare_cached(UPSERT_MARK)?
-                .execute(params![machine, ts(*to)])?;
+            record_marks(conn, &[(machine.as_str(), *to)])?;
             Ok(false)
         }
         MachineEvent::Telemetry(_) => Ok(false),
     }
 }
 
-/// Keep these observation marks, in order, with one statement (what
-/// [`record`] does with each, for a commit that holds many: one per
-/// machine per second).
+/// Keep these observation marks, in order (a machine's later mark replaces
+/// its earlier): the line's row is read, changed and written once.
 pub fn record_marks(conn: &Connection, marks: &[(&str, DateTime<Utc>)]) -> Result<(), StoreError> {
-    let mut chunks = marks.chunks_exact(MARKS_PER_STATEMENT);
-    if chunks.len() > 0 {
-        let mut many = conn.prepare_cached(UPSERT_MARKS)?;
-        for chunk in chunks.by_ref() {
-            let at: Vec<String> = chunk.iter().map(|(_, to)| ts(*to)).collect();
-            let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(2 * MARKS_PER_STATEMENT);
-            for ((machine, _), at) in chunk.iter().zip(&at) {
-                values.push(machine);
-                values.push(at);
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let mut all = line_marks(conn)?;
+    for (machine, to) in marks {
+        let ms = to.timestamp_millis();
+        match all.get_mut(*machine) {
+            Some(m) => *m = ms,
+            None => {
+                all.insert((*machine).to_string(), ms);
             }
-            many.execute(values.as_slice())?;
         }
     }
-    let mut one = conn.prepare_cached(UPSERT_MARK)?;
-    for (machine, to) in chunks.remainder() {
-        one.execute(params![machine, ts(*to)])?;
-    }
+    let json = serde_json::to_string(&all).map_err(json_err)?;
+    conn.prepare_cached(UPSERT_LINE_MARKS)?.execute([json])?;
     Ok(())
+}
+
+/// The line's row of marks; empty when there is none, or when it cannot be
+/// read (logged: the marks only narrow what a crash costs, and the next
+/// commit writes them again).
+fn line_marks(conn: &Connection) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+    let json: Option<String> = conn
+        .prepare_cached(SELECT_LINE_MARKS)?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(match json {
+        None => Default::default(),
+        Some(json) => serde_json::from_str(&json).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "unreadable observation marks ignored");
+            Default::default()
+        }),
+    })
 }
 
 /// Save the open period of one machine (replaces the previous one).
@@ -271,7 +292,10 @@ pub fn save_snapshots(
 /// an incompatible version) is skipped with a warning: the machine then
 /// starts fresh.
 pub fn load_snapshots(conn: &Connection) -> Result<Vec<(String, AccountSnapshot)>, StoreError> {
-    let mut marks = std::collections::HashMap::new();
+    let mut marks: std::collections::HashMap<String, DateTime<Utc>> = line_marks(conn)?
+        .into_iter()
+        .filter_map(|(machine, ms)| Some((machine, DateTime::from_timestamp_millis(ms)?)))
+        .collect();
     {
         let mut stmt = conn.prepare_cached(SELECT_MARKS)?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
@@ -279,7 +303,9 @@ pub fn load_snapshots(conn: &Connection) -> Result<Vec<(String, AccountSnapshot)
             let (machine, at) = row?;
             match DateTime::parse_from_rfc3339(&at) {
                 Ok(t) => {
-                    marks.insert(machine, t.with_timezone(&Utc));
+                    let t = t.with_timezone(&Utc);
+                    let m = marks.entry(machine).or_insert(t);
+                    *m = (*m).max(t);
                 }
                 Err(e) => {
                     tracing::warn!(machine = %machine, error = %e, "unreadable observation mark ignored")
@@ -651,7 +677,7 @@ mod tests {
     }
 
     #[test]
-    fn marks_kept_in_one_statement_are_each_machines_last() {
+    fn marks_kept_in_the_lines_row_are_each_machines_last() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let marks = store
@@ -673,16 +699,39 @@ mod tests {
                 many.push(("drill", t("2026-03-02T10:00:02Z")));
                 record_marks(c, &many)?;
                 record_marks(c, &[])?;
-                let mut stmt = c.prepare(SELECT_MARKS)?;
-                let rows =
-                    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-                Ok(rows.collect::<Result<std::collections::BTreeMap<_, _>, _>>()?)
+                line_marks(c)
             })
             .unwrap();
+        let ms = |s: &str| t(s).timestamp_millis();
         assert_eq!(marks.len(), 3);
-        assert_eq!(marks["press07"], "2026-03-02T10:00:01.750Z");
-        assert_eq!(marks["lathe \"3\""], "2026-03-02T10:00:01.900Z");
-        assert_eq!(marks["drill"], "2026-03-02T10:00:02.000Z");
+        assert_eq!(marks["press07"], ms("2026-03-02T10:00:01.750Z"));
+        assert_eq!(marks["lathe \"3\""], ms("2026-03-02T10:00:01.900Z"));
+        assert_eq!(marks["drill"], ms("2026-03-02T10:00:02.000Z"));
+    }
+
+    #[test]
+    fn a_mark_of_the_first_schema_still_counts_when_it_is_the_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (acc, _) = run("press07", 2);
+        let snap = acc.snapshot(t("2026-03-02T10:02:00Z"));
+        let (a, b) = store
+            .call_blocking(move |c| {
+                save_snapshot(c, &snap)?;
+                record_marks(c, &[("press07", t("2026-03-02T10:03:00Z"))])?;
+                // Written by a build before "line marks", later than the row.
+                c.execute(
+                    "INSERT INTO machine_observed (machine, observed_to) VALUES ('press07', '2026-03-02T10:04:00.000Z')",
+                    [],
+                )?;
+                let a = load_snapshots(c)?[0].1.observed_to;
+                record_marks(c, &[("press07", t("2026-03-02T10:05:00Z"))])?;
+                let b = load_snapshots(c)?[0].1.observed_to;
+                Ok((a, b))
+            })
+            .unwrap();
+        assert_eq!(a, Some(t("2026-03-02T10:04:00Z")));
+        assert_eq!(b, Some(t("2026-03-02T10:05:00Z")));
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     ("uplink state", crate::uplink::status::SCHEMA_V1),
     ("sparkplug", crate::sparkplug::history::SCHEMA_V1),
     ("order forecasts", crate::orders::outlook::SCHEMA_V1),
+    ("line marks", crate::machine::history::LINE_MARKS_V1),
 ];
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
