@@ -1914,33 +1914,37 @@ fn commit_events_and_deletions(
     acked: &[u64],
 ) -> Result<Committed, StoreError> {
     let tx = conn.transaction()?;
-    let mut rows = Some(Vec::new());
     // Marks go in one statement at the end, in order (each machine's last
     // wins, as one by one): a commit holds one per machine per second.
     let mut marks = Vec::new();
-    for (event, outgoing) in work {
-        // A period closed again from an older snapshot after a crash is
-        // already stored (and sent): record() says so, and it is not sent twice.
-        let new = match event {
-            Some(Kept::Event(MachineEvent::Observed { machine, to })) => {
-                marks.push((machine.as_str(), *to));
-                false
+    // The commit's messages are one batch (nothing else here enqueues).
+    let rows = crate::uplink::outbox::enqueue_all(&tx, |batch| {
+        let mut rows = Some(Vec::new());
+        for (event, outgoing) in work {
+            // A period closed again from an older snapshot after a crash is
+            // already stored (and sent): record() says so, and it is not sent twice.
+            let new = match event {
+                Some(Kept::Event(MachineEvent::Observed { machine, to })) => {
+                    marks.push((machine.as_str(), *to));
+                    false
+                }
+                Some(Kept::Event(e)) => crate::machine::history::record(&tx, e)?,
+                Some(Kept::Snapshot(row)) => {
+                    crate::machine::history::save_snapshot_row(&tx, row)?;
+                    false
+                }
+                None => true,
+            };
+            if let (true, Some(out)) = (new, outgoing) {
+                let (_, row) = batch.enqueue_row(out)?;
+                rows = rows.zip(row).map(|(mut rows, row)| {
+                    rows.push(row);
+                    rows
+                });
             }
-            Some(Kept::Event(e)) => crate::machine::history::record(&tx, e)?,
-            Some(Kept::Snapshot(row)) => {
-                crate::machine::history::save_snapshot_row(&tx, row)?;
-                false
-            }
-            None => true,
-        };
-        if let (true, Some(out)) = (new, outgoing) {
-            let (_, row) = crate::uplink::outbox::enqueue_row(&tx, out)?;
-            rows = rows.zip(row).map(|(mut rows, row)| {
-                rows.push(row);
-                rows
-            });
         }
-    }
+        Ok(rows)
+    })?;
     crate::machine::history::record_marks(&tx, &marks)?;
     crate::uplink::outbox::count_unstored_telemetry(&tx, unstored.telemetry)?;
     crate::store::health::add_lost_events(&tx, unstored.lost_events)?;

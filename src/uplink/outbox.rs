@@ -91,9 +91,10 @@ CREATE TRIGGER outbox_row_removed AFTER DELETE ON outbox BEGIN
 END;
 ";
 
-// Two statements, not one UPDATE ... RETURNING: that one costs about twice
-// as much (its result goes through a temporary table). OR ROLLBACK: see
-// INSERT_ROW.
+// Read at a batch's first row, and next_seq written once at its end
+// (`enqueue_all`). Two statements, not one UPDATE ... RETURNING: that one
+// costs about twice as much (its result goes through a temporary table).
+// OR ROLLBACK: see INSERT_ROW.
 const READ_STATE: &str =
     "SELECT next_seq, link_up, max_bytes, bytes, over_cap FROM outbox_state WHERE id = 1";
 const TAKE_SEQ: &str = "UPDATE OR ROLLBACK outbox_state SET next_seq = ?1 + 1 WHERE id = 1";
@@ -239,47 +240,112 @@ pub fn enqueue_row(
     conn: &Connection,
     msg: &Outgoing,
 ) -> Result<(u64, Option<OutboxRow>), StoreError> {
-    let (seq, link_up, max_bytes, bytes_before, over_cap) =
-        conn.prepare_cached(READ_STATE)?.query_row([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, bool>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, bool>(4)?,
-            ))
-        })?;
-    conn.prepare_cached(TAKE_SEQ)?.execute(params![seq])?;
-    // A map of JSON values always serializes.
-    let body = serde_json::to_string(&msg.body).unwrap_or_else(|_| "{}".into());
-    let bytes = (body.len() + msg.topic_suffix.len()) as i64;
-    let ts = format_ts(msg.ts);
-    conn.prepare_cached(INSERT_ROW)?.execute(params![
-        seq,
-        msg.topic_suffix,
-        msg.class.as_str(),
-        msg.retain,
-        ts,
-        body,
-        bytes,
-        !link_up,
-    ])?;
-    // Under the cap before and after this row: nothing to check (the usual
-    // case, saved a statement per message).
-    if over_cap || bytes_before.saturating_add(bytes) > max_bytes {
-        enforce_cap(conn, max_bytes)?;
-        return Ok((seq as u64, None));
+    enqueue_all(conn, |batch| batch.enqueue_row(msg))
+}
+
+/// Several messages enqueued in the caller's transaction as one batch: the
+/// outbox's state is read at the first and `next_seq` written once at the
+/// end, so a row costs its insert alone (a poll's commit carries a message
+/// for every machine whose values changed). Each row is as [`enqueue_row`]
+/// makes it, in the order enqueued.
+///
+/// Nothing else may enqueue in the same transaction while `f` runs (it
+/// would take a seq the batch also hands out, and the insert would fail the
+/// transaction). `next_seq` is written only when `f` succeeds; on an error
+/// the caller rolls the transaction back anyway.
+pub fn enqueue_all<T>(
+    conn: &Connection,
+    f: impl FnOnce(&mut Batch<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut batch = Batch { conn, state: None };
+    let out = f(&mut batch)?;
+    if let Some(state) = batch.state {
+        if state.next_seq != state.first_seq {
+            conn.prepare_cached(TAKE_SEQ)?
+                .execute(params![state.next_seq - 1])?;
+        }
     }
-    let row = link_up.then(|| OutboxRow {
-        seq: seq as u64,
-        topic_suffix: msg.topic_suffix.clone(),
-        class: msg.class,
-        retain: msg.retain,
-        ts,
-        body,
-        stored_offline: false,
-    });
-    Ok((seq as u64, row))
+    Ok(out)
+}
+
+/// The rows of one [`enqueue_all`].
+pub struct Batch<'c> {
+    conn: &'c Connection,
+    /// Read at the first row.
+    state: Option<BatchState>,
+}
+
+/// `outbox_state` as the batch goes: the seqs it handed out and the bytes
+/// it added.
+struct BatchState {
+    first_seq: i64,
+    next_seq: i64,
+    link_up: bool,
+    max_bytes: i64,
+    bytes: i64,
+    over_cap: bool,
+}
+
+impl Batch<'_> {
+    /// Add `msg`: its seq, and the row as stored for `uplink::fresh` (see
+    /// [`enqueue_row`]).
+    pub fn enqueue_row(&mut self, msg: &Outgoing) -> Result<(u64, Option<OutboxRow>), StoreError> {
+        let conn = self.conn;
+        let state = match &mut self.state {
+            Some(state) => state,
+            None => {
+                let state = conn.prepare_cached(READ_STATE)?.query_row([], |r| {
+                    let next_seq = r.get::<_, i64>(0)?;
+                    Ok(BatchState {
+                        first_seq: next_seq,
+                        next_seq,
+                        link_up: r.get(1)?,
+                        max_bytes: r.get(2)?,
+                        bytes: r.get(3)?,
+                        over_cap: r.get(4)?,
+                    })
+                })?;
+                self.state.insert(state)
+            }
+        };
+        let seq = state.next_seq;
+        // A map of JSON values always serializes.
+        let body = serde_json::to_string(&msg.body).unwrap_or_else(|_| "{}".into());
+        let bytes = (body.len() + msg.topic_suffix.len()) as i64;
+        let ts = format_ts(msg.ts);
+        conn.prepare_cached(INSERT_ROW)?.execute(params![
+            seq,
+            msg.topic_suffix,
+            msg.class.as_str(),
+            msg.retain,
+            ts,
+            body,
+            bytes,
+            !state.link_up,
+        ])?;
+        state.next_seq = seq.saturating_add(1);
+        // Under the cap before and after this row: nothing to check (the
+        // usual case, saved a statement per message).
+        let bytes_before = state.bytes;
+        state.bytes = bytes_before.saturating_add(bytes);
+        if state.over_cap || state.bytes > state.max_bytes {
+            enforce_cap(conn, state.max_bytes)?;
+            (state.bytes, state.over_cap) = conn
+                .prepare_cached(OUTBOX_BYTES)?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            return Ok((seq as u64, None));
+        }
+        let row = state.link_up.then(|| OutboxRow {
+            seq: seq as u64,
+            topic_suffix: msg.topic_suffix.clone(),
+            class: msg.class,
+            retain: msg.retain,
+            ts,
+            body,
+            stored_offline: false,
+        });
+        Ok((seq as u64, row))
+    }
 }
 
 /// Drop the oldest telemetry until the outbox fits `max_bytes`.
@@ -587,6 +653,57 @@ mod tests {
         let dropped: Vec<u64> = tel.iter().copied().filter(|s| !left.contains(s)).collect();
         assert_eq!(dropped, tel[..dropped.len()]);
         assert_eq!(dropped.len() as u64, counts.dropped);
+    }
+
+    #[test]
+    fn a_batch_hands_out_consecutive_seqs_keeps_the_cap_and_takes_none_when_it_fails() {
+        let c = conn();
+        configure(&c, OutboxPolicy { max_bytes: 2_000 }).unwrap();
+        set_link_up(&c, true).unwrap();
+        let first = enqueue(&c, &msg(MessageClass::Durable, 10)).unwrap();
+        // Eight telemetry rows of ~330 bytes in one batch: the cap (2,000)
+        // drops the oldest telemetry as the batch goes, counted.
+        let rows = enqueue_all(&c, |batch| {
+            (0..8)
+                .map(|_| batch.enqueue_row(&msg(MessageClass::Telemetry, 300)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap();
+        let seqs: Vec<u64> = rows.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (first + 1..=first + 8).collect::<Vec<_>>());
+        // Rows before the cap was reached are handed over, the rest are not.
+        assert!(rows[0].1.as_ref().is_some_and(|r| r.seq == seqs[0]));
+        assert!(rows[7].1.is_none());
+        let k = counts(&c).unwrap();
+        assert_eq!(k.next_seq, first + 9, "next_seq written once, at the end");
+        assert!(k.bytes <= 2_000, "{k:?}");
+        let (n, sum): (i64, i64) = c
+            .query_row("SELECT COUNT(*), SUM(bytes) FROM outbox", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((k.depth, k.bytes), (n as u64, sum as u64));
+        assert_eq!(k.dropped + k.depth, 9);
+        let left = next_batch(&c, Stream::Live, 0, 100).unwrap();
+        assert_eq!(left[0].seq, first, "the durable row stays");
+        // The next row follows the batch.
+        assert_eq!(
+            enqueue(&c, &msg(MessageClass::Durable, 1)).unwrap(),
+            first + 9
+        );
+        // A batch whose work fails writes no next_seq: in a transaction
+        // rolled back, nothing of it stays, and the seqs are handed out again.
+        let tx = c.unchecked_transaction().unwrap();
+        let failed: Result<(), StoreError> = enqueue_all(&tx, |batch| {
+            batch.enqueue_row(&msg(MessageClass::Durable, 1))?;
+            Err(StoreError::Closed)
+        });
+        assert!(failed.is_err());
+        drop(tx);
+        assert_eq!(counts(&c).unwrap().next_seq, first + 10);
+        // An empty batch touches nothing.
+        enqueue_all(&c, |_| Ok(())).unwrap();
+        assert_eq!(counts(&c).unwrap().next_seq, first + 10);
     }
 
     #[test]
