@@ -1886,6 +1886,30 @@ mod tests {
         l.hold(MIN, 2 * MIN, S, state(MachineState::Down));
         assert!(!before.implies(&l.acc.snapshot(t("2026-03-02T10:02:00Z"))));
 
+        // A clock step in between, the machine running all along: not only
+        // time passing. Forward, the period closes at the step (the closed
+        // period carries it); backward, the open period carries it.
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, MIN, S, state(MachineState::Running));
+        let before = l.acc.snapshot(l.wall(MIN));
+        l.wall_skew = 3 * MIN;
+        l.hold(MIN, 2 * MIN, S, state(MachineState::Running));
+        let after = l.acc.snapshot(l.wall(2 * MIN));
+        assert!(!before.implies(&after), "a forward step: {after:?}");
+        assert_eq!(l.intervals()[0].clock_step, Some(ClockStep { by_s: 180.0 }));
+
+        let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
+        l.hold(0, 2 * MIN, S, state(MachineState::Running));
+        let before = l.acc.snapshot(l.wall(2 * MIN));
+        l.wall_skew = -MIN;
+        l.hold(2 * MIN, 3 * MIN, S, state(MachineState::Running));
+        let after = l.acc.snapshot(l.wall(3 * MIN));
+        assert!(
+            after.interval.as_ref().is_some_and(|i| i.clock_step_ms < 0),
+            "the backward step is in the open period: {after:?}"
+        );
+        assert!(!before.implies(&after), "a backward step: {after:?}");
+
         // Across the end of the 15-minute interval: a period closed.
         let mut l = Line::start(settings(), "2026-03-02T10:00:00Z");
         l.hold(0, 14 * MIN, S, state(MachineState::Running));

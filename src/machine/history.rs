@@ -735,6 +735,37 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_row_of_marks_is_ignored_and_the_next_commit_writes_it_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (acc, _) = run("press07", 2);
+        let snap = acc.snapshot(t("2026-03-02T10:02:00Z"));
+        let (loaded, marks) = store
+            .call_blocking(move |c| {
+                save_snapshot(c, &snap)?;
+                record_marks(c, &[("press07", t("2026-03-02T10:03:00Z"))])?;
+                // A row another tool (or a torn edit) left unreadable.
+                c.execute(
+                    "UPDATE line_observed SET marks = '{\"press07\": \"soon\"' WHERE id = 1",
+                    [],
+                )?;
+                let loaded = load_snapshots(c)?;
+                record_marks(c, &[("mill02", t("2026-03-02T10:04:00Z"))])?;
+                Ok((loaded, line_marks(c)?))
+            })
+            .unwrap();
+        // The snapshot still loads, without a mark (time after it is offline).
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].1.observed_to, None);
+        // The next commit's marks make a readable row again.
+        assert_eq!(marks.len(), 1);
+        assert_eq!(
+            marks["mill02"],
+            t("2026-03-02T10:04:00Z").timestamp_millis()
+        );
+    }
+
+    #[test]
     fn a_period_closed_twice_keeps_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
