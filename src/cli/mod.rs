@@ -51,12 +51,12 @@ pub enum Command {
     /// List work orders and their states.
     Orders(OrdersArgs),
     /// Send an order, a plan or a command to the gateway through its broker
-    /// (the config's [uplink]) and print the gateway's answers.
+    /// (the config's uplink section) and print the gateway's answers.
     Order(OrderArgs),
     /// Print a shell completion script to stdout (the package installs them).
     #[command(hide = true)]
     Completions(docs::CompletionsArgs),
-    /// Write the man pages (linegate.1, linegate-<command>.1) into a directory.
+    /// Write the man pages (linegate.1, linegate-COMMAND.1) into a directory.
     #[command(hide = true)]
     Man(docs::ManArgs),
     /// Live screen of a running agent (from its store, read only): state,

@@ -34,7 +34,7 @@ pub enum Place {
 
 impl ConfigIssue {
     /// The issue as one line of a report about `file`:
-    /// `linegate.toml:12:1: `machine[0].signal[0].typ`: ...`.
+    /// ``linegate.toml:12:1: `machine[0].signal[0].typ`: ...``.
     pub fn in_file(&self, file: &std::path::Path) -> String {
         self.labelled_in_file(file, "")
     }

@@ -2,7 +2,7 @@
 //! broker, and the data it carries. It moves data only: what a message
 //! holds is `node`'s, what is stored is `history`'s.
 //!
-//! Life of a connection (a loop over [`Link`]):
+//! Life of a connection (a loop over `Link`):
 //! - `Down`: no connection; metric changes go to the store. After the
 //!   back-off, the next `bdSeq` is taken from the store and a fresh rumqttc
 //!   client connects with a clean session and the NDEATH of that `bdSeq` as

@@ -2,7 +2,7 @@
 //! important rows committing when the disk fills up.
 //!
 //! The store thread is the only one that touches the file system here: it
-//! looks at the result of every job ([`Health::observe`] via `Store`), and on
+//! looks at the result of every job (`Slot::observe` in `store`), and on
 //! a "disk full" or I/O error it deletes the reserve file
 //! (`data_dir/reserve.bin`, `store.reserve_mb`, preallocated at start) so that
 //! state changes, periods and order statuses still commit; telemetry is not

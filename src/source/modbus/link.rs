@@ -514,7 +514,7 @@ fn decode_reply<'p>(
 /// What a serial poll makes of the bytes `heard` on the line after request
 /// `request` (an index into `plan_reads(machine, bus)`) went out: the RTU
 /// scan for its reply, the reply checks and the decoding of the request's
-/// signals, the same steps as [`poll_machine`] without a line (fuzzing and
+/// signals, the same steps as `poll_machine` without a line (fuzzing and
 /// tests). `None` when the scan finds no reply (the poll would time out) or
 /// the plan has no such request.
 pub fn rtu_reply_readings(
