@@ -25,8 +25,14 @@ CONTINUED = re.compile(r"\s*([\d.]+) \(\s*([\d.]+) ms\): \S+/(\d+)\s+\.\.\. \[co
 
 
 def main(path):
+    try:
+        lines = open(path).read().splitlines()
+    except OSError as e:
+        print(f"latency phases: no trace to read ({e}): is perf installed, and may it trace the agent "
+              "(kernel.perf_event_paranoid, root)?")
+        return
     rows = []
-    for line in open(path):
+    for line in lines:
         m = LINE.match(line)
         if m:
             rows.append((float(m[1]), float(m[2]), m[4], int(m[5])))
@@ -69,7 +75,9 @@ def main(path):
         phases["to publish"].append(pubs[0][0] - sync_end)
         phases["publishing"].append(pubs[-1][0] - pubs[0][0])
     if not commits:
-        print("latency phases: no burst with a publish in the trace")
+        why = ("perf trace saw nothing: run it by hand to see why" if not rows
+               else "was the uplink on (BENCH_UPLINK=1) and did the machines' values change?")
+        print(f"latency phases: no burst with a publish in {path} ({len(rows)} syscalls): {why}")
         return
     print(f"latency phases over {len(commits)} bursts that published ({published} PUBLISH writes; "
           f"fsyncs in such a burst: median {statistics.median(commits)}, max {max(commits)}), ms:")
